@@ -1,0 +1,224 @@
+"""Field and table definitions: one description yields the Spark schema, the Arrow
+schema and the validation rules.
+
+Neither pyspark nor pyarrow is imported at module level: the lookup server imports
+this package and must start without a JVM, so the converters import lazily.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+FieldType = Literal[
+    "int64", "float64", "float32", "string", "bool", "timestamp",
+    "array<int64>", "array<float32>", "map<string,string>", "binary",
+]
+
+INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Field:
+    """One column: its type, whether it may be missing, and what values are valid.
+
+    ``min``/``max`` bound numbers; ``allowed`` restricts strings to a set;
+    ``non_empty`` refuses blank strings. A timestamp's upper bound is relative to
+    the run's as-of time (``max_future_seconds``), so rules never read the clock.
+    """
+
+    name: str
+    type: FieldType
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str, ...] | None = None
+    non_empty: bool = False
+    min_timestamp: str | None = None
+    max_future_seconds: int | None = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A named table: its columns, and the columns that identify a row."""
+
+    name: str
+    fields: tuple[Field, ...]
+    key: tuple[str, ...] = ()
+    partition_by: tuple[str, ...] = ()
+    doc: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.name} has no column {name!r}")
+
+
+# --- converters -------------------------------------------------------------
+
+def _spark_type(t: FieldType):
+    from pyspark.sql import types as T
+
+    simple = {
+        "int64": T.LongType(), "float64": T.DoubleType(), "float32": T.FloatType(),
+        "string": T.StringType(), "bool": T.BooleanType(),
+        "timestamp": T.TimestampType(), "binary": T.BinaryType(),
+        "array<int64>": T.ArrayType(T.LongType(), containsNull=False),
+        "array<float32>": T.ArrayType(T.FloatType(), containsNull=False),
+        "map<string,string>": T.MapType(T.StringType(), T.StringType()),
+    }
+    return simple[t]
+
+
+def spark_schema(table: Table):
+    """The Spark StructType of ``table``."""
+    from pyspark.sql import types as T
+
+    return T.StructType(
+        [T.StructField(f.name, _spark_type(f.type), nullable=not f.required) for f in table.fields]
+    )
+
+
+def _arrow_type(t: FieldType):
+    import pyarrow as pa
+
+    simple = {
+        "int64": pa.int64(), "float64": pa.float64(), "float32": pa.float32(),
+        "string": pa.string(), "bool": pa.bool_(),
+        "timestamp": pa.timestamp("us", tz="UTC"), "binary": pa.binary(),
+        "array<int64>": pa.list_(pa.int64()), "array<float32>": pa.list_(pa.float32()),
+        "map<string,string>": pa.map_(pa.string(), pa.string()),
+    }
+    return simple[t]
+
+
+def arrow_schema(table: Table):
+    """The Arrow schema of ``table``."""
+    import pyarrow as pa
+
+    return pa.schema([pa.field(f.name, _arrow_type(f.type), nullable=not f.required) for f in table.fields])
+
+
+# --- validation in plain Python ----------------------------------------------
+# The Spark jobs compile the same Field rules into column expressions
+# (jobs/validation.py); this evaluator serves code without Spark (the lookup
+# side, the future event collector) and cross-checks the Spark one in tests.
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """Epoch seconds (int, float or digit string) or ISO-8601; naive means UTC."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            return None
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return parse_timestamp(int(text))
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return None
+
+
+def _check_number(f: Field, value: Any, integral: bool) -> tuple[str | None, Any]:
+    if isinstance(value, bool):
+        return f"{f.name}: expected a number, got a boolean", None
+    if isinstance(value, str):
+        try:
+            value = int(value) if integral else float(value)
+        except ValueError:
+            return f"{f.name}: not {'an integer' if integral else 'a number'}: {value[:40]!r}", None
+    if integral and isinstance(value, float):
+        if not value.is_integer():
+            return f"{f.name}: not an integer: {value!r}", None
+        value = int(value)
+    if not isinstance(value, (int, float)):
+        return f"{f.name}: expected a number, got {type(value).__name__}", None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{f.name}: not a finite number", None
+    if f.min is not None and value < f.min:
+        return f"{f.name}: below minimum {f.min:g}", None
+    if f.max is not None and value > f.max:
+        return f"{f.name}: above maximum {f.max:g}", None
+    return None, value
+
+
+def validate_record(table: Table, record: dict[str, Any], as_of: datetime) -> tuple[dict | None, str | None]:
+    """Check one raw record against ``table``'s rules.
+
+    Returns ``(typed_record, None)`` when valid, or ``(None, reason)`` naming the
+    first rule broken. ``as_of`` bounds timestamps from above.
+    """
+    if not isinstance(record, dict):
+        return None, "record: not a JSON object"
+    typed: dict[str, Any] = {}
+    for f in table.fields:
+        value = record.get(f.name)
+        if value is None or (isinstance(value, str) and value == "" and f.type != "string"):
+            if f.required:
+                return None, f"{f.name}: missing"
+            typed[f.name] = None
+            continue
+        if f.type in ("int64", "float64", "float32"):
+            reason, value = _check_number(f, value, integral=f.type == "int64")
+        elif f.type == "string":
+            reason = None if isinstance(value, str) else f"{f.name}: expected a string"
+            if reason is None and f.non_empty and not value.strip():
+                reason = f"{f.name}: empty"
+            if reason is None and f.allowed is not None and value not in f.allowed:
+                reason = f"{f.name}: unknown value {value[:40]!r}"
+        elif f.type == "bool":
+            reason = None if isinstance(value, bool) else f"{f.name}: expected true or false"
+        elif f.type == "timestamp":
+            parsed = parse_timestamp(value)
+            reason = _check_timestamp(f, parsed, as_of)
+            value = parsed
+        elif f.type == "map<string,string>":
+            ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+            reason = None if ok else f"{f.name}: expected an object of strings"
+            if ok:
+                value = {k: v if isinstance(v, str) else str(v) for k, v in value.items() if v is not None}
+        elif f.type == "array<int64>":
+            reason = None
+            if not isinstance(value, list):
+                reason = f"{f.name}: expected a list of ids"
+            else:
+                items = []
+                for item in value:
+                    reason, item = _check_number(Field(f.name, "int64", min=f.min, max=f.max), item, True)
+                    if reason:
+                        break
+                    items.append(item)
+                value = items
+        else:  # pragma: no cover - table definitions only use the types above
+            reason = f"{f.name}: unsupported type {f.type}"
+        if reason:
+            return None, reason
+        typed[f.name] = value
+    return typed, None
+
+
+def _check_timestamp(f: Field, parsed: datetime | None, as_of: datetime) -> str | None:
+    if parsed is None:
+        return f"{f.name}: not a timestamp (ISO-8601 or epoch seconds)"
+    if f.min_timestamp and parsed < datetime.fromisoformat(f.min_timestamp):
+        return f"{f.name}: before {f.min_timestamp}"
+    if f.max_future_seconds is not None and (parsed - as_of).total_seconds() > f.max_future_seconds:
+        return f"{f.name}: in the future"
+    return None

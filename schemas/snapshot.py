@@ -1,0 +1,235 @@
+"""The snapshot: an LMDB environment plus a manifest, in ``<root>/<version>/``.
+
+Layout on disk::
+
+    <root>/CURRENT                  name of the version in service (written last, by rename)
+    <root>/<version>/data.mdb       LMDB environment (one file, opened read-only by servers)
+    <root>/<version>/manifest.json  see Manifest below; its checksum covers data.mdb
+
+Named databases inside the environment:
+
+``recs/<kind>/<algorithm>`` (kind: user, product, category, global)
+    key: user id as 8-byte big-endian unsigned; product id as 4-byte big-endian
+    unsigned; category as UTF-8; global as ``b"all"``.
+    value: a *ranked list record*::
+
+        offset 0   uint8    layout version (1)
+        offset 1   uint8    flags (0, reserved)
+        offset 2   uint16   n, number of items (little-endian, as all below)
+        offset 4   uint32[n] product ids, best first
+        offset 4+4n float32[n] scores, non-increasing
+
+    4 + 8n bytes: a 100-item list is 804 bytes. The first k ids and scores are read
+    straight from the LMDB page with ``struct.unpack_from`` (no copy of the record).
+
+``products``
+    key: product id (4-byte big-endian). value: a *product record*::
+
+        offset 0   uint8    layout version (1)
+        offset 1   uint8    flags: bit 0 = active
+        offset 2   uint16   length of the category in bytes (c)
+        offset 4   float32  price (NaN when unknown)
+        offset 8   bytes[c] category, UTF-8
+
+Big-endian keys keep LMDB's byte order equal to numeric order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+LAYOUT_VERSION = 1
+FORMAT_VERSION = 1
+CURRENT_POINTER = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+DATA_FILE = "data.mdb"
+PRODUCTS_DB = "products"
+GLOBAL_KEY = b"all"
+MAX_ITEMS = 65_535  # n is a uint16
+
+_LIST_HEADER = struct.Struct("<BBH")
+_PRODUCT_HEADER = struct.Struct("<BBHf")
+_USER_KEY = struct.Struct(">Q")
+_PRODUCT_KEY = struct.Struct(">I")
+
+
+class SnapshotFormatError(ValueError):
+    """A record, key or manifest does not follow the layout above."""
+
+
+def recs_db_name(kind: str, algorithm: str) -> str:
+    """Name of the named database holding ``algorithm``'s lists for subjects of ``kind``."""
+    return f"recs/{kind}/{algorithm}"
+
+
+def parse_recs_db_name(name: str) -> tuple[str, str] | None:
+    """``(kind, algorithm)`` for a ``recs/...`` database name, else None."""
+    parts = name.split("/")
+    if len(parts) == 3 and parts[0] == "recs":
+        return parts[1], parts[2]
+    return None
+
+
+# --- keys -----------------------------------------------------------------
+
+def user_key(user_id: int) -> bytes:
+    return _USER_KEY.pack(user_id)
+
+
+def product_key(product_id: int) -> bytes:
+    return _PRODUCT_KEY.pack(product_id)
+
+
+def subject_key(kind: str, subject_id: str) -> bytes:
+    """Key of a subject given as in the candidates table (decimal id, category, 'all')."""
+    if kind == "user":
+        return user_key(int(subject_id))
+    if kind == "product":
+        return product_key(int(subject_id))
+    if kind in ("category", "global"):
+        return subject_id.encode("utf-8")
+    raise SnapshotFormatError(f"unknown subject kind {kind!r}")
+
+
+# --- ranked list records --------------------------------------------------
+
+def pack_ranked_list(product_ids, scores) -> bytes:
+    """Encode a ranked list. ``product_ids`` and ``scores`` are equal-length sequences."""
+    n = len(product_ids)
+    if n != len(scores):
+        raise SnapshotFormatError(f"{n} product ids but {len(scores)} scores")
+    if n > MAX_ITEMS:
+        raise SnapshotFormatError(f"{n} items exceed the {MAX_ITEMS} a record holds")
+    return _LIST_HEADER.pack(LAYOUT_VERSION, 0, n) + struct.pack(f"<{n}I{n}f", *product_ids, *scores)
+
+
+def unpack_ranked_list(buf, k: int | None = None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Decode the first ``k`` (default all) items of a ranked list record.
+
+    ``buf`` may be a memoryview straight from an LMDB read transaction.
+    """
+    if len(buf) < _LIST_HEADER.size:
+        raise SnapshotFormatError("ranked list record shorter than its header")
+    layout, _flags, n = _LIST_HEADER.unpack_from(buf, 0)
+    if layout != LAYOUT_VERSION:
+        raise SnapshotFormatError(f"ranked list layout {layout}, expected {LAYOUT_VERSION}")
+    if len(buf) != _LIST_HEADER.size + 8 * n:
+        raise SnapshotFormatError(f"ranked list of {n} items has {len(buf)} bytes")
+    m = n if k is None else min(k, n)
+    ids = struct.unpack_from(f"<{m}I", buf, 4)
+    scores = struct.unpack_from(f"<{m}f", buf, 4 + 4 * n)
+    return ids, scores
+
+
+# --- product records ------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProductRecord:
+    product_id: int
+    category: str
+    price: float | None
+    active: bool
+
+
+def pack_product(category: str, price: float | None, active: bool) -> bytes:
+    cat = category.encode("utf-8")
+    if len(cat) > 65_535:
+        raise SnapshotFormatError("category longer than 65535 bytes")
+    price_value = math.nan if price is None else float(price)
+    return _PRODUCT_HEADER.pack(LAYOUT_VERSION, 1 if active else 0, len(cat), price_value) + cat
+
+
+def unpack_product(product_id: int, buf) -> ProductRecord:
+    if len(buf) < _PRODUCT_HEADER.size:
+        raise SnapshotFormatError("product record shorter than its header")
+    layout, flags, clen, price = _PRODUCT_HEADER.unpack_from(buf, 0)
+    if layout != LAYOUT_VERSION or len(buf) != _PRODUCT_HEADER.size + clen:
+        raise SnapshotFormatError("malformed product record")
+    category = bytes(buf[_PRODUCT_HEADER.size:]).decode("utf-8")
+    return ProductRecord(product_id, category, None if math.isnan(price) else price, bool(flags & 1))
+
+
+# --- manifest -------------------------------------------------------------
+
+@dataclass
+class Manifest:
+    """What a snapshot holds and where it came from; ``files`` lets readers verify it."""
+
+    version: str
+    created_at: str
+    as_of: str
+    format_version: int = FORMAT_VERSION
+    delta_versions: dict[str, int] = field(default_factory=dict)
+    databases: dict[str, int] = field(default_factory=dict)  # name -> row count
+    model_versions: dict[str, str] = field(default_factory=dict)  # algorithm -> model version
+    files: dict[str, dict] = field(default_factory=dict)  # name -> {bytes, sha256}
+    config_digest: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        try:
+            data = json.loads(text)
+            manifest = cls(**data)
+        except (ValueError, TypeError) as exc:
+            raise SnapshotFormatError(f"unreadable manifest: {exc}") from exc
+        if manifest.format_version != FORMAT_VERSION:
+            raise SnapshotFormatError(f"snapshot format {manifest.format_version}, expected {FORMAT_VERSION}")
+        if DATA_FILE not in manifest.files:
+            raise SnapshotFormatError(f"manifest lists no {DATA_FILE}")
+        return manifest
+
+
+def file_digest(path: Path) -> dict:
+    """Size and SHA-256 of a file, read in 1 MiB blocks."""
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            sha.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": sha.hexdigest()}
+
+
+def verify_snapshot_dir(path: Path, check_checksums: bool = True) -> Manifest:
+    """Read and check the manifest of the snapshot in ``path``; raise SnapshotFormatError if anything is off."""
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise SnapshotFormatError(f"{path.name}: no {MANIFEST_FILE}")
+    manifest = Manifest.from_json(manifest_path.read_text())
+    if manifest.version != path.name:
+        raise SnapshotFormatError(f"{path.name}: manifest names version {manifest.version!r}")
+    for name, expected in manifest.files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise SnapshotFormatError(f"{path.name}: {name} missing")
+        if file_path.stat().st_size != expected["bytes"]:
+            raise SnapshotFormatError(f"{path.name}: {name} has {file_path.stat().st_size} bytes, "
+                                      f"manifest says {expected['bytes']}")
+        if check_checksums and file_digest(file_path)["sha256"] != expected["sha256"]:
+            raise SnapshotFormatError(f"{path.name}: {name} checksum mismatch")
+    return manifest
+
+
+def read_current_version(root: Path) -> str | None:
+    """The version named by ``<root>/CURRENT``, or None when nothing is published."""
+    try:
+        text = (root / CURRENT_POINTER).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,110 @@
+"""The tables: what lands, what is stored in Delta, and the candidate-list contract
+that every algorithm job writes and the snapshot builder reads."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .fields import INT64_MAX, UINT32_MAX, Field, Table
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "wishlist", "purchase")
+
+# Product ids are packed as uint32 in the snapshot (4 bytes instead of 8 keeps a
+# 100-item list under 1 KB), so the contract bounds them here, at the door.
+USER_ID = Field("user_id", "int64", min=0, max=INT64_MAX, doc="non-negative 64-bit id")
+PRODUCT_ID = Field("product_id", "int64", min=0, max=UINT32_MAX, doc="0 .. 2^32-1")
+
+EVENTS = Table(
+    name="events",
+    fields=(
+        USER_ID,
+        Field("event_type", "string", allowed=EVENT_TYPES),
+        PRODUCT_ID,
+        Field("timestamp", "timestamp", min_timestamp="2000-01-01T00:00:00+00:00",
+              max_future_seconds=86_400,
+              doc="ISO-8601 or epoch seconds; at most one day after the run's as-of time"),
+    ),
+    key=("user_id", "event_type", "product_id", "timestamp"),
+    doc="One user action on one product.",
+)
+
+PRODUCTS = Table(
+    name="products",
+    fields=(
+        PRODUCT_ID,
+        Field("category", "string", non_empty=True, doc="dot-separated path, e.g. electronics.phone"),
+        Field("price", "float64", required=False, min=0, max=1e9),
+        Field("active", "bool", required=False, doc="false marks the product inactive; missing means true"),
+        Field("other_features", "map<string,string>", required=False),
+    ),
+    key=("product_id",),
+    doc="The catalog; a row upserts one product.",
+)
+
+PROFILES = Table(
+    name="profiles",
+    fields=(
+        USER_ID,
+        Field("purchase_history", "array<int64>", required=False, min=0, max=UINT32_MAX),
+        Field("view_history", "array<int64>", required=False, min=0, max=UINT32_MAX),
+        Field("other_features", "map<string,string>", required=False),
+    ),
+    key=("user_id",),
+    doc="A user's profile; a row replaces the stored one.",
+)
+
+LANDING_TABLES = {t.name: t for t in (EVENTS, PRODUCTS, PROFILES)}
+
+
+def _stored(table: Table, *extra: Field, partition_by: tuple[str, ...] = ()) -> Table:
+    return replace(table, fields=table.fields + extra, partition_by=partition_by)
+
+
+UPDATED_AT = Field("updated_at", "timestamp", doc="as-of time of the ingest run that wrote the row")
+
+EVENTS_STORED = _stored(EVENTS, Field("event_date", "string", doc="yyyy-MM-dd (UTC)"),
+                        partition_by=("event_date",))
+PRODUCTS_STORED = _stored(
+    replace(PRODUCTS, fields=tuple(
+        replace(f, required=True) if f.name == "active" else f for f in PRODUCTS.fields)),
+    UPDATED_AT,
+)
+PROFILES_STORED = _stored(PROFILES, UPDATED_AT)
+
+PROFILE_INTERACTIONS = Table(
+    name="profile_interactions",
+    fields=(USER_ID, PRODUCT_ID, Field("event_type", "string", allowed=EVENT_TYPES),
+            Field("timestamp", "timestamp")),
+    doc="Profile histories as interaction rows (purchase_history -> purchase, view_history -> view), "
+        "stamped with the profile's updated_at. Rebuilt from profiles on every profile ingest.",
+)
+
+REJECTED = Table(
+    name="rejected",
+    fields=(
+        Field("raw", "string", doc="the row as received (a JSON line, or the CSV/Parquet fields as JSON)"),
+        Field("reason", "string"),
+        Field("source_file", "string", required=False),
+        Field("rejected_at", "timestamp", doc="as-of time of the ingest run"),
+    ),
+    doc="Quarantine: every row an ingest run refused, with why. Stored as <table>_rejected.",
+)
+
+SUBJECT_KINDS = ("user", "product", "category", "global")
+
+CANDIDATES = Table(
+    name="candidates",
+    fields=(
+        Field("subject_kind", "string", allowed=SUBJECT_KINDS),
+        Field("subject_id", "string", doc="user or product id in decimal, a category, or 'all' for global"),
+        Field("algorithm", "string", doc="popular, als, content, hybrid, ..."),
+        Field("product_ids", "array<int64>", doc="ranked best first, unique"),
+        Field("scores", "array<float32>", doc="same length as product_ids, non-increasing"),
+        Field("model_version", "string", doc="identifies the run that produced the list"),
+    ),
+    key=("subject_kind", "subject_id", "algorithm"),
+    partition_by=("algorithm", "subject_kind"),
+    doc="The contract between algorithm jobs and the snapshot builder: one ranked list "
+        "per (subject, algorithm). A job replaces its own algorithm's partitions.",
+)
+
+GLOBAL_SUBJECT = "all"
