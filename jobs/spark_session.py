@@ -1,0 +1,71 @@
+"""The one place a SparkSession is built.
+
+Defaults come from ``conf/spark.toml``; ``spark-submit --master/--conf`` wins
+because settings already present in the SparkConf are left alone.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+from schemas.settings import PROJECT_ROOT, load_conf
+
+log = logging.getLogger(__name__)
+
+DELTA_JAR_PREFIXES = ("delta-spark_", "delta-storage-")
+
+
+class MissingJarsError(RuntimeError):
+    """The Delta Lake jars are not in the jars folder; `make jars` fetches them."""
+
+
+def delta_jars(jars_dir: Path) -> list[Path]:
+    """The delta-spark and delta-storage jars in ``jars_dir``; raise if either is missing."""
+    found = sorted(p for p in jars_dir.glob("*.jar") if p.name.startswith(DELTA_JAR_PREFIXES))
+    for prefix in DELTA_JAR_PREFIXES:
+        if not any(p.name.startswith(prefix) for p in found):
+            raise MissingJarsError(
+                f"no {prefix}*.jar in {jars_dir}: run `make jars` (Spark must not download at start-up)")
+    return found
+
+
+def _launched_by_spark_submit() -> bool:
+    return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1"
+
+
+def get_spark(app_name: str | None = None, overrides: Mapping | None = None):
+    """Return the active SparkSession, or build one with Delta Lake configured.
+
+    ``overrides`` merges into ``conf/spark.toml`` (tests use it for small settings).
+    """
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # ALS runs on native BLAS when libopenblas is present; one thread per task,
+    # as Spark already runs one task per core.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+
+    settings = load_conf("spark", overrides)
+    existing = SparkConf()  # holds whatever spark-submit already set
+    builder = SparkSession.builder.appName(app_name or settings["app_name"])
+    if not existing.contains("spark.master"):
+        builder = builder.master(settings["master"])
+    jars_dir = Path(settings["jars_dir"])
+    if not jars_dir.is_absolute():
+        jars_dir = PROJECT_ROOT / jars_dir
+    if not existing.contains("spark.jars") or "delta" not in existing.get("spark.jars"):
+        builder = builder.config("spark.jars", ",".join(str(p) for p in delta_jars(jars_dir)))
+    for key, value in settings.get("conf", {}).items():
+        if not existing.contains(key):
+            builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "WARN"))
+    log.info("Spark %s session %s on %s", spark.version, spark.sparkContext.appName, spark.sparkContext.master)
+    return spark
