@@ -7,7 +7,8 @@ Every value can be overridden by an environment variable named below.
 import multiprocessing
 import os
 
-wsgi_app = "lookup_server.wsgi:app"
+# The factory runs in each worker (preload_app = False below), after the fork.
+wsgi_app = "lookup_server:create_app()"
 bind = os.environ.get("LOOKUP_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("LOOKUP_WORKERS", multiprocessing.cpu_count()))
 worker_class = "sync"
@@ -21,3 +22,23 @@ accesslog = os.environ.get("LOOKUP_ACCESS_LOG")  # e.g. "-" for stdout; off by d
 errorlog = "-"
 loglevel = os.environ.get("LOOKUP_LOG_LEVEL", "info")
 proc_name = "recsys-lookup"
+# gunicorn's control socket defaults to one fixed path per user, which two servers on
+# one machine (tests, blue/green) would fight over: off unless a path is given.
+_control_socket = os.environ.get("LOOKUP_CONTROL_SOCKET")
+if _control_socket:
+    control_socket = _control_socket
+control_socket_disable = not _control_socket
+
+
+def post_worker_init(worker):
+    """Route the app's log to gunicorn's error log, then start following the snapshot
+    as soon as the worker has its app, so it is ready before its first request."""
+    import logging
+
+    from lookup_server import start_snapshot_watcher
+
+    app_log = logging.getLogger("lookup_server")
+    app_log.handlers = list(worker.log.error_log.handlers)
+    app_log.setLevel(worker.log.error_log.level)
+    app_log.propagate = False
+    start_snapshot_watcher(worker.wsgi)

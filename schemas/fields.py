@@ -65,6 +65,10 @@ class Table:
 
 # --- converters -------------------------------------------------------------
 
+def _bound(value: float) -> str:
+    """A rule's bound as people write it: 4294967295, not 4.29497e+09."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
 def _spark_type(t: FieldType):
     from pyspark.sql import types as T
 
@@ -153,9 +157,9 @@ def _check_number(f: Field, value: Any, integral: bool) -> tuple[str | None, Any
     if isinstance(value, float) and not math.isfinite(value):
         return f"{f.name}: not a finite number", None
     if f.min is not None and value < f.min:
-        return f"{f.name}: below minimum {f.min:g}", None
+        return f"{f.name}: below minimum {_bound(f.min)}", None
     if f.max is not None and value > f.max:
-        return f"{f.name}: above maximum {f.max:g}", None
+        return f"{f.name}: above maximum {_bound(f.max)}", None
     return None, value
 
 
@@ -178,6 +182,9 @@ def validate_record(table: Table, record: dict[str, Any], as_of: datetime) -> tu
         if f.type in ("int64", "float64", "float32"):
             reason, value = _check_number(f, value, integral=f.type == "int64")
         elif f.type == "string":
+            # Numbers become their decimal text, as Spark's JSON reader does for string columns.
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)
             reason = None if isinstance(value, str) else f"{f.name}: expected a string"
             if reason is None and f.non_empty and not value.strip():
                 reason = f"{f.name}: empty"

@@ -61,8 +61,13 @@ def _stored(table: Table, *extra: Field, partition_by: tuple[str, ...] = ()) -> 
 
 UPDATED_AT = Field("updated_at", "timestamp", doc="as-of time of the ingest run that wrote the row")
 
-EVENTS_STORED = _stored(EVENTS, Field("event_date", "string", doc="yyyy-MM-dd (UTC)"),
-                        partition_by=("event_date",))
+EVENTS_STORED = _stored(
+    EVENTS,
+    Field("event_date", "string", doc="yyyy-MM-dd (UTC)"),
+    Field("ingest_batch", "string", doc="<stream>:<batch> that wrote the row; a replayed batch "
+                                        "recognises its own rows by it"),
+    partition_by=("event_date",),
+)
 PRODUCTS_STORED = _stored(
     replace(PRODUCTS, fields=tuple(
         replace(f, required=True) if f.name == "active" else f for f in PRODUCTS.fields)),
@@ -87,6 +92,20 @@ REJECTED = Table(
         Field("rejected_at", "timestamp", doc="as-of time of the ingest run"),
     ),
     doc="Quarantine: every row an ingest run refused, with why. Stored as <table>_rejected.",
+)
+
+INGEST_LOG = Table(
+    name="ingest_log",
+    fields=(
+        Field("stream_id", "string", doc="ingest-<table>-<format>"),
+        Field("batch_id", "int64"),
+        Field("as_of", "timestamp"),
+        Field("received", "int64"),
+        Field("accepted", "int64"),
+        Field("rejected", "int64"),
+    ),
+    key=("stream_id", "batch_id"),
+    doc="One row per ingest micro-batch, written last: received = accepted + rejected.",
 )
 
 SUBJECT_KINDS = ("user", "product", "category", "global")

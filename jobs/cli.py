@@ -1,0 +1,37 @@
+"""Arguments and logging shared by every job's ``main()``."""
+from __future__ import annotations
+
+import argparse
+import logging
+from datetime import datetime, timezone
+
+
+def parse_as_of(text: str) -> datetime:
+    """ISO-8601 time (naive means UTC) for --as-of."""
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {text!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def job_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options every job takes: --data-dir, --as-of, --log-level."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data-dir", help="root of landing/, lake/, checkpoints/, snapshots/ "
+                        "(default: data_dir in conf/jobs.toml, or $RECSYS_DATA_DIR)")
+    parser.add_argument("--as-of", type=parse_as_of, default=None,
+                        help="the run's logical time, ISO-8601 (default: now, UTC). Rows are judged and "
+                             "decayed relative to it, so re-running with the same value gives the same result")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def resolve_as_of(as_of: datetime | None) -> datetime:
+    return as_of or datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)

@@ -1,0 +1,45 @@
+"""Lookup server: answers top-k requests from the published LMDB snapshot.
+
+Build the app with ``create_app()``; production runs it under gunicorn
+(``gunicorn -c conf/gunicorn.conf.py``), one app per worker process. Nothing is
+opened at import: the snapshot watcher starts in the worker (``start_snapshot_watcher``
+from gunicorn's post_worker_init, or on the first request).
+
+Never import pyspark or jobs here: this package must start in milliseconds.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from flask import Flask
+
+from schemas.settings import load_conf
+
+from lookup_server.api import blueprint
+from lookup_server.app_state import AppState, app_state, attach_state
+from lookup_server.config import ServerConfig
+from lookup_server.current_snapshot import CurrentSnapshot
+from lookup_server.errors import json_error
+
+__all__ = ["create_app", "start_snapshot_watcher", "app_state", "ServerConfig", "CurrentSnapshot"]
+
+
+def create_app(test_config: Mapping | None = None) -> Flask:
+    """A Flask app configured from ``conf/server.toml``, environment, then ``test_config``."""
+    config = ServerConfig.from_conf(load_conf("server", overrides=test_config))
+    app = Flask(__name__)
+    snapshot = CurrentSnapshot(config.snapshot_root, config.reload_interval_seconds,
+                               config.verify_checksums)
+    attach_state(app, AppState(config=config, snapshot=snapshot))
+    # Lazily, so building an app (tests, `flask routes`) starts no thread; the pid
+    # check inside makes this a no-op after the first request of each process.
+    app.before_request(snapshot.ensure_started)
+    app.register_blueprint(blueprint)
+    app.register_error_handler(Exception, json_error)
+    return app
+
+
+def start_snapshot_watcher(app: Flask) -> None:
+    """Start following CURRENT now instead of on the first request (gunicorn's
+    post_worker_init), so a worker becomes ready without traffic."""
+    app_state(app).snapshot.ensure_started()

@@ -1,0 +1,98 @@
+"""HTTP routes. Handlers only parse, pick the reader once, call ``recommend`` and
+shape the answer; per request there is no file stat and no schema validation."""
+from __future__ import annotations
+
+import math
+import os
+import uuid
+
+from flask import Blueprint, request
+from werkzeug.exceptions import ServiceUnavailable
+
+from lookup_server.app_state import app_state
+from lookup_server.errors import error_body
+from lookup_server.openapi import openapi_document
+from lookup_server.recommend import Recommendation, recommend_for_user, similar_products
+from lookup_server.request_params import parse_algorithm, parse_k, parse_product_id, parse_user_id
+from lookup_server.snapshot_reader import SnapshotReader
+
+blueprint = Blueprint("lookup", __name__)
+
+
+@blueprint.get("/v1/users/<user_id>/recommendations")
+def user_recommendations(user_id: str):
+    config = app_state().config
+    uid = parse_user_id(user_id)
+    k = parse_k(request.args.get("k"), config.default_k, config.max_k)
+    reader = _serving_reader()
+    algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("user"), "user")
+    algorithms = config.algorithm_preference if algorithm is None else (algorithm,)
+    answer = recommend_for_user(reader, uid, k, algorithms)
+    return {"user_id": uid, **_answer_fields(answer, reader)}
+
+
+@blueprint.get("/v1/products/<product_id>/similar")
+def product_similar(product_id: str):
+    config = app_state().config
+    pid = parse_product_id(product_id)
+    k = parse_k(request.args.get("k"), config.default_k, config.max_k)
+    reader = _serving_reader()
+    algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("product"), "product")
+    algorithms = config.similar_preference if algorithm is None else (algorithm,)
+    answer = similar_products(reader, pid, k, algorithms)
+    return {"product_id": pid, **_answer_fields(answer, reader)}
+
+
+@blueprint.get("/healthz")
+def healthz():
+    """Liveness: the process answers. Says nothing about snapshots, on purpose."""
+    return {"status": "ok"}
+
+
+@blueprint.get("/readyz")
+def readyz():
+    """Readiness: a verified snapshot is in service in this worker."""
+    snapshot = app_state().snapshot
+    reader = snapshot.reader
+    if reader is None:
+        return error_body(503, _not_ready_message()), 503
+    return {
+        "status": "ready",
+        "snapshot_version": reader.version,
+        "snapshot_created_at": reader.manifest.created_at,
+        "loaded_at": reader.loaded_at.isoformat(),
+        "rejected_snapshots": snapshot.rejected_count,
+        "worker_pid": os.getpid(),
+    }
+
+
+@blueprint.get("/openapi.json")
+def openapi_json():
+    return openapi_document(app_state().config)
+
+
+def _serving_reader() -> SnapshotReader:
+    """The reader this request uses from start to end (a swap meanwhile does not affect it)."""
+    reader = app_state().snapshot.reader
+    if reader is None:
+        retry = max(1, math.ceil(app_state().config.reload_interval_seconds))
+        raise ServiceUnavailable(_not_ready_message(), retry_after=retry)
+    return reader
+
+
+def _not_ready_message() -> str:
+    snapshot = app_state().snapshot
+    message = "no verified snapshot is loaded yet"
+    if snapshot.last_rejection:
+        message += f"; last rejected: {snapshot.last_rejection}"
+    return message
+
+
+def _answer_fields(answer: Recommendation, reader: SnapshotReader) -> dict:
+    return {
+        "items": [{"product_id": p, "score": s} for p, s in zip(answer.product_ids, answer.scores)],
+        "algorithm": answer.algorithm,
+        "fallback": answer.fallback,
+        "snapshot_version": reader.version,
+        "request_id": uuid.uuid4().hex,
+    }

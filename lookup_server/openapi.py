@@ -1,0 +1,182 @@
+"""The OpenAPI 3.1 description of the lookup API, served at ``/openapi.json``.
+
+Built from the config because the bounds of ``k`` are settings. Schemas are JSON
+Schema 2020-12 (OpenAPI 3.1), so tests validate real responses against them.
+"""
+from __future__ import annotations
+
+from lookup_server.config import ServerConfig
+from lookup_server.recommend import (
+    CATEGORY_POPULAR, GLOBAL_POPULAR, UNKNOWN_PRODUCT, UNKNOWN_USER,
+)
+from lookup_server.request_params import MAX_PRODUCT_ID, MAX_USER_ID
+
+OPENAPI_VERSION = "3.1.0"
+API_VERSION = "1.0.0"
+_JSON = "application/json"
+
+
+def _ref(kind: str, name: str) -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json_response(description: str, schema_name: str) -> dict:
+    return {"description": description, "content": {_JSON: {"schema": _ref("schemas", schema_name)}}}
+
+
+def openapi_document(config: ServerConfig) -> dict:
+    user_id = {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_USER_ID}
+    product_id = {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_PRODUCT_ID}
+    items = {"type": "array", "maxItems": config.max_k, "items": _ref("schemas", "Item"),
+             "description": "Best first; inactive products left out, so possibly fewer than k."}
+    answer_fields = {
+        "items": items,
+        "algorithm": {"type": "string",
+                      "description": "Algorithm whose list answered, or popular_fallback."},
+        "snapshot_version": {"type": "string"},
+        "request_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    }
+    answer_required = ["items", "algorithm", "fallback", "snapshot_version", "request_id"]
+    recs_errors = {
+        "400": _ref("responses", "BadRequest"),
+        "503": _ref("responses", "NotReady"),
+        "default": _ref("responses", "Error"),
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "recsys lookup server",
+            "version": API_VERSION,
+            "description": "Top-k recommendations read from the published LMDB snapshot. "
+                           "Unknown ids are answered from a fallback list, never with 404.",
+        },
+        "paths": {
+            "/v1/users/{user_id}/recommendations": {"get": {
+                "operationId": "userRecommendations",
+                "summary": "Top-k products for a user",
+                "parameters": [
+                    {"name": "user_id", "in": "path", "required": True, "schema": user_id},
+                    _ref("parameters", "K"),
+                    {**_ref("parameters", "Algorithm"),
+                     "description": "A recs/user/<algorithm> list of the snapshot; default: the "
+                                    f"first of {list(config.algorithm_preference)} with a row."},
+                ],
+                "responses": {"200": _json_response("Recommendations", "UserRecommendations"),
+                              **recs_errors},
+            }},
+            "/v1/products/{product_id}/similar": {"get": {
+                "operationId": "similarProducts",
+                "summary": "Top-k products similar to a product",
+                "parameters": [
+                    {"name": "product_id", "in": "path", "required": True, "schema": product_id},
+                    _ref("parameters", "K"),
+                    {**_ref("parameters", "Algorithm"),
+                     "description": "A recs/product/<algorithm> list of the snapshot; default: the "
+                                    f"first of {list(config.similar_preference)} with a row."},
+                ],
+                "responses": {"200": _json_response("Similar products", "SimilarProducts"),
+                              **recs_errors},
+            }},
+            "/healthz": {"get": {
+                "operationId": "healthz",
+                "summary": "Liveness: the process answers",
+                "responses": {"200": _json_response("Alive", "Health")},
+            }},
+            "/readyz": {"get": {
+                "operationId": "readyz",
+                "summary": "Readiness: this worker serves a verified snapshot",
+                "responses": {"200": _json_response("Ready", "Ready"),
+                              "503": _json_response("No verified snapshot yet", "Error")},
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3.1 document",
+                                      "content": {_JSON: {"schema": {"type": "object"}}}}},
+            }},
+        },
+        "components": {
+            "parameters": {
+                "K": {"name": "k", "in": "query", "required": False,
+                      "schema": {"type": "integer", "minimum": 1, "maximum": config.max_k,
+                                 "default": config.default_k}},
+                "Algorithm": {"name": "algorithm", "in": "query", "required": False,
+                              "schema": {"type": "string", "minLength": 1}},
+            },
+            "responses": {
+                "BadRequest": _json_response("A parameter is malformed or out of bounds", "Error"),
+                "NotReady": {
+                    **_json_response("No verified snapshot is loaded yet", "Error"),
+                    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                },
+                "Error": _json_response("Any other error", "Error"),
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "additionalProperties": False,
+                    "properties": {"error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "additionalProperties": False,
+                        "properties": {"code": {"type": "integer", "minimum": 400, "maximum": 599},
+                                       "message": {"type": "string"}},
+                    }},
+                },
+                "Item": {
+                    "type": "object",
+                    "required": ["product_id", "score"],
+                    "additionalProperties": False,
+                    "properties": {"product_id": product_id, "score": {"type": "number"}},
+                },
+                "UserRecommendations": {
+                    "type": "object",
+                    "required": ["user_id", *answer_required],
+                    "additionalProperties": False,
+                    "properties": {
+                        "user_id": user_id,
+                        **answer_fields,
+                        "fallback": {"enum": [None, UNKNOWN_USER],
+                                     "description": "null when the user's own list answered."},
+                    },
+                },
+                "SimilarProducts": {
+                    "type": "object",
+                    "required": ["product_id", *answer_required],
+                    "additionalProperties": False,
+                    "properties": {
+                        "product_id": product_id,
+                        **answer_fields,
+                        "fallback": {
+                            "enum": [None, CATEGORY_POPULAR, GLOBAL_POPULAR, UNKNOWN_PRODUCT],
+                            "description": "null when the product's own list answered; "
+                                           f"{CATEGORY_POPULAR}: its category's popular list; "
+                                           f"{GLOBAL_POPULAR}: known product, category without list; "
+                                           f"{UNKNOWN_PRODUCT}: product not in the catalogue.",
+                        },
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"const": "ok"}},
+                },
+                "Ready": {
+                    "type": "object",
+                    "required": ["status", "snapshot_version", "snapshot_created_at", "loaded_at",
+                                 "rejected_snapshots", "worker_pid"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "status": {"const": "ready"},
+                        "snapshot_version": {"type": "string"},
+                        "snapshot_created_at": {"type": "string"},
+                        "loaded_at": {"type": "string", "format": "date-time"},
+                        "rejected_snapshots": {"type": "integer", "minimum": 0,
+                                               "description": "Versions this worker refused since start."},
+                        "worker_pid": {"type": "integer"},
+                    },
+                },
+            },
+        },
+    }
