@@ -17,7 +17,7 @@ from datetime import datetime
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from schemas.fields import Field, Table
+from schemas.fields import Field, Table, format_bound
 
 RAW, SOURCE_FILE, MALFORMED = "_raw", "_source_file", "_malformed"
 REASON = "_reason"
@@ -27,10 +27,6 @@ _INTEGER_TEXT = r"^\s*[+-]?\d+\s*$"
 # Spark's timestamp_seconds would overflow.
 _EPOCH_MIN, _EPOCH_MAX = -62_135_596_800, 253_402_300_799
 
-
-def _bound(value: float) -> str:
-    """A rule's bound as people write it: 4294967295, not 4.29497e+09."""
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 def _is_integer_text(c: Column) -> Column:
     return c.rlike(_INTEGER_TEXT)
@@ -48,14 +44,14 @@ def _typed_and_checks(f: Field, as_of: datetime) -> tuple[Column, list[tuple[Col
 
     def bounds(v: Column) -> None:
         if f.min is not None:
-            checks.append((v < F.lit(f.min), f"{name}: below minimum {_bound(f.min)}"))
+            checks.append((v < F.lit(f.min), f"{name}: below minimum {format_bound(f.min)}"))
         if f.max is not None:
-            checks.append((v > F.lit(f.max), f"{name}: above maximum {_bound(f.max)}"))
+            checks.append((v > F.lit(f.max), f"{name}: above maximum {format_bound(f.max)}"))
 
     if f.type == "int64":
         number = _as_decimal(c)
         checks.append((~_is_integer_text(c), f"{name}: not an integer"))
-        checks.append((number.isNull(), f"{name}: above maximum {_bound(f.max)}" if f.max else f"{name}: out of range"))
+        checks.append((number.isNull(), f"{name}: above maximum {format_bound(f.max)}" if f.max else f"{name}: out of range"))
         bounds(number)
         typed = number.try_cast("bigint")
     elif f.type in ("float64", "float32"):
@@ -94,7 +90,7 @@ def _typed_and_checks(f: Field, as_of: datetime) -> tuple[Column, list[tuple[Col
         low = f.min if f.min is not None else -(2**63)
         high = f.max if f.max is not None else 2**63 - 1
         checks.append((F.exists(typed, lambda x: x.isNull() | (x < low) | (x > high)),
-                       f"{name}: id out of range [{_bound(low)}, {_bound(high)}]"))
+                       f"{name}: id out of range [{format_bound(low)}, {format_bound(high)}]"))
     else:  # pragma: no cover - tables only use the types above
         raise ValueError(f"no Spark rule for type {f.type}")
     return typed, checks

@@ -65,7 +65,7 @@ class Table:
 
 # --- converters -------------------------------------------------------------
 
-def _bound(value: float) -> str:
+def format_bound(value: float) -> str:
     """A rule's bound as people write it: 4294967295, not 4.29497e+09."""
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
@@ -157,9 +157,9 @@ def _check_number(f: Field, value: Any, integral: bool) -> tuple[str | None, Any
     if isinstance(value, float) and not math.isfinite(value):
         return f"{f.name}: not a finite number", None
     if f.min is not None and value < f.min:
-        return f"{f.name}: below minimum {_bound(f.min)}", None
+        return f"{f.name}: below minimum {format_bound(f.min)}", None
     if f.max is not None and value > f.max:
-        return f"{f.name}: above maximum {_bound(f.max)}", None
+        return f"{f.name}: above maximum {format_bound(f.max)}", None
     return None, value
 
 
