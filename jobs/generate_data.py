@@ -618,16 +618,16 @@ def json_text(array: pa.Array | pa.ChunkedArray, nulls: str | None = "null") -> 
     return out if nulls is None else pc.fill_null(out, nulls)
 
 
-def jsonl_bytes(table: pa.Table) -> bytes:
-    """The table as JSON lines: one object per row, keys in schema order."""
+def jsonl_buffer(table: pa.Table) -> pa.Buffer:
+    """The table as JSON lines (UTF-8): one object per row, keys in schema order."""
     if table.num_rows == 0:
-        return b""
+        return pa.py_buffer(b"")
     pieces: list = []
     for i, name in enumerate(table.column_names):
         pieces += [("{" if i == 0 else ",") + json.dumps(name) + ":", json_text(table.column(name))]
     lines = _fresh(pc.binary_join_element_wise(*pieces, "}\n", ""))
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1)
-    return lines.buffers()[2].to_pybytes()[offsets[0]:offsets[-1]]
+    return lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
 
 
 def csv_table(table: pa.Table) -> pa.Table:
@@ -642,7 +642,8 @@ def write_table(table: pa.Table, path: Path, fmt: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         if fmt == "jsonl":
-            tmp.write_bytes(jsonl_bytes(table))
+            with open(tmp, "wb") as fh:
+                fh.write(jsonl_buffer(table))
         elif fmt == "csv":
             import pyarrow.csv as pacsv
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Mapping
 
@@ -47,6 +48,9 @@ def get_spark(app_name: str | None = None, overrides: Mapping | None = None):
     # ALS runs on native BLAS when libopenblas is present; one thread per task,
     # as Spark already runs one task per core.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Python workers must run the driver's interpreter (the project's virtualenv),
+    # not whatever python3 is first on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
     active = SparkSession.getActiveSession()
     if active is not None:

@@ -16,7 +16,7 @@ from flask import Flask
 from schemas.settings import load_conf
 
 from lookup_server.api import blueprint
-from lookup_server.app_state import AppState, app_state, attach_state
+from lookup_server.state import AppState, app_state, attach_state
 from lookup_server.config import ServerConfig
 from lookup_server.current_snapshot import CurrentSnapshot
 from lookup_server.errors import json_error

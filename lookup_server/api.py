@@ -9,7 +9,7 @@ import uuid
 from flask import Blueprint, request
 from werkzeug.exceptions import ServiceUnavailable
 
-from lookup_server.app_state import app_state
+from lookup_server.state import app_state
 from lookup_server.errors import error_body
 from lookup_server.openapi import openapi_document
 from lookup_server.recommend import Recommendation, recommend_for_user, similar_products

@@ -23,6 +23,6 @@ def json_error(exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = Response(status=500)
         code, message = 500, "internal server error"
-    response.set_data(current_app.json.dumps(error_body(code, message)))
+    response.set_data(current_app.json.dumps(error_body(code, message), separators=(",", ":")))
     response.content_type = "application/json"
     return response

@@ -56,9 +56,9 @@ class SnapshotReader:
             raise SnapshotOpenError(f"{self.version}: LMDB cannot open it: {exc}") from exc
         try:
             self._dbs = self._open_databases()
-        except (lmdb.Error, SnapshotFormatError) as exc:
+        except Exception as exc:  # whatever the contents got wrong, this version is not served
             self._env.close()
-            raise SnapshotOpenError(f"{self.version}: {exc}") from exc
+            raise SnapshotOpenError(f"{self.version}: {type(exc).__name__}: {exc}") from exc
         self._algorithms: dict[str, tuple[str, ...]] = {}
         for name in sorted(self._dbs):
             parsed = parse_recs_db_name(name)

@@ -1,0 +1,168 @@
+"""Popularity: time-decayed, event-weighted product scores, as candidate lists.
+
+Writes ``algorithm = 'popular'`` rows of the candidates table:
+
+- ``global``   one list (subject ``all``) of the top-N active products;
+- ``category`` per category, its top-N active products;
+- ``user``     per user, the top products of the user's favourite categories
+               (share of the user's own decayed activity), minus what they bought.
+
+An event's weight is ``event_weights[type] * 0.5 ** (age_days / half_life_days)``,
+age measured back from ``--as-of``; events after ``--as-of`` are ignored, so a run
+for a past day sees only what was known then.
+
+Run: ``python -m jobs.popularity --help`` or ``spark-submit jobs/popularity.py --help``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from schemas.settings import load_conf
+from schemas.tables import GLOBAL_SUBJECT
+
+from .candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
+from .cli import configure_logging, job_parser, resolve_as_of
+from .paths import DataPaths
+from .spark_session import get_spark
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "popular"
+
+
+@dataclass(frozen=True)
+class PopularityParams:
+    top_n: int = 200
+    user_top_n: int = 100
+    user_top_categories: int = 3
+    half_life_days: float = 7.0
+    exclude_purchased: bool = True
+    event_weights: dict[str, float] = field(default_factory=lambda: {"view": 1.0, "purchase": 8.0})
+
+    def __post_init__(self):
+        if self.top_n < 1 or self.user_top_n < 1 or self.user_top_categories < 1:
+            raise ValueError("top_n, user_top_n and user_top_categories must be at least 1")
+        if self.half_life_days <= 0:
+            raise ValueError("half_life_days must be positive")
+
+
+# --- pure transforms --------------------------------------------------------
+
+def interactions(events: DataFrame, profile_interactions: DataFrame | None) -> DataFrame:
+    """Events and profile-history rows as one ``(user_id, product_id, event_type, timestamp)`` frame."""
+    columns = ["user_id", "product_id", "event_type", "timestamp"]
+    rows = events.select(*columns)
+    if profile_interactions is not None:
+        rows = rows.unionByName(profile_interactions.select(*columns))
+    return rows
+
+
+def weighted(rows: DataFrame, as_of: datetime, params: PopularityParams) -> DataFrame:
+    """Rows up to ``as_of`` with a ``weight`` column; zero-weight event types dropped."""
+    weights = F.create_map(*[x for k, v in params.event_weights.items() for x in (F.lit(k), F.lit(float(v)))])
+    age_days = (F.lit(as_of).cast("timestamp").cast("double") - F.col("timestamp").cast("double")) / 86_400.0
+    return (rows.where(F.col("timestamp") <= F.lit(as_of))
+            .withColumn("weight", F.coalesce(weights[F.col("event_type")], F.lit(0.0))
+                        * F.pow(F.lit(0.5), age_days / params.half_life_days))
+            .where(F.col("weight") > 0))
+
+
+def product_scores(weighted_rows: DataFrame, products: DataFrame) -> DataFrame:
+    """``(product_id, category, score)`` of active products. A product missing from the
+    catalog still counts globally (category null): we cannot know it is inactive."""
+    scores = weighted_rows.groupBy("product_id").agg(F.sum("weight").alias("score"))
+    catalog = products.select("product_id", "category", "active")
+    return (scores.join(catalog, "product_id", "left")
+            .where(F.coalesce("active", F.lit(True)))
+            .select("product_id", "category", "score"))
+
+
+def user_category_shares(weighted_rows: DataFrame, products: DataFrame, top_categories: int) -> DataFrame:
+    """``(user_id, category, share)``: each user's top categories and their share of the
+    user's activity among them (shares of a user sum to 1)."""
+    affinity = (weighted_rows.join(products.select("product_id", "category"), "product_id")
+                .groupBy("user_id", "category").agg(F.sum("weight").alias("affinity")))
+    best = Window.partitionBy("user_id").orderBy(F.col("affinity").desc(), F.col("category"))
+    top = affinity.withColumn("rank", F.row_number().over(best)).where(F.col("rank") <= top_categories)
+    total = Window.partitionBy("user_id")
+    return top.select("user_id", "category", (F.col("affinity") / F.sum("affinity").over(total)).alias("share"))
+
+
+def popularity_candidates(events: DataFrame, profile_interactions: DataFrame | None, products: DataFrame,
+                          as_of: datetime, params: PopularityParams) -> DataFrame:
+    """All popularity candidate lists (global, category, user) in the CANDIDATES layout."""
+    version = model_version(ALGORITHM, as_of, asdict(params))
+    rows = weighted(interactions(events, profile_interactions), as_of, params)
+    scores = product_scores(rows, products)
+
+    global_lists = top_n_lists(scores, F.lit(GLOBAL_SUBJECT), params.top_n)
+    in_category = scores.where(F.col("category").isNotNull())
+    category_lists = top_n_lists(in_category, F.col("category"), params.top_n)
+
+    # A user's list mixes their categories' best products, each scaled by the
+    # category's share of the user's activity and its peak score, so that
+    # categories of different sizes compare.
+    per_category = Window.partitionBy("category")
+    category_top = (in_category
+                    .withColumn("rank", F.row_number().over(per_category.orderBy(F.col("score").desc(), "product_id")))
+                    .where(F.col("rank") <= params.user_top_n)
+                    .withColumn("relative", F.col("score") / F.max("score").over(per_category)))
+    shares = user_category_shares(rows, products, params.user_top_categories)
+    user_scored = (shares.join(category_top, "category")
+                   .select("user_id", "product_id", (F.col("share") * F.col("relative")).alias("score")))
+    if params.exclude_purchased:
+        bought = rows.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
+        user_scored = user_scored.join(bought, ["user_id", "product_id"], "left_anti")
+    user_lists = top_n_lists(user_scored, F.col("user_id"), params.user_top_n)
+
+    return (as_candidates(global_lists, "global", ALGORITHM, version)
+            .unionByName(as_candidates(category_lists, "category", ALGORITHM, version))
+            .unionByName(as_candidates(user_lists, "user", ALGORITHM, version)))
+
+
+# --- I/O edges --------------------------------------------------------------
+
+def params_from_settings(settings: dict) -> PopularityParams:
+    return PopularityParams(**settings)
+
+
+def run_popularity(spark: SparkSession, paths: DataPaths, as_of: datetime, params: PopularityParams) -> int:
+    """Compute and store popularity candidates; return the number of lists written."""
+    read = spark.read.format("delta").load
+    profile_rows = None
+    if DeltaTable.isDeltaTable(spark, paths.table("profile_interactions")):
+        profile_rows = read(paths.table("profile_interactions"))
+    else:
+        log.info("no profile_interactions table yet; using events only")
+    candidates = popularity_candidates(read(paths.table("events")), profile_rows,
+                                       read(paths.table("products")), as_of, params)
+    replace_algorithm_candidates(spark, paths.table("candidates"), ALGORITHM, candidates)
+    written = (read(paths.table("candidates")).where(F.col("algorithm") == ALGORITHM)
+               .groupBy("subject_kind").count().collect())
+    counts = {r["subject_kind"]: r["count"] for r in written}
+    log.info("popularity lists written: %s", counts)
+    return sum(counts.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser(__doc__.split("\n\n")[0])
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    settings = load_conf("jobs")
+    paths = DataPaths.from_settings(settings, args.data_dir)
+    spark = get_spark("recsys-popularity")
+    written = run_popularity(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings["popularity"]))
+    print(json.dumps({"algorithm": ALGORITHM, "lists": written}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
