@@ -1,0 +1,72 @@
+# Two commands matter: `make demo` (end to end, serving) and `make test` (the suite).
+# Both set up everything they need first: virtualenv, pinned packages, Delta jars.
+
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+JARS_DIR    := .jars
+# delta-spark 4.4.0 is the newest release whose jars Maven Central serves for Spark 4.2;
+# its wheel accepts pyspark <= 4.2.0, which pyproject.toml pins.
+DELTA_VERSION := 4.4.0
+DELTA_SCALA   := 4.2_2.13
+DELTA_JAR     := $(JARS_DIR)/delta-spark_$(DELTA_SCALA)-$(DELTA_VERSION).jar
+STORAGE_JAR   := $(JARS_DIR)/delta-storage-$(DELTA_VERSION).jar
+
+DEMO_DIR    ?= var/demo
+PORT        ?= 8000
+PYTEST_ARGS ?=
+
+export SPARK_LOCAL_IP       ?= 127.0.0.1
+export OPENBLAS_NUM_THREADS ?= 1
+
+.PHONY: help setup venv jars system-packages demo stop test clean dist-jobs
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+setup: system-packages venv jars  ## everything the jobs, server and tests need
+
+venv: $(VENV)/.installed  ## virtualenv with the pinned packages
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+jars: $(DELTA_JAR) $(STORAGE_JAR)  ## Delta Lake jars from Maven Central (Spark never downloads at start-up)
+
+$(DELTA_JAR):
+	mkdir -p $(JARS_DIR)
+	mvn -q -U dependency:copy -Dartifact=io.delta:delta-spark_$(DELTA_SCALA):$(DELTA_VERSION) -DoutputDirectory=$(JARS_DIR)
+
+$(STORAGE_JAR):
+	mkdir -p $(JARS_DIR)
+	mvn -q -U dependency:copy -Dartifact=io.delta:delta-storage:$(DELTA_VERSION) -DoutputDirectory=$(JARS_DIR)
+
+system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS (Debian; needs root)
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	dpkg -s libopenblas0-pthread >/dev/null 2>&1 || missing="$$missing libopenblas0-pthread"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "please install:$$missing" >&2; case "$$missing" in *jre*|*maven*) exit 1;; esac; fi; \
+	fi
+
+demo: setup  ## generate data, run the pipeline, publish a snapshot, serve it on localhost:$(PORT)
+	DEMO_DIR=$(DEMO_DIR) PORT=$(PORT) PY=$(PY) scripts/demo.sh
+
+stop:  ## stop the demo's gunicorn
+	@if [ -f $(DEMO_DIR)/gunicorn.pid ]; then kill $$(cat $(DEMO_DIR)/gunicorn.pid) && echo stopped; else echo "not running"; fi
+
+test: setup  ## the whole pytest suite (pytest's "no tests collected" counts as success)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+dist-jobs:  ## dist/recsys_jobs.zip for spark-submit --py-files on a cluster
+	mkdir -p dist && rm -f dist/recsys_jobs.zip && zip -qr dist/recsys_jobs.zip jobs schemas -x '*__pycache__*'
+	@echo dist/recsys_jobs.zip
+
+clean:  ## remove generated data, snapshots and caches (keeps .venv and .jars)
+	rm -rf var dist .pytest_cache spark-warehouse

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End to end on this machine: generate data -> ingest -> popularity -> snapshot -> gunicorn.
+# Called by `make demo` (which sets up the virtualenv and jars first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-.venv/bin/python}
+DEMO_DIR=${DEMO_DIR:-var/demo}
+PORT=${PORT:-8000}
+USERS=${USERS:-5000}
+PRODUCTS=${PRODUCTS:-1000}
+EVENTS=${EVENTS:-200000}
+START=2026-10-01
+AS_OF=2026-10-31T00:00:00Z
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+if [ -f "$DEMO_DIR/gunicorn.pid" ] && kill -0 "$(cat "$DEMO_DIR/gunicorn.pid")" 2>/dev/null; then
+  say "stopping the previous demo server"
+  kill "$(cat "$DEMO_DIR/gunicorn.pid")"; sleep 1
+fi
+rm -rf "$DEMO_DIR"
+mkdir -p "$DEMO_DIR"
+started=$(date +%s)
+
+say "generating $EVENTS events, $USERS users, $PRODUCTS products into $DEMO_DIR/landing"
+"$PY" -m jobs.generate_data --users "$USERS" --products "$PRODUCTS" --events "$EVENTS" \
+  --seed 42 --start "$START" --days 30 --out "$DEMO_DIR/landing"
+
+say "running the Spark pipeline (ingest -> popularity -> snapshot), as of $AS_OF"
+"$PY" -m jobs.run_pipeline --data-dir "$DEMO_DIR" --as-of "$AS_OF" | tail -n 1 | tee "$DEMO_DIR/pipeline-summary.json"
+
+say "starting gunicorn on 127.0.0.1:$PORT"
+RECSYS_DATA_DIR="$DEMO_DIR" LOOKUP_BIND="127.0.0.1:$PORT" \
+  .venv/bin/gunicorn -c conf/gunicorn.conf.py --daemon --pid "$DEMO_DIR/gunicorn.pid" \
+  --error-logfile "$DEMO_DIR/gunicorn.log"
+for _ in $(seq 1 50); do
+  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
+  sleep 0.2
+done
+curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "server did not become ready; see $DEMO_DIR/gunicorn.log" >&2; exit 1; }
+
+user=$("$PY" - "$DEMO_DIR" <<'PY'
+import json, sys, pathlib
+# Any user from the first generated events file.
+folder = pathlib.Path(sys.argv[1]) / "landing" / "events"
+first = sorted(p for p in folder.iterdir() if not p.name.startswith("."))[0]
+print(json.loads(first.open().readline())["user_id"]) if first.suffix == ".jsonl" else print(1)
+PY
+)
+say "ready in $(( $(date +%s) - started )) s. Try:"
+for url in "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=5" \
+           "http://127.0.0.1:$PORT/v1/users/999999999/recommendations?k=3"; do
+  echo "curl -s '$url'"
+  curl -s "$url"; echo
+done
+echo
+echo "OpenAPI: curl -s http://127.0.0.1:$PORT/openapi.json    stop: make stop"
