@@ -1,0 +1,153 @@
+"""Ingest end to end on a real landing folder: quarantine accounting, exactly-once, merges."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import functions as F
+
+from jobs.delta_tables import table_version
+from jobs.ingest import AccountingError, IngestCounts, run_ingest
+from jobs.paths import DataPaths
+
+pytestmark = pytest.mark.spark
+
+AS_OF = datetime(2026, 10, 5, tzinfo=timezone.utc)
+SETTINGS = {"max_files_per_trigger": 100, "max_line_bytes": 2048}
+
+
+def write_lines(path: Path, lines: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+
+
+def event(user, product, kind="view", ts="2026-10-03T12:00:00Z"):
+    return {"user_id": user, "event_type": kind, "product_id": product, "timestamp": ts}
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory, spark):
+    """A landing zone with good and bad rows in all three formats, ingested once."""
+    root = tmp_path_factory.mktemp("lake")
+    paths = DataPaths(root)
+    events = paths.landing_for("events")
+    write_lines(events / "a.jsonl", [
+        event(1, 10), event(1, 10),                      # the second is a duplicate
+        event(2, 11, "purchase", 1790000000),            # epoch seconds
+        event(-1, 10), "not json", "x" * 3000,           # bad id, bad JSON, oversized line
+        event(3, 10, "teleport"), event(3, 10, ts="2099-01-01T00:00:00Z"),
+        {"user_id": 4, "event_type": "view"},            # missing product_id
+    ])
+    (events / "b.csv").write_text("user_id,event_type,product_id,timestamp\n"
+                                  "4,add_to_cart,12,2026-10-04T00:00:00Z\n5,view,abc,2026-10-04T00:00:00Z\n6,view\n")
+    pq.write_table(pa.table({"user_id": [7, 8], "event_type": ["view", "view"], "product_id": [13, 2**33],
+                             "timestamp": ["2026-10-02T00:00:00Z"] * 2}), events / "c.parquet")
+    (events / ".hidden.jsonl").write_text(json.dumps(event(9, 9)) + "\n")  # a file still being written
+    write_lines(paths.landing_for("products") / "p.jsonl", [
+        {"product_id": 10, "category": "a.b", "price": 3.5, "other_features": {"brand": "x"}},
+        {"product_id": 11, "category": "a.c", "price": -1},
+        {"product_id": 12, "category": "", "price": 1},
+        {"product_id": 13, "category": "a.c", "price": 2.0},
+        {"product_id": 10, "category": "a.b", "price": 4.5, "active": False},  # later row wins
+    ])
+    write_lines(paths.landing_for("profiles") / "u.jsonl", [
+        {"user_id": 1, "purchase_history": [10, 11], "view_history": [12], "other_features": {"country": "de"}},
+        {"user_id": 2, "purchase_history": [-5]},
+    ])
+    counts = run_ingest(spark, paths, AS_OF, SETTINGS)
+    return paths, counts
+
+
+def read(spark, paths, table):
+    return spark.read.format("delta").load(paths.table(table))
+
+
+def test_counts_add_up_per_table(lake):
+    """Every received row is either accepted or rejected, for every table."""
+    _, counts = lake
+    assert counts["events"] == IngestCounts(received=14, accepted=4, rejected=10)
+    assert counts["products"] == IngestCounts(received=5, accepted=3, rejected=2)
+    assert counts["profiles"] == IngestCounts(received=2, accepted=1, rejected=1)
+
+
+def test_rejected_rows_keep_raw_and_reason(spark, lake):
+    """Each bad event is quarantined with its raw text and the rule it broke."""
+    paths, _ = lake
+    rows = read(spark, paths, "events_rejected").collect()
+    reasons = sorted(r.reason for r in rows)
+    assert reasons == sorted([
+        "duplicate event (repeated in this batch)", "user_id: below minimum 0",
+        "malformed JSON: not one object per line", "line longer than 2048 bytes",
+        "event_type: unknown value", "timestamp: in the future", "product_id: missing",
+        "product_id: not an integer", "malformed CSV row: wrong number of fields",
+        "product_id: above maximum 4294967295",
+    ])
+    bad_json = next(r for r in rows if r.reason.startswith("malformed JSON"))
+    assert bad_json.raw == "not json" and bad_json.source_file.endswith("a.jsonl")
+    assert all(r.rejected_at.replace(tzinfo=timezone.utc) == AS_OF for r in rows)
+
+
+def test_accepted_events_are_typed_and_partitioned(spark, lake):
+    """Accepted events carry UTC timestamps and their event_date partition."""
+    paths, _ = lake
+    rows = {(r.user_id, r.product_id): r for r in read(spark, paths, "events").collect()}
+    assert set(rows) == {(1, 10), (2, 11), (4, 12), (7, 13)}  # not the hidden file's (9, 9)
+    assert rows[(2, 11)].event_date == "2026-09-21"  # 1790000000 s
+    assert rows[(4, 12)].event_type == "add_to_cart"
+
+
+def test_rerun_adds_nothing(spark, lake):
+    """Ingesting the same landing files again changes no table."""
+    paths, _ = lake
+    before = {t: table_version(spark, paths.table(t)) for t in ("events", "events_rejected", "products")}
+    counts = run_ingest(spark, paths, AS_OF, SETTINGS)
+    assert all(c == IngestCounts() for c in counts.values())
+    assert {t: table_version(spark, paths.table(t)) for t in before} == before
+
+
+def test_new_file_with_a_known_event_is_quarantined_as_duplicate(spark, lake, tmp_path):
+    """An event seen in an earlier run is refused as a duplicate; a new one is appended."""
+    paths, _ = lake
+    write_lines(paths.landing_for("events") / "d.jsonl", [event(1, 10), event(1, 13, "purchase")])
+    counts = run_ingest(spark, paths, AS_OF, SETTINGS, tables=["events"])
+    assert counts["events"] == IngestCounts(received=2, accepted=1, rejected=1)
+    assert read(spark, paths, "events_rejected").where(
+        F.col("reason") == "duplicate event (already ingested)").count() == 1
+    logged = read(spark, paths, "ingest_log").where(F.col("stream_id") == "ingest-events-json")
+    assert logged.agg(F.sum("received"), F.sum("accepted"), F.sum("rejected")).first() == (11, 3, 8)
+
+
+def test_products_merge_last_row_wins_and_inactive_kept(spark, lake):
+    """The catalog holds one row per product, the latest received, inactive flag included."""
+    paths, _ = lake
+    rows = {r.product_id: r for r in read(spark, paths, "products").collect()}
+    assert set(rows) == {10, 13}
+    assert rows[10].price == 4.5 and rows[10].active is False
+    assert rows[13].active is True
+
+
+def test_catalog_update_replaces_a_product(spark, lake):
+    """A later catalog file re-activates a product and changes its price, in place."""
+    paths, _ = lake
+    write_lines(paths.landing_for("products") / "p2.jsonl",
+                [{"product_id": 10, "category": "a.b", "price": 5.0, "active": True}])
+    run_ingest(spark, paths, AS_OF, SETTINGS, tables=["products"])
+    rows = read(spark, paths, "products").where("product_id = 10").collect()
+    assert len(rows) == 1 and rows[0].price == 5.0 and rows[0].active is True
+
+
+def test_profiles_become_interactions(spark, lake):
+    """Profile histories become purchase and view rows stamped with the run's as-of."""
+    paths, _ = lake
+    rows = sorted((r.user_id, r.product_id, r.event_type) for r in read(spark, paths, "profile_interactions").collect())
+    assert rows == [(1, 10, "purchase"), (1, 11, "purchase"), (1, 12, "view")]
+
+
+def test_counts_refuse_to_lose_a_row():
+    """The accounting check raises when received != accepted + rejected."""
+    with pytest.raises(AccountingError):
+        IngestCounts().add(received=3, accepted=1, rejected=1)
