@@ -25,12 +25,12 @@ from schemas.snapshot import (
     MAX_ITEMS, PRODUCTS_DB, Manifest, pack_product, pack_ranked_list, product_key, recs_db_name, subject_key,
 )
 
-from .candidates import params_digest
-from .cli import configure_logging, job_parser, resolve_as_of
-from .delta_tables import table_version
-from .paths import DataPaths
-from .snapshot_writer import SnapshotWriter, new_version, publish, remove_abandoned_builds
-from .spark_session import get_spark
+from jobs.candidates import params_digest
+from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.delta_tables import table_version
+from jobs.paths import DataPaths
+from jobs.snapshot_writer import SnapshotWriter, new_version, publish, remove_abandoned_builds
+from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 

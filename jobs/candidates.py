@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from schemas.tables import CANDIDATES
 
-from .delta_tables import ensure_table
+from jobs.delta_tables import ensure_table
 
 
 def top_n_lists(scored: DataFrame, subject: Column, n: int) -> DataFrame:

@@ -37,12 +37,12 @@ from schemas.tables import (
     PROFILES_STORED, REJECTED,
 )
 
-from .cli import configure_logging, job_parser, resolve_as_of
-from .delta_tables import ensure_table, idempotent_write
-from .landing import FORMATS, has_files, read_stream
-from .paths import DataPaths
-from .spark_session import get_spark
-from .validation import RAW, SOURCE_FILE, rejected_rows, split_valid
+from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.delta_tables import ensure_table, idempotent_write
+from jobs.landing import FORMATS, has_files, read_stream
+from jobs.paths import DataPaths
+from jobs.spark_session import get_spark
+from jobs.validation import RAW, SOURCE_FILE, rejected_rows, split_valid
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Read landing-zone files as streams of all-string rows ready for validation.
 
 Each table's folder (``landing/<table>/``) may hold JSON lines (``*.json``,
-``*.jsonl``), CSV with a header (``*.csv``; maps and lists as JSON text) and
+``*.jsonl``), CSV with a header (``*.csv``; columns in the table's order, maps
+and lists as JSON text) and
 Parquet (``*.parquet``). Dot- and underscore-prefixed files are ignored, so
 writers drop files in by rename. Each format is its own stream with its own
 checkpoint: the checkpoint records which files were processed, which is what
@@ -19,7 +20,7 @@ from pyspark.sql import types as T
 
 from schemas.fields import Table
 
-from .validation import MALFORMED, RAW, SOURCE_FILE
+from jobs.validation import MALFORMED, RAW, SOURCE_FILE
 
 FORMATS = {"json": "*.{json,jsonl}", "csv": "*.csv", "parquet": "*.parquet"}
 CORRUPT = "_corrupt"
@@ -101,7 +102,10 @@ def read_stream(spark: SparkSession, folder: Path, table: Table, fmt: str,
     if fmt == "csv":
         rows = (reader.format("csv").schema(string_schema(table, corrupt_column=True))
                 .option("header", True).option("mode", "PERMISSIVE")
-                .option("columnNameOfCorruptRecord", CORRUPT).option("enforceSchema", False)
+                # RFC 4180 quoting: a quote inside a quoted field is doubled (how
+                # csv writers escape the JSON text of maps and lists).
+                .option("escape", '"')
+                .option("columnNameOfCorruptRecord", CORRUPT)
                 .load(str(folder)))
         return parse_csv_rows(rows.select("*", source_file), table)
     if fmt == "parquet":

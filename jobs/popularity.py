@@ -28,10 +28,10 @@ from pyspark.sql import functions as F
 from schemas.settings import load_conf
 from schemas.tables import GLOBAL_SUBJECT
 
-from .candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
-from .cli import configure_logging, job_parser, resolve_as_of
-from .paths import DataPaths
-from .spark_session import get_spark
+from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
+from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.paths import DataPaths
+from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 

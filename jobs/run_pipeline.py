@@ -15,12 +15,12 @@ from dataclasses import asdict
 
 from schemas.settings import load_conf
 
-from .build_snapshot import build_snapshot
-from .cli import configure_logging, job_parser, resolve_as_of
-from .ingest import run_ingest
-from .paths import DataPaths
-from .popularity import params_from_settings, run_popularity
-from .spark_session import get_spark
+from jobs.build_snapshot import build_snapshot
+from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.ingest import run_ingest
+from jobs.paths import DataPaths
+from jobs.popularity import params_from_settings, run_popularity
+from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 

@@ -32,14 +32,12 @@ def delta_jars(jars_dir: Path) -> list[Path]:
     return found
 
 
-def _launched_by_spark_submit() -> bool:
-    return "SPARK_SUBMIT_OPTS" in os.environ or os.environ.get("SPARK_ENV_LOADED") == "1"
-
-
 def get_spark(app_name: str | None = None, overrides: Mapping | None = None):
     """Return the active SparkSession, or build one with Delta Lake configured.
 
     ``overrides`` merges into ``conf/spark.toml`` (tests use it for small settings).
+    Under ``spark-submit`` the JVM is already running, so the Delta jars must come
+    from its ``--jars``: ``scripts/submit`` passes them.
     """
     from pyspark import SparkConf
     from pyspark.sql import SparkSession
