@@ -1,0 +1,91 @@
+"""The Spark snapshot builder: candidate tables in, a verified LMDB snapshot out."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import lmdb
+import pytest
+
+from jobs.build_snapshot import build_snapshot
+from jobs.candidates import replace_algorithm_candidates
+from jobs.delta_tables import ensure_table
+from jobs.paths import DataPaths
+from schemas import CANDIDATES, PRODUCTS_STORED, spark_schema
+from schemas.snapshot import (
+    PRODUCTS_DB, product_key, read_current_version, recs_db_name, unpack_product, unpack_ranked_list,
+    user_key, verify_snapshot_dir,
+)
+
+pytestmark = pytest.mark.spark
+
+AS_OF = datetime(2026, 10, 5, tzinfo=timezone.utc)
+SETTINGS = {"keep_versions": 2, "map_size_gb": 0.0625}
+
+
+def candidate_rows(algorithm="popular", scores_for_user_7=(0.9, 0.5)):
+    return [
+        ("user", "7", algorithm, [3, 1], list(scores_for_user_7), f"{algorithm}-v1"),
+        ("user", "8", algorithm, [2], [0.4], f"{algorithm}-v1"),
+        ("category", "a.b", algorithm, [1, 2], [2.0, 1.0], f"{algorithm}-v1"),
+        ("global", "all", algorithm, [2, 1, 3], [5.0, 4.0, 1.0], f"{algorithm}-v1"),
+    ]
+
+
+@pytest.fixture()
+def lake(spark, tmp_path):
+    paths = DataPaths(tmp_path)
+    products = spark.createDataFrame(
+        [(1, "a.b", 2.5, True, {"brand": "x"}, AS_OF), (2, "a.b", None, False, None, AS_OF),
+         (3, "bücher", 9.0, True, None, AS_OF)], spark_schema(PRODUCTS_STORED))
+    ensure_table(spark, paths.table("products"), PRODUCTS_STORED)
+    products.write.format("delta").mode("append").save(paths.table("products"))
+    candidates = spark.createDataFrame(candidate_rows(), spark_schema(CANDIDATES))
+    replace_algorithm_candidates(spark, paths.table("candidates"), "popular", candidates)
+    return paths
+
+
+def open_db(path, name):
+    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=64)
+    return env, env.open_db(name.encode())
+
+
+def test_builds_publishes_and_reads_back(spark, lake):
+    """Every list and product lands in its named database, readable with the documented layout."""
+    manifest = build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
+    root = lake.snapshots
+    assert read_current_version(root) == "v1"
+    assert verify_snapshot_dir(root / "v1") == manifest
+    assert manifest.databases == {"products": 3, "recs/category/popular": 1,
+                                  "recs/global/popular": 1, "recs/user/popular": 2}
+    assert manifest.model_versions == {"popular": "popular-v1"}
+    assert set(manifest.delta_versions) == {"candidates", "products"}
+
+    env, users = open_db(root / "v1", recs_db_name("user", "popular"))
+    products = env.open_db(PRODUCTS_DB.encode())
+    with env.begin(buffers=True) as txn:
+        ids, scores = unpack_ranked_list(txn.get(user_key(7), db=users))
+        assert ids == (3, 1) and scores == pytest.approx((0.9, 0.5))
+        assert txn.get(user_key(99), db=users) is None
+        record = unpack_product(2, txn.get(product_key(2), db=products))
+        assert (record.category, record.price, record.active) == ("a.b", None, False)
+        assert unpack_product(3, txn.get(product_key(3), db=products)).category == "bücher"
+    env.close()
+
+
+def test_failed_build_leaves_the_served_snapshot(spark, lake):
+    """A build that fails half-way publishes nothing and leaves no visible folder."""
+    build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
+    broken = spark.createDataFrame(candidate_rows(scores_for_user_7=(0.9,)), spark_schema(CANDIDATES))
+    replace_algorithm_candidates(spark, lake.table("candidates"), "popular", broken)
+    with pytest.raises(Exception, match="2 product ids but 1 scores"):
+        build_snapshot(spark, lake, AS_OF, SETTINGS, version="v2")
+    assert read_current_version(lake.snapshots) == "v1"
+    assert sorted(p.name for p in lake.snapshots.iterdir()) == ["CURRENT", "v1"]
+
+
+def test_keeps_only_the_newest_versions(spark, lake):
+    """Publishing prunes to keep_versions, never removing the one in service."""
+    for version in ("v1", "v2", "v3"):
+        build_snapshot(spark, lake, AS_OF, SETTINGS, version=version)
+    assert sorted(p.name for p in lake.snapshots.iterdir() if p.is_dir()) == ["v2", "v3"]
+    assert read_current_version(lake.snapshots) == "v3"
