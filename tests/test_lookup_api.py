@@ -5,7 +5,7 @@ import pytest
 
 from lookup_server import app_state
 
-from lookup_fixtures import (  # noqa: F401  (fixtures are used by name)
+from tests.lookup_fixtures import (  # noqa: F401  (fixtures are used by name)
     SnapshotContent, app, client, make_app, publish_snapshot, snapshot_root,
 )
 

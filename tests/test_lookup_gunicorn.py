@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from lookup_fixtures import (
+from tests.lookup_fixtures import (
     SnapshotContent, publish_snapshot, running_gunicorn, wait_until,
 )
 

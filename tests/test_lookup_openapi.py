@@ -10,7 +10,7 @@ from referencing.jsonschema import DRAFT202012
 
 from lookup_server import app_state
 
-from lookup_fixtures import app, client, make_app, snapshot_root  # noqa: F401  (fixtures)
+from tests.lookup_fixtures import app, client, make_app, snapshot_root  # noqa: F401  (fixtures)
 
 SPEC_URI = "urn:lookup-openapi"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from lookup_fixtures import (  # noqa: F401  (fixtures are used by name)
+from tests.lookup_fixtures import (  # noqa: F401  (fixtures are used by name)
     SnapshotContent, build_snapshot, flip_data_byte, make_app, point_current_at, publish_snapshot,
     remove_manifest, snapshot_root, truncate_data_file, wait_until, zero_data_file,
 )
