@@ -66,8 +66,13 @@ class SnapshotWriter:
 
     def put(self, db_name: str, key: bytes, value: bytes) -> None:
         """Store one record; a repeated key in the same database replaces the earlier one."""
-        if self._txn.put(key, value, db=self._db(db_name), overwrite=True):
+        db = self._db(db_name)
+        # put(overwrite=True) answers True for a replacement too, which would count a
+        # repeated key twice in the manifest; only a new key adds a row.
+        if self._txn.put(key, value, db=db, overwrite=False):
             self.row_counts[db_name] += 1
+        else:
+            self._txn.put(key, value, db=db, overwrite=True)
         self._pending += 1
         if self._pending >= COMMIT_EVERY:
             self._txn.commit()
@@ -170,5 +175,5 @@ def remove_abandoned_builds(root: Path) -> list[str]:
 
 
 def new_version(now: datetime | None = None) -> str:
-    """A version name that sorts by creation time: ``20261125T061530Z``."""
+    """A version name that sorts by creation time: ``20261125T061530123456Z`` (UTC, microseconds)."""
     return (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%S%fZ")

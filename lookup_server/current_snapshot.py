@@ -13,7 +13,7 @@ import os
 import threading
 from pathlib import Path
 
-from schemas.snapshot import DATA_FILE, MANIFEST_FILE, read_current_version
+from schemas.snapshot import CURRENT_POINTER, DATA_FILE, MANIFEST_FILE, read_current_version
 
 from lookup_server.snapshot_reader import SnapshotOpenError, SnapshotReader, open_snapshot
 
@@ -102,7 +102,7 @@ class CurrentSnapshot:
                 return False
             try:
                 if "/" in version or version.startswith("."):
-                    raise SnapshotOpenError(f"{self.root / 'CURRENT'} names no version folder: {version!r}")
+                    raise SnapshotOpenError(f"{CURRENT_POINTER} names no version folder: {version!r}")
                 reader = open_snapshot(path, self.verify_checksums)
             except SnapshotOpenError as exc:
                 self._reject(fingerprint, str(exc), serving)

@@ -175,7 +175,8 @@ def _keep(txn, products, ids, scores, k: int, exclude: frozenset[int]) -> Ranked
 # Readers alive in this process, by (pid, device, inode) of their data file. LMDB
 # refuses a second open of a file that is open, so asking for a version that is
 # still alive (a rollback to it, or two apps in one test process) shares the reader.
-_live_readers: "weakref.WeakValueDictionary[tuple[int, int, int], SnapshotReader]" = weakref.WeakValueDictionary()
+_live_readers: "weakref.WeakValueDictionary[tuple[int, int, int], SnapshotReader]" = (
+    weakref.WeakValueDictionary())
 _live_readers_lock = threading.Lock()
 
 

@@ -6,7 +6,9 @@ this package and must start without a JVM, so the converters import lazily.
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -117,20 +119,25 @@ def arrow_schema(table: Table):
 # (jobs/validation.py); this evaluator serves code without Spark (the lookup
 # side, the future event collector) and cross-checks the Spark one in tests.
 
+# Integer text as the Spark rules read it (ASCII digits, one sign, no '_').
+_INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
 def parse_timestamp(value: Any) -> datetime | None:
-    """Epoch seconds (int, float or digit string) or ISO-8601; naive means UTC."""
-    if isinstance(value, bool) or value is None:
+    """Whole epoch seconds (int or digit string) or ISO-8601; naive means UTC.
+
+    A fractional number is refused, as by the Spark rules (its JSON reader renders
+    1.7e9 as the text "1.7E9", which is neither)."""
+    if isinstance(value, (bool, float)) or value is None:
         return None
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):
-            return None
+    if isinstance(value, int):
         try:
             return datetime.fromtimestamp(value, tz=timezone.utc)
         except (OverflowError, OSError, ValueError):
             return None
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if _INTEGER_TEXT.fullmatch(text):
             return parse_timestamp(int(text))
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -145,13 +152,14 @@ def _check_number(f: Field, value: Any, integral: bool) -> tuple[str | None, Any
         return f"{f.name}: expected a number, got a boolean", None
     if isinstance(value, str):
         try:
+            if integral and not _INTEGER_TEXT.fullmatch(value):
+                raise ValueError(value)
             value = int(value) if integral else float(value)
         except ValueError:
             return f"{f.name}: not {'an integer' if integral else 'a number'}: {value[:40]!r}", None
     if integral and isinstance(value, float):
-        if not value.is_integer():
-            return f"{f.name}: not an integer: {value!r}", None
-        value = int(value)
+        # Spark reads 7.0 as the text "7.0", which is no integer there either.
+        return f"{f.name}: not an integer: {value!r}", None
     if not isinstance(value, (int, float)):
         return f"{f.name}: expected a number, got {type(value).__name__}", None
     if isinstance(value, float) and not math.isfinite(value):
@@ -161,6 +169,27 @@ def _check_number(f: Field, value: Any, integral: bool) -> tuple[str | None, Any
     if f.max is not None and value > f.max:
         return f"{f.name}: above maximum {format_bound(f.max)}", None
     return None, value
+
+
+def _json_text(value: Any) -> Any:
+    """A non-string JSON value as the text Spark's JSON reader gives a string column."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return value
+
+
+def _parse_json_text(value: Any) -> Any:
+    """A map or list given as JSON text (as CSV carries it) parsed, as the Spark rules do."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def validate_record(table: Table, record: dict[str, Any], as_of: datetime) -> tuple[dict | None, str | None]:
@@ -174,7 +203,7 @@ def validate_record(table: Table, record: dict[str, Any], as_of: datetime) -> tu
     typed: dict[str, Any] = {}
     for f in table.fields:
         value = record.get(f.name)
-        if value is None or (isinstance(value, str) and value == "" and f.type != "string"):
+        if value is None or (isinstance(value, str) and not value.strip() and f.type != "string"):
             if f.required:
                 return None, f"{f.name}: missing"
             typed[f.name] = None
@@ -182,28 +211,31 @@ def validate_record(table: Table, record: dict[str, Any], as_of: datetime) -> tu
         if f.type in ("int64", "float64", "float32"):
             reason, value = _check_number(f, value, integral=f.type == "int64")
         elif f.type == "string":
-            # Numbers become their decimal text, as Spark's JSON reader does for string columns.
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = str(value)
+            # Other JSON values become their text, as Spark's JSON reader does for string columns.
+            value = _json_text(value)
             reason = None if isinstance(value, str) else f"{f.name}: expected a string"
             if reason is None and f.non_empty and not value.strip():
                 reason = f"{f.name}: empty"
             if reason is None and f.allowed is not None and value not in f.allowed:
                 reason = f"{f.name}: unknown value {value[:40]!r}"
         elif f.type == "bool":
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+                value = value.strip().lower() == "true"
             reason = None if isinstance(value, bool) else f"{f.name}: expected true or false"
         elif f.type == "timestamp":
             parsed = parse_timestamp(value)
             reason = _check_timestamp(f, parsed, as_of)
             value = parsed
         elif f.type == "map<string,string>":
+            value = _parse_json_text(value)
             ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
             reason = None if ok else f"{f.name}: expected an object of strings"
             if ok:
-                value = {k: v if isinstance(v, str) else str(v) for k, v in value.items() if v is not None}
+                value = {k: _json_text(v) for k, v in value.items() if v is not None}
         elif f.type == "array<int64>":
             reason = None
-            if not isinstance(value, list):
+            value = _parse_json_text(value)
+            if not isinstance(value, list) or any(isinstance(item, str) for item in value):
                 reason = f"{f.name}: expected a list of ids"
             else:
                 items = []

@@ -105,7 +105,10 @@ def pack_ranked_list(product_ids, scores) -> bytes:
         raise SnapshotFormatError(f"{n} product ids but {len(scores)} scores")
     if n > MAX_ITEMS:
         raise SnapshotFormatError(f"{n} items exceed the {MAX_ITEMS} a record holds")
-    return _LIST_HEADER.pack(LAYOUT_VERSION, 0, n) + struct.pack(f"<{n}I{n}f", *product_ids, *scores)
+    try:
+        return _LIST_HEADER.pack(LAYOUT_VERSION, 0, n) + struct.pack(f"<{n}I{n}f", *product_ids, *scores)
+    except struct.error as exc:  # an id outside 0 .. 2^32-1, or a score that is no number
+        raise SnapshotFormatError(f"cannot pack ranked list: {exc}") from exc
 
 
 def unpack_ranked_list(buf, k: int | None = None) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -120,7 +123,7 @@ def unpack_ranked_list(buf, k: int | None = None) -> tuple[tuple[int, ...], tupl
         raise SnapshotFormatError(f"ranked list layout {layout}, expected {LAYOUT_VERSION}")
     if len(buf) != _LIST_HEADER.size + 8 * n:
         raise SnapshotFormatError(f"ranked list of {n} items has {len(buf)} bytes")
-    m = n if k is None else min(k, n)
+    m = n if k is None else max(0, min(k, n))
     ids = struct.unpack_from(f"<{m}I", buf, 4)
     scores = struct.unpack_from(f"<{m}f", buf, 4 + 4 * n)
     return ids, scores
