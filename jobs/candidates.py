@@ -30,6 +30,19 @@ def top_n_lists(scored: DataFrame, subject: Column, n: int) -> DataFrame:
                     F.transform("items", lambda x: x["score"].cast("float")).alias("scores")))
 
 
+def top_n_list(scored: DataFrame, subject_id: str, n: int) -> DataFrame:
+    """One ranked list of the ``n`` best products of all of ``scored``, as ``top_n_lists``
+    gives per subject. A top-n ``limit`` instead of a window: a window keyed on a
+    constant would pull every row into a single partition."""
+    best = scored.orderBy(F.col("score").desc(), F.col("product_id").asc()).limit(n)
+    ordered = F.array_sort(F.collect_list(F.struct((-F.col("score")).alias("neg_score"), "product_id", "score")))
+    return (best.agg(ordered.alias("items"))
+            .where(F.size("items") > 0)
+            .select(F.lit(subject_id).alias("subject_id"),
+                    F.transform("items", lambda x: x["product_id"]).alias("product_ids"),
+                    F.transform("items", lambda x: x["score"].cast("float")).alias("scores")))
+
+
 def as_candidates(lists: DataFrame, subject_kind: str, algorithm: str, model_version: str) -> DataFrame:
     """Ranked lists in the CANDIDATES column order."""
     return lists.select(F.lit(subject_kind).alias("subject_kind"), "subject_id",

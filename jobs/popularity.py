@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from schemas.settings import load_conf
 from schemas.tables import EVENT_TYPES, GLOBAL_SUBJECT
 
-from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
+from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_list, top_n_lists
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
@@ -108,7 +108,7 @@ def popularity_candidates(events: DataFrame, profile_interactions: DataFrame | N
     rows = weighted(interactions(events, profile_interactions), as_of, params)
     scores = product_scores(rows, products)
 
-    global_lists = top_n_lists(scores, F.lit(GLOBAL_SUBJECT), params.top_n)
+    global_lists = top_n_list(scores, GLOBAL_SUBJECT, params.top_n)
     in_category = scores.where(F.col("category").isNotNull())
     category_lists = top_n_lists(in_category, F.col("category"), params.top_n)
 

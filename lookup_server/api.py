@@ -90,7 +90,9 @@ def _not_ready_message() -> str:
 
 def _answer_fields(answer: Recommendation, reader: SnapshotReader) -> dict:
     return {
-        "items": [{"product_id": p, "score": s} for p, s in zip(answer.product_ids, answer.scores)],
+        # Scores are float32 in the snapshot: six significant digits is all they hold,
+        # and printing the float64 widening (0.8999999761581421) only adds bytes.
+        "items": [{"product_id": p, "score": float(f"{s:.6g}")} for p, s in zip(answer.product_ids, answer.scores)],
         "algorithm": answer.algorithm,
         "fallback": answer.fallback,
         "snapshot_version": reader.version,
