@@ -42,7 +42,7 @@ from jobs.delta_tables import ensure_table, idempotent_write
 from jobs.landing import FORMATS, has_files, read_stream
 from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
-from jobs.validation import RAW, SOURCE_FILE, rejected_rows, split_valid
+from jobs.validation import SOURCE_FILE, rejected_rows, split_valid
 
 log = logging.getLogger(__name__)
 

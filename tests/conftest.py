@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+# The lookup server fixtures (app, client, make_app, snapshot_root) for every test module.
+pytest_plugins = ["tests.lookup_fixtures"]
+
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

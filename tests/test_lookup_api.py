@@ -5,9 +5,7 @@ import pytest
 
 from lookup_server import app_state
 
-from tests.lookup_fixtures import (  # noqa: F401  (fixtures are used by name)
-    SnapshotContent, app, client, make_app, publish_snapshot, snapshot_root,
-)
+from tests.lookup_fixtures import SnapshotContent, publish_snapshot
 
 
 def _items(response) -> list[tuple[int, float]]:

@@ -10,7 +10,6 @@ from referencing.jsonschema import DRAFT202012
 
 from lookup_server import app_state
 
-from tests.lookup_fixtures import app, client, make_app, snapshot_root  # noqa: F401  (fixtures)
 
 SPEC_URI = "urn:lookup-openapi"
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -47,7 +46,7 @@ def _resolve(spec: dict, ref: str):
     return node
 
 
-def _validate(spec: dict, path: str, method: str, response) -> None:
+def _check_against_spec(spec: dict, path: str, method: str, response) -> None:
     """Validate a real response against the schema the spec gives for its status."""
     responses = spec["paths"][path][method]["responses"]
     status = str(response.status_code)
@@ -123,7 +122,7 @@ def test_k_bounds_follow_config(app, spec):
 ])
 def test_real_responses_match_spec(client, spec, url, path):
     """200 and 400 answers validate against the spec's schema for their status."""
-    _validate(spec, path, "get", client.get(url))
+    _check_against_spec(spec, path, "get", client.get(url))
 
 
 def test_503_responses_match_spec(make_app):
@@ -135,7 +134,7 @@ def test_503_responses_match_spec(make_app):
                       ("/v1/products/1/similar", "/v1/products/{product_id}/similar")]:
         response = client.get(url)
         assert response.status_code == 503
-        _validate(spec, path, "get", response)
+        _check_against_spec(spec, path, "get", response)
 
 
 def test_validation_catches_a_wrong_answer(client, spec):

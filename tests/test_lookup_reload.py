@@ -7,9 +7,9 @@ import weakref
 
 import pytest
 
-from tests.lookup_fixtures import (  # noqa: F401  (fixtures are used by name)
-    SnapshotContent, build_snapshot, flip_data_byte, make_app, point_current_at, publish_snapshot,
-    remove_manifest, snapshot_root, truncate_data_file, wait_until, zero_data_file,
+from tests.lookup_fixtures import (
+    SnapshotContent, build_snapshot, flip_data_byte, point_current_at, publish_snapshot,
+    remove_manifest, truncate_data_file, wait_until, zero_data_file,
 )
 from lookup_server import app_state
 from lookup_server.snapshot_reader import open_snapshot

@@ -244,7 +244,8 @@ def test_accepted_values_are_typed(spark_verdicts):
     """An offset timestamp lands as its UTC instant; other_features as a dict of strings."""
     events, _ = spark_verdicts["events"]
     offset = events[ev(timestamp="2026-09-30T12:00:00+02:00")]
-    assert offset["timestamp"] == (datetime(2026, 9, 30, 10, 0, tzinfo=timezone.utc) - EPOCH) // timedelta(microseconds=1)
+    ten_utc = (datetime(2026, 9, 30, 10, 0, tzinfo=timezone.utc) - EPOCH) // timedelta(microseconds=1)
+    assert offset["timestamp"] == ten_utc
     assert events[ev(timestamp=1_790_000_000)]["timestamp"] == 1_790_000_000 * 1_000_000
     assert events[ev(user_id="7", product_id=" 43 ")] | {"timestamp": None} == {
         "user_id": 7, "event_type": "view", "product_id": 43, "timestamp": None}

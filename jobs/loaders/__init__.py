@@ -15,7 +15,6 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -133,11 +132,25 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jobs.cli import configure_logging as configure
+
+    configure("INFO")
+
+
+def run_events_and_catalog_loader(argv, source: str, description: str, read_raw, to_products, to_events) -> int:
+    """The ``main()`` of a loader whose one raw file yields both events and a catalog."""
+    args = base_parser(f"python -m jobs.loaders.{source}", description).parse_args(argv)
+    configure_logging()
+    run_id = new_run_id()
+    with loader_session(f"load-{source}") as spark:
+        raw = read_raw(spark, args.input)
+        products = write_landing(to_products(raw), args.out, "products", source, args.fmt, run_id)
+        events = write_landing(to_events(raw), args.out, "events", source, args.fmt, run_id)
+    print(f"{source} run {run_id}: {len(products)} products file(s), {len(events)} events file(s) under {args.out}")
+    return 0
 
 
 __all__ = [
     "LANDING_FORMATS", "base_parser", "configure_logging", "conform", "epoch_seconds_to_iso",
-    "loader_session", "new_run_id", "write_landing",
+    "loader_session", "new_run_id", "run_events_and_catalog_loader", "write_landing",
 ]

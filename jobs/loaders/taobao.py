@@ -18,8 +18,7 @@ if __package__ in (None, ""):  # run as a script: spark-submit jobs/loaders/taob
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from jobs.loaders import (  # noqa: E402
-    base_parser, configure_logging, conform, epoch_seconds_to_iso, loader_session, new_run_id,
-    write_landing,
+    conform, epoch_seconds_to_iso, run_events_and_catalog_loader,
 )
 from schemas import EVENTS, PRODUCTS  # noqa: E402
 
@@ -59,17 +58,9 @@ def to_products(df):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = base_parser("python -m jobs.loaders.taobao",
-                       "Load a Taobao UserBehavior CSV into the landing zone (events and products).",
-                       ).parse_args(argv)
-    configure_logging()
-    run_id = new_run_id()
-    with loader_session("load-taobao") as spark:
-        raw = read_raw(spark, args.input)
-        products = write_landing(to_products(raw), args.out, "products", SOURCE, args.fmt, run_id)
-        events = write_landing(to_events(raw), args.out, "events", SOURCE, args.fmt, run_id)
-    print(f"taobao run {run_id}: {len(products)} products file(s), {len(events)} events file(s) under {args.out}")
-    return 0
+    return run_events_and_catalog_loader(
+        argv, SOURCE, "Load a Taobao UserBehavior CSV into the landing zone (events and products).",
+        read_raw, to_products, to_events)
 
 
 if __name__ == "__main__":
