@@ -60,10 +60,14 @@ def model_version(algorithm: str, as_of: datetime, params: dict) -> str:
     return f"{algorithm}-{as_of:%Y%m%dT%H%M%SZ}-{params_digest(params)}"
 
 
-def replace_algorithm_candidates(spark: SparkSession, path: str, algorithm: str, candidates: DataFrame) -> None:
-    """Replace ``algorithm``'s partitions of the candidates table in one Delta commit;
-    other algorithms' lists are untouched."""
+def replace_algorithm_candidates(spark: SparkSession, path: str, algorithm: str,
+                                 candidates: DataFrame) -> dict[str, int]:
+    """Replace ``algorithm``'s partitions of the candidates table in one Delta commit
+    (other algorithms' lists are untouched); return the lists written per subject kind."""
     ensure_table(spark, path, CANDIDATES)
     (candidates.write.format("delta").mode("overwrite")
      .option("replaceWhere", f"algorithm = '{algorithm}'")
      .save(path))
+    written = (spark.read.format("delta").load(path).where(F.col("algorithm") == algorithm)
+               .groupBy("subject_kind").count().collect())
+    return {r["subject_kind"]: r["count"] for r in written}

@@ -21,7 +21,6 @@ import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -30,6 +29,7 @@ from schemas.tables import EVENT_TYPES, GLOBAL_SUBJECT
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_list, top_n_lists
 from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.interactions import read_interactions, weighted
 from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
 
@@ -61,25 +61,6 @@ class PopularityParams:
 
 # --- pure transforms --------------------------------------------------------
 
-def interactions(events: DataFrame, profile_interactions: DataFrame | None) -> DataFrame:
-    """Events and profile-history rows as one ``(user_id, product_id, event_type, timestamp)`` frame."""
-    columns = ["user_id", "product_id", "event_type", "timestamp"]
-    rows = events.select(*columns)
-    if profile_interactions is not None:
-        rows = rows.unionByName(profile_interactions.select(*columns))
-    return rows
-
-
-def weighted(rows: DataFrame, as_of: datetime, params: PopularityParams) -> DataFrame:
-    """Rows up to ``as_of`` with a ``weight`` column; zero-weight event types dropped."""
-    weights = F.create_map(*[x for k, v in params.event_weights.items() for x in (F.lit(k), F.lit(float(v)))])
-    age_days = (F.lit(as_of).cast("timestamp").cast("double") - F.col("timestamp").cast("double")) / 86_400.0
-    return (rows.where(F.col("timestamp") <= F.lit(as_of))
-            .withColumn("weight", F.coalesce(weights[F.col("event_type")], F.lit(0.0))
-                        * F.pow(F.lit(0.5), age_days / params.half_life_days))
-            .where(F.col("weight") > 0))
-
-
 def product_scores(weighted_rows: DataFrame, products: DataFrame) -> DataFrame:
     """``(product_id, category, score)`` of active products. A product missing from the
     catalog still counts globally (category null): we cannot know it is inactive."""
@@ -101,11 +82,11 @@ def user_category_shares(weighted_rows: DataFrame, products: DataFrame, top_cate
     return top.select("user_id", "category", (F.col("affinity") / F.sum("affinity").over(total)).alias("share"))
 
 
-def popularity_candidates(events: DataFrame, profile_interactions: DataFrame | None, products: DataFrame,
+def popularity_candidates(interaction_rows: DataFrame, products: DataFrame,
                           as_of: datetime, params: PopularityParams) -> DataFrame:
     """All popularity candidate lists (global, category, user) in the CANDIDATES layout."""
     version = model_version(ALGORITHM, as_of, asdict(params))
-    rows = weighted(interactions(events, profile_interactions), as_of, params)
+    rows = weighted(interaction_rows, as_of, params)
     scores = product_scores(rows, products)
 
     global_lists = top_n_list(scores, GLOBAL_SUBJECT, params.top_n)
@@ -141,18 +122,9 @@ def params_from_settings(settings: dict) -> PopularityParams:
 
 def run_popularity(spark: SparkSession, paths: DataPaths, as_of: datetime, params: PopularityParams) -> int:
     """Compute and store popularity candidates; return the number of lists written."""
-    read = spark.read.format("delta").load
-    profile_rows = None
-    if DeltaTable.isDeltaTable(spark, paths.table("profile_interactions")):
-        profile_rows = read(paths.table("profile_interactions"))
-    else:
-        log.info("no profile_interactions table yet; using events only")
-    candidates = popularity_candidates(read(paths.table("events")), profile_rows,
-                                       read(paths.table("products")), as_of, params)
-    replace_algorithm_candidates(spark, paths.table("candidates"), ALGORITHM, candidates)
-    written = (read(paths.table("candidates")).where(F.col("algorithm") == ALGORITHM)
-               .groupBy("subject_kind").count().collect())
-    counts = {r["subject_kind"]: r["count"] for r in written}
+    products = spark.read.format("delta").load(paths.table("products"))
+    candidates = popularity_candidates(read_interactions(spark, paths), products, as_of, params)
+    counts = replace_algorithm_candidates(spark, paths.table("candidates"), ALGORITHM, candidates)
     log.info("popularity lists written: %s", counts)
     return sum(counts.values())
 

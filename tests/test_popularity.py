@@ -63,7 +63,7 @@ def _candidates(inputs, params):
     from jobs.popularity import popularity_candidates
 
     events, products = inputs
-    return popularity_candidates(events, None, products, AS_OF, params)
+    return popularity_candidates(events.select("user_id", "product_id", "event_type", "timestamp"), products, AS_OF, params)
 
 
 def _by_subject(rows) -> dict:
