@@ -1,7 +1,13 @@
-"""Run the whole batch pipeline in one Spark session: ingest -> popularity -> snapshot.
+"""Run the whole batch pipeline in one Spark session:
+ingest -> popularity, ALS, content -> hybrid -> snapshot.
 
 The scheduler runs these as separate tasks; this entry point is for the demo, for
 tests and for a one-off rebuild by hand.
+
+A failed algorithm degrades the snapshot instead of stopping it: its lists from
+the previous run stay in the candidates table (or are absent), the other steps go
+on, the summary names the failure, and the exit code is 2. Ingest and the snapshot
+build are not optional: their failure stops the run with exit code 1.
 
 Run: ``python -m jobs.run_pipeline --help`` or ``spark-submit jobs/run_pipeline.py --help``.
 """
@@ -12,21 +18,57 @@ import logging
 import sys
 import time
 from dataclasses import asdict
+from datetime import datetime
+from typing import Callable
+
+from pyspark.sql import SparkSession
 
 from schemas.settings import load_conf
 
+from jobs import als, content, hybrid, popularity
 from jobs.build_snapshot import build_snapshot
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.ingest import run_ingest
 from jobs.paths import DataPaths
-from jobs.popularity import params_from_settings, run_popularity
 from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 
+EXIT_DEGRADED = 2
+
+# name -> (module with params_from_settings, its run function). Order matters:
+# hybrid blends the lists the others wrote.
+ALGORITHM_STEPS: dict[str, tuple] = {
+    "popular": (popularity, popularity.run_popularity),
+    "als": (als, als.run_als),
+    "content": (content, content.run_content),
+    "hybrid": (hybrid, hybrid.run_hybrid),
+}
+
+
+def run_algorithms(spark: SparkSession, paths: DataPaths, as_of: datetime, settings: dict,
+                   names: list[str]) -> dict[str, dict]:
+    """Run each named algorithm step; a failure is logged and reported, not raised."""
+    results: dict[str, dict] = {}
+    for name in names:
+        module, run = ALGORITHM_STEPS[name]
+        section = "popularity" if name == "popular" else name
+        started = time.monotonic()
+        try:
+            written = run(spark, paths, as_of, module.params_from_settings(settings[section]))
+        except Exception as exc:  # one algorithm must not take the others down
+            log.exception("%s failed; the snapshot will carry its previous lists, if any", name)
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            continue
+        results[name] = {"ok": True, "lists": written, "seconds": round(time.monotonic() - started, 1)}
+        log.info("%s done in %.1f s", name, time.monotonic() - started)
+    return results
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = job_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHM_STEPS), default=list(ALGORITHM_STEPS),
+                        help="algorithm steps to run, in this order")
     parser.add_argument("--no-publish", action="store_true", help="build the snapshot but leave CURRENT alone")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -35,18 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     as_of = resolve_as_of(args.as_of)
     spark = get_spark("recsys-pipeline")
     summary: dict = {"as_of": as_of.isoformat()}
-
     started = time.monotonic()
-    log.info("[1/3] ingest from %s", paths.landing)
-    summary["ingest"] = {k: asdict(v) for k, v in run_ingest(spark, paths, as_of, settings["ingest"]).items()}
-    log.info("[2/3] popularity (%.0f s so far)", time.monotonic() - started)
-    summary["popularity_lists"] = run_popularity(spark, paths, as_of, params_from_settings(settings["popularity"]))
-    log.info("[3/3] snapshot (%.0f s so far)", time.monotonic() - started)
-    manifest = build_snapshot(spark, paths, as_of, settings["snapshot"], do_publish=not args.no_publish)
+
+    def step(label: str, action: Callable):
+        log.info("[%s] starting (%.0f s so far)", label, time.monotonic() - started)
+        return action()
+
+    ingest = step("ingest", lambda: run_ingest(spark, paths, as_of, settings["ingest"]))
+    summary["ingest"] = {k: asdict(v) for k, v in ingest.items()}
+    summary["algorithms"] = step("algorithms", lambda: run_algorithms(spark, paths, as_of, settings, args.algorithms))
+    manifest = step("snapshot", lambda: build_snapshot(spark, paths, as_of, settings["snapshot"],
+                                                       do_publish=not args.no_publish))
     summary["snapshot"] = {"version": manifest.version, "databases": manifest.databases,
                            "published": not args.no_publish}
     summary["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(summary))
+    degraded = [name for name, result in summary["algorithms"].items() if not result["ok"]]
+    if degraded:
+        log.warning("snapshot %s is degraded: %s failed", manifest.version, ", ".join(degraded))
+        return EXIT_DEGRADED
     return 0
 
 

@@ -108,6 +108,23 @@ INGEST_LOG = Table(
     doc="One row per ingest micro-batch, written last: received = accepted + rejected.",
 )
 
+EVALUATIONS = Table(
+    name="evaluations",
+    fields=(
+        Field("run_id", "string", doc="<split>-<as_of>: re-running the same evaluation replaces its rows"),
+        Field("as_of", "timestamp"),
+        Field("evaluated_at", "timestamp"),
+        Field("split", "string", allowed=("temporal", "leave_last_out")),
+        Field("algorithm", "string"),
+        Field("segment", "string", allowed=("new", "light", "heavy", "all")),
+        Field("metric", "string", doc="ndcg@10, recall@5, map@20, hit_rate@10, precision@10, mrr, "
+                                      "coverage@20, novelty@20, fallback_share"),
+        Field("value", "float64"),
+        Field("users", "int64", doc="users the value averages over"),
+    ),
+    doc="Offline evaluation results, one row per run, algorithm, segment and metric.",
+)
+
 SUBJECT_KINDS = ("user", "product", "category", "global")
 
 CANDIDATES = Table(

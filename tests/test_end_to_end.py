@@ -31,7 +31,11 @@ def test_pipeline_reports_and_publishes(pipeline, capsys):
     for counts in summary["ingest"].values():
         assert counts["received"] == counts["accepted"] + counts["rejected"]
     assert summary["ingest"]["events"]["received"] == 6000
-    assert summary["snapshot"]["databases"]["recs/user/popular"] > 200
+    assert all(result["ok"] for result in summary["algorithms"].values()), summary["algorithms"]
+    databases = summary["snapshot"]["databases"]
+    for algorithm in ("popular", "als", "content", "hybrid"):
+        assert databases[f"recs/user/{algorithm}"] > 200, algorithm
+    assert databases["recs/product/als"] > 50 and databases["recs/product/content"] > 50
     assert read_current_version(pipeline / "snapshots") == summary["snapshot"]["version"]
 
 
@@ -40,7 +44,8 @@ def test_gunicorn_serves_the_snapshot(spark, pipeline):
     version = read_current_version(pipeline / "snapshots")
     assert version, "the pipeline test must run first"
     lists = spark.read.format("delta").load(str(pipeline / "lake" / "candidates"))
-    user_row = lists.where("subject_kind = 'user'").orderBy("subject_id").first()
+    user_row = lists.where("subject_kind = 'user' and algorithm = 'hybrid'").orderBy("subject_id").first()
+    popular_row = lists.where(f"subject_kind = 'user' and algorithm = 'popular' and subject_id = '{user_row.subject_id}'").first()
     global_ids = lists.where("subject_kind = 'global'").first().product_ids
     inactive = {r.product_id for r in spark.read.format("delta").load(str(pipeline / "lake" / "products"))
                 .where("not active").collect()}
@@ -51,16 +56,29 @@ def test_gunicorn_serves_the_snapshot(spark, pipeline):
         answer = requests.get(f"{server.base_url}/v1/users/{user_row.subject_id}/recommendations?k=5", timeout=5)
         assert answer.status_code == 200
         body = answer.json()
-        assert body["snapshot_version"] == version and body["algorithm"] == "popular" and body["fallback"] is None
+        assert body["snapshot_version"] == version and body["algorithm"] == "hybrid" and body["fallback"] is None
         expected = [p for p in user_row.product_ids if p not in inactive][:5]
         assert [item["product_id"] for item in body["items"]] == expected
+
+        chosen = requests.get(f"{server.base_url}/v1/users/{user_row.subject_id}/recommendations",
+                              params={"k": 5, "algorithm": "popular"}, timeout=5).json()
+        assert chosen["algorithm"] == "popular"
+        assert [i["product_id"] for i in chosen["items"]] == [p for p in popular_row.product_ids if p not in inactive][:5]
+        for algorithm in ("als", "content"):
+            answer = requests.get(f"{server.base_url}/v1/users/{user_row.subject_id}/recommendations",
+                                  params={"k": 5, "algorithm": algorithm}, timeout=5).json()
+            assert answer["algorithm"] == algorithm and len(answer["items"]) == 5
 
         unknown = requests.get(f"{server.base_url}/v1/users/987654321/recommendations?k=3", timeout=5).json()
         assert unknown["algorithm"] == "popular_fallback" and unknown["fallback"] == "unknown_user"
         assert [i["product_id"] for i in unknown["items"]] == [p for p in global_ids if p not in inactive][:3]
 
         similar = requests.get(f"{server.base_url}/v1/products/{expected[0]}/similar?k=3", timeout=5).json()
-        assert similar["fallback"] == "category_popular" and expected[0] not in [i["product_id"] for i in similar["items"]]
+        assert similar["algorithm"] == "als" and similar["fallback"] is None
+        assert expected[0] not in [i["product_id"] for i in similar["items"]]
+        by_content = requests.get(f"{server.base_url}/v1/products/{expected[0]}/similar",
+                                  params={"k": 3, "algorithm": "content"}, timeout=5).json()
+        assert by_content["algorithm"] == "content" and len(by_content["items"]) == 3
 
         bad = requests.get(f"{server.base_url}/v1/users/abc/recommendations", timeout=5)
         assert bad.status_code == 400 and "user_id" in bad.json()["error"]["message"]

@@ -1,0 +1,301 @@
+"""Offline evaluation: which algorithm serves which users best, measured on held-out data.
+
+Protocols (``--split``):
+
+``temporal`` (default)
+    Hold out the last ``holdout_days`` before ``--as-of``; every algorithm trains on
+    the rest with its clock set to the split time, so decay and popularity see
+    nothing from the future.
+``leave_last_out``
+    Each user's last interaction is held out; training keeps everyone's other rows.
+    Other users' later rows do leak into training here: use it to compare with
+    published tables, not to pick a production policy.
+
+A user is scored when they have held-out products they had not bought before the
+split. Each algorithm is scored as the server would answer: the user's list when
+there is one, else the global popular list. Users are split into segments by their
+training interactions: ``new`` (none), ``light`` (at most ``light_max_interactions``)
+and ``heavy``; segment ``all`` pools them.
+
+Writes (under ``--data-dir``): rows to the ``evaluations`` Delta table (one per run,
+algorithm, segment, k, metric) and ``evaluation/policy.json`` (NDCG@10 per segment
+and algorithm: the priors the server's switching will start from).
+
+Run: ``python -m jobs.evaluation --help`` or ``spark-submit jobs/evaluation.py --help``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from schemas.settings import load_conf
+from schemas.tables import EVALUATIONS, GLOBAL_SUBJECT
+
+from jobs import als, content, hybrid, popularity
+from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.delta_tables import ensure_table
+from jobs.interactions import read_interactions
+from jobs.paths import DataPaths
+from jobs.ranking_metrics import ranking_metrics, reciprocal_rank
+from jobs.spark_session import get_spark
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("temporal", "leave_last_out")
+SEGMENTS = ("new", "light", "heavy")
+POLICY_METRIC, POLICY_K = "ndcg", 10
+
+
+@dataclass(frozen=True)
+class EvaluationParams:
+    split: str = "temporal"
+    holdout_days: float = 2.0
+    ks: tuple[int, ...] = (5, 10, 20)
+    light_max_interactions: int = 5
+    algorithms: tuple[str, ...] = ("popular", "als", "content", "hybrid")
+    relevant_event_types: tuple[str, ...] = ("view", "click", "wishlist", "add_to_cart", "purchase")
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}")
+        if not self.holdout_days > 0 or not self.ks or min(self.ks) < 1:
+            raise ValueError("holdout_days must be positive and every k at least 1")
+        unknown = set(self.algorithms) - {"popular", "als", "content", "hybrid"}
+        if unknown or "popular" not in self.algorithms:
+            raise ValueError("algorithms must include popular (the fallback) and name only known ones")
+
+
+@dataclass
+class Split:
+    train: DataFrame
+    held_out: DataFrame  # user_id, relevant (array of product ids)
+    train_until: datetime  # the clock the algorithms train with
+
+
+# --- pure transforms --------------------------------------------------------
+
+def temporal_split(rows: DataFrame, as_of: datetime, params: EvaluationParams) -> Split:
+    """Rows before ``as_of - holdout_days`` train; rows from then until ``as_of`` are held out."""
+    split_time = as_of - timedelta(days=params.holdout_days)
+    rows = rows.where(F.col("timestamp") <= F.lit(as_of))
+    train = rows.where(F.col("timestamp") < F.lit(split_time))
+    test = rows.where(F.col("timestamp") >= F.lit(split_time))
+    return Split(train, held_out_products(train, test, params), split_time)
+
+
+def leave_last_out_split(rows: DataFrame, as_of: datetime, params: EvaluationParams) -> Split:
+    """Each user's last relevant interaction (ties: larger product id) is held out."""
+    rows = rows.where(F.col("timestamp") <= F.lit(as_of))
+    last = Window.partitionBy("user_id").orderBy(F.col("timestamp").desc(), F.col("product_id").desc())
+    ranked = rows.withColumn("_n", F.row_number().over(last))
+    relevant = F.col("event_type").isin(*params.relevant_event_types)
+    test = ranked.where((F.col("_n") == 1) & relevant).drop("_n")
+    train = ranked.where(F.col("_n") > 1).drop("_n")
+    return Split(train, held_out_products(train, test, params), as_of)
+
+
+def held_out_products(train: DataFrame, test: DataFrame, params: EvaluationParams) -> DataFrame:
+    """``(user_id, relevant)``: held-out products of relevant types, minus what the user
+    bought in training (lists leave purchases out, so those could never be hit)."""
+    bought = train.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
+    return (test.where(F.col("event_type").isin(*params.relevant_event_types))
+            .select("user_id", "product_id").distinct()
+            .join(bought, ["user_id", "product_id"], "left_anti")
+            .groupBy("user_id").agg(F.array_sort(F.collect_list("product_id")).alias("relevant")))
+
+
+def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) -> DataFrame:
+    """``(user_id, segment)`` for ``users`` by their number of training interactions."""
+    counts = train.groupBy("user_id").agg(F.count("*").alias("n"))
+    n = F.coalesce(F.col("n"), F.lit(0))
+    segment = (F.when(n == 0, "new").when(n <= params.light_max_interactions, "light").otherwise("heavy"))
+    return users.select("user_id").join(counts, "user_id", "left").select("user_id", segment.alias("segment"))
+
+
+def served_lists(candidates: DataFrame, users: DataFrame, algorithm: str) -> DataFrame:
+    """``(user_id, product_ids, fallback)``: each user's list from ``algorithm``, or the
+    global popular list (``fallback`` true) as the lookup server would answer."""
+    own = (candidates.where((F.col("subject_kind") == "user") & (F.col("algorithm") == algorithm))
+           .select(F.col("subject_id").cast("long").alias("user_id"), "product_ids"))
+    popular = (candidates.where((F.col("subject_kind") == "global") & (F.col("algorithm") == "popular")
+                                & (F.col("subject_id") == GLOBAL_SUBJECT))
+               .select(F.col("product_ids").alias("popular_ids")))
+    return (users.select("user_id").join(own, "user_id", "left").crossJoin(popular)
+            .select("user_id", F.coalesce("product_ids", "popular_ids").alias("product_ids"),
+                    F.col("product_ids").isNull().alias("fallback")))
+
+
+def _score_batches(ks: tuple[int, ...]):
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            out = []
+            for user_id, segment, recommended, relevant in zip(
+                    batch["user_id"], batch["segment"], batch["product_ids"], batch["relevant"]):
+                recommended = list(recommended)
+                for k in ks:
+                    for metric, value in ranking_metrics(recommended, relevant, k).items():
+                        out.append((user_id, segment, k, metric, value))
+                out.append((user_id, segment, 0, "mrr", reciprocal_rank(recommended, relevant)))
+            yield pd.DataFrame(out, columns=["user_id", "segment", "k", "metric", "value"])
+    return score
+
+
+def per_user_metrics(served: DataFrame, held_out: DataFrame, segments: DataFrame,
+                     ks: tuple[int, ...]) -> DataFrame:
+    """``(user_id, segment, k, metric, value)`` for every scored user (k = 0 for MRR)."""
+    joined = served.join(held_out, "user_id").join(segments, "user_id")
+    return joined.select("user_id", "segment", "product_ids", "relevant").mapInPandas(
+        _score_batches(ks), "user_id long, segment string, k int, metric string, value double")
+
+
+def summarise(per_user: DataFrame) -> DataFrame:
+    """Mean metric per segment and for ``all`` users: ``(segment, k, metric, value, users)``."""
+    by_segment = per_user.groupBy("segment", "k", "metric").agg(F.avg("value").alias("value"),
+                                                                 F.countDistinct("user_id").alias("users"))
+    pooled = per_user.groupBy("k", "metric").agg(F.avg("value").alias("value"),
+                                                 F.countDistinct("user_id").alias("users"))
+    return by_segment.unionByName(pooled.withColumn("segment", F.lit("all")))
+
+
+def list_properties(served: DataFrame, train: DataFrame, catalog_size: int, k: int) -> tuple[float, float]:
+    """Catalog coverage (share of products shown to anyone in a top-k) and novelty
+    (mean -log2 of a shown product's share of training interactions) at ``k``."""
+    shown = served.select("user_id", F.explode(F.slice("product_ids", 1, k)).alias("product_id"))
+    total = max(train.count(), 1)
+    share = train.groupBy("product_id").agg((F.count("*") / F.lit(total)).alias("share"))
+    novelty = (shown.join(share, "product_id", "left")
+               .select((-F.log2(F.coalesce("share", F.lit(1.0 / total)))).alias("self_information")))
+    coverage = shown.select("product_id").distinct().count() / max(catalog_size, 1)
+    mean_novelty = novelty.agg(F.avg("self_information")).first()[0] or 0.0
+    return coverage, mean_novelty
+
+
+# --- training every algorithm on the training part ---------------------------
+
+def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
+              algorithms: tuple[str, ...]) -> DataFrame:
+    """Candidate lists of every algorithm, trained on ``train`` only, unioned."""
+    parts = [popularity.popularity_candidates(
+        train, products, train_until, popularity.params_from_settings(settings["popularity"]))]
+    if "als" in algorithms:
+        candidates, _factors = als.als_candidates(train, train_until, als.params_from_settings(settings["als"]))
+        parts.append(candidates)
+    if "content" in algorithms:
+        parts.append(content.content_candidates(train, products, train_until,
+                                                content.params_from_settings(settings["content"])))
+    base = parts[0]
+    for part in parts[1:]:
+        base = base.unionByName(part)
+    base = base.localCheckpoint()  # the fused lists and every metric read these again
+    if "hybrid" in algorithms:
+        base = base.unionByName(hybrid.fused_user_lists(base, hybrid.params_from_settings(settings["hybrid"]),
+                                                        train_until)).localCheckpoint()
+    return base
+
+
+# --- I/O edges --------------------------------------------------------------
+
+def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
+             params: EvaluationParams, run_id: str) -> tuple[DataFrame, dict]:
+    """Evaluation rows (EVALUATIONS layout) and the policy priors for one run."""
+    started = time.monotonic()
+    split = (temporal_split if params.split == "temporal" else leave_last_out_split)(rows, as_of, params)
+    train = split.train.localCheckpoint()
+    held_out = split.held_out.localCheckpoint()
+    segments = user_segments(train, held_out, params).localCheckpoint()
+    log.info("%s split: %d training rows, %d users scored (%.0f s)", params.split, train.count(),
+             held_out.count(), time.monotonic() - started)
+    candidates = train_all(train, products, split.train_until, settings, params.algorithms)
+    log.info("algorithms trained on the training part (%.0f s)", time.monotonic() - started)
+    catalog_size = products.where("active").count()
+    results = []
+    for algorithm in params.algorithms:
+        served = served_lists(candidates, held_out, algorithm).localCheckpoint()
+        summary = summarise(per_user_metrics(served, held_out, segments, params.ks))
+        for r in summary.collect():
+            metric = r["metric"] if r["metric"] == "mrr" else f"{r['metric']}@{r['k']}"
+            results.append((algorithm, r["segment"], metric, float(r["value"]), int(r["users"])))
+        k = max(params.ks)
+        coverage, novelty = list_properties(served, train, catalog_size, k)
+        fallback_share = served.agg(F.avg(F.col("fallback").cast("double"))).first()[0] or 0.0
+        for metric, value in ((f"coverage@{k}", coverage), (f"novelty@{k}", novelty),
+                              ("fallback_share", fallback_share)):
+            results.append((algorithm, "all", metric, float(value), held_out.count()))
+        log.info("%s scored (%.0f s)", algorithm, time.monotonic() - started)
+    evaluated_at = datetime.now(timezone.utc).replace(microsecond=0)
+    frame = spark.createDataFrame(
+        [(run_id, as_of, evaluated_at, params.split, a, s, m, v, u) for a, s, m, v, u in results],
+        "run_id string, as_of timestamp, evaluated_at timestamp, split string, algorithm string, "
+        "segment string, metric string, value double, users long")
+    policy_k = POLICY_K if POLICY_K in params.ks else max(params.ks)
+    return frame, policy_from_results(results, run_id, as_of, policy_k)
+
+
+def policy_from_results(results: list[tuple], run_id: str, as_of: datetime, k: int = POLICY_K) -> dict:
+    """The switching priors: NDCG@k (10 when evaluated) per segment per algorithm, and each segment's best."""
+    metric = f"{POLICY_METRIC}@{k}"
+    priors: dict[str, dict[str, float]] = {}
+    for algorithm, segment, name, value, users in results:
+        if name == metric and not math.isnan(value):
+            priors.setdefault(segment, {})[algorithm] = round(value, 6)
+    best = {segment: max(scores, key=scores.get) for segment, scores in priors.items()}
+    return {"run_id": run_id, "as_of": as_of.isoformat(), "metric": metric, "priors": priors, "best": best}
+
+
+def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, settings: dict,
+                   params: EvaluationParams) -> dict:
+    """Evaluate every algorithm, append to ``evaluations``, write ``evaluation/policy.json``."""
+    run_id = f"{params.split}-{as_of:%Y%m%dT%H%M%SZ}"
+    products = spark.read.format("delta").load(paths.table("products"))
+    frame, policy = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params, run_id)
+    table = paths.table("evaluations")
+    ensure_table(spark, table, EVALUATIONS)
+    # One run id per (split, as-of): re-running replaces its rows instead of adding twice.
+    frame.write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'").save(table)
+    out = paths.root / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    policy_path = out / "policy.json"
+    tmp = policy_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(policy, indent=2, sort_keys=True))
+    tmp.replace(policy_path)
+    log.info("evaluation %s written; best per segment: %s", run_id, policy["best"])
+    return policy
+
+
+def params_from_settings(settings: dict, **overrides) -> EvaluationParams:
+    values = {**settings, **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("ks", "algorithms", "relevant_event_types"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return EvaluationParams(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = job_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=SPLITS, help="evaluation protocol (default from conf)")
+    parser.add_argument("--holdout-days", type=float, help="temporal split: days held out before --as-of")
+    parser.add_argument("--k", type=int, nargs="+", dest="ks", help="cut-offs, e.g. --k 5 10 20")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    settings = load_conf("jobs")
+    paths = DataPaths.from_settings(settings, args.data_dir)
+    params = params_from_settings(settings["evaluation"], split=args.split, holdout_days=args.holdout_days,
+                                  ks=args.ks)
+    spark = get_spark("recsys-evaluation")
+    policy = run_evaluation(spark, paths, resolve_as_of(args.as_of), settings, params)
+    print(json.dumps(policy))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
