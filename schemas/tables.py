@@ -125,6 +125,18 @@ EVALUATIONS = Table(
     doc="Offline evaluation results, one row per run, algorithm, segment and metric.",
 )
 
+ITEM_FACTORS = Table(
+    name="item_factors",
+    fields=(
+        PRODUCT_ID,
+        Field("factors", "array<float32>", doc="ALS item factors, length = rank"),
+        Field("model_version", "string", doc="the ALS run that produced them"),
+    ),
+    key=("product_id",),
+    doc="Latent factors of every product the last ALS run saw.",
+)
+
+
 SUBJECT_KINDS = ("user", "product", "category", "global")
 
 CANDIDATES = Table(

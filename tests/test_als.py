@@ -1,0 +1,235 @@
+"""ALS candidates on two hand-made taste groups, with ids at the edges of their ranges.
+
+Group A: users U+1..U+10 and products P+100..P+109; group B: users U+11..U+20 and
+products P+200..P+209, where U = 2^62 (user ids beyond int32 and int53) and
+P = 2^32 - 1000 (product ids above 2^31, below the uint32 bound). User number i
+(0..9 within its group) never touches products i, i+1, i+2 (mod 10) of its group,
+only views product i+3, and views then buys the other six.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from jobs.als import (AlsParams, ItemMatrix, collect_item_matrix, confidence_from_interactions, dense_index,
+                      similar_products, user_recommendations)
+from jobs.interactions import weighted
+from schemas.settings import load_conf
+from tests.candidate_contract import assert_candidates_contract
+
+pytestmark = pytest.mark.spark
+
+AS_OF = datetime(2026, 10, 1, tzinfo=timezone.utc)
+U = 2**62
+P = 2**32 - 1000
+PARAMS = AlsParams(rank=4, max_iter=10, reg_param=0.05, alpha=10.0, half_life_days=30.0, top_n=5,
+                   similar_top_n=5, exclude_purchased=True, seed=42,
+                   event_weights={"view": 1.0, "purchase": 8.0})
+
+
+def group_of_user(user_id: int) -> str:
+    return "A" if user_id - U <= 10 else "B"
+
+
+def group_of_product(product_id: int) -> str:
+    return "A" if product_id - P < 200 else "B"
+
+
+def _taste_rows():
+    rows, bought, viewed_only = [], set(), {}
+    for user in range(1, 21):
+        i, first = (user - 1) % 10, (100 if user <= 10 else 200)
+        items = [first + (i + j) % 10 for j in range(10)]
+        viewed_only[U + user] = P + items[3]
+        rows.append((U + user, P + items[3], "view", AS_OF - timedelta(days=2)))
+        for day, item in enumerate(items[4:]):
+            rows.append((U + user, P + item, "view", AS_OF - timedelta(days=day + 3)))
+            rows.append((U + user, P + item, "purchase", AS_OF - timedelta(days=day + 1)))
+            bought.add((U + user, P + item))
+    return rows, bought, viewed_only
+
+
+ROWS, BOUGHT, VIEWED_ONLY = _taste_rows()
+
+
+@pytest.fixture(scope="module")
+def interactions(spark):
+    return spark.createDataFrame(ROWS, "user_id long, product_id long, event_type string, timestamp timestamp")
+
+
+@pytest.fixture(scope="module")
+def run(interactions):
+    """(candidate rows by (kind, subject), item factor rows) of the PARAMS run."""
+    from jobs.als import als_candidates
+
+    candidates, factors = als_candidates(interactions, AS_OF, PARAMS)
+    rows = assert_candidates_contract(candidates)
+    return {(r["subject_kind"], int(r["subject_id"])): r for r in rows}, factors.collect()
+
+
+def _user_lists(lists):
+    return {s: list(r["product_ids"]) for (k, s), r in lists.items() if k == "user"}
+
+
+def test_every_user_and_product_gets_a_list_cut_at_its_length(run):
+    """20 user lists of top_n, 20 product lists of similar_top_n, under the real int64 ids."""
+    lists, _ = run
+    assert sorted(s for k, s in lists if k == "user") == [U + u for u in range(1, 21)]
+    assert sorted(s for k, s in lists if k == "product") == sorted(
+        P + first + j for first in (100, 200) for j in range(10))
+    assert all(len(r["product_ids"]) == (PARAMS.top_n if k == "user" else PARAMS.similar_top_n)
+               for (k, _), r in lists.items())
+    all_ids = {p for r in lists.values() for p in r["product_ids"]}
+    assert all_ids <= {P + first + j for first in (100, 200) for j in range(10)}
+    assert {r["algorithm"] for r in lists.values()} == {"als"}
+    assert {r["model_version"] for r in lists.values()} == {lists[("user", U + 1)]["model_version"]}
+    assert lists[("user", U + 1)]["model_version"].startswith("als-20261001T000000Z-")
+
+
+def test_users_get_their_own_groups_products_not_bought(run):
+    """At least 80 % of the top-3 are from the user's group; nothing bought is listed."""
+    user_lists = _user_lists(run[0])
+    top3 = [(u, p) for u, ids in user_lists.items() for p in ids[:3]]
+    own = sum(group_of_product(p) == group_of_user(u) for u, p in top3)
+    assert own >= 0.8 * len(top3), user_lists
+    assert not [(u, p) for u, ids in user_lists.items() for p in ids if (u, p) in BOUGHT]
+
+
+def test_viewed_but_not_bought_products_stay_in(run):
+    """Only purchases are excluded: the product a user merely viewed is usually listed."""
+    user_lists = _user_lists(run[0])
+    listed = sum(VIEWED_ONLY[u] in ids for u, ids in user_lists.items())
+    assert listed >= 16, user_lists
+
+
+def test_purchases_are_listed_when_not_excluded(interactions):
+    """exclude_purchased = false: every user's list holds some of what they bought."""
+    from dataclasses import replace
+
+    from jobs.als import als_ratings, fit_als, item_factors, user_factors
+
+    params = replace(PARAMS, exclude_purchased=False)
+    confidence = confidence_from_interactions(weighted(interactions, AS_OF, params))
+    users, products = dense_index(confidence, "user_id"), dense_index(confidence, "product_id")
+    model = fit_als(als_ratings(confidence, users, products), params)
+    items = collect_item_matrix(item_factors(model, products, "test"))
+    purchased = interactions.where("event_type = 'purchase'").select("user_id", "product_id")
+    rows = user_recommendations(user_factors(model, users), items, purchased, params).collect()
+    assert len(rows) == 20
+    for r in rows:
+        assert len(r["product_ids"]) == params.top_n
+        assert any((int(r["subject_id"]), p) in BOUGHT for p in r["product_ids"]), r
+
+
+def test_similar_products_are_same_group_and_never_the_product(run):
+    lists, _ = run
+    similar = {s: list(r["product_ids"]) for (k, s), r in lists.items() if k == "product"}
+    pairs = [(s, p) for s, ids in similar.items() for p in ids]
+    assert not [s for s, ids in similar.items() if s in ids]
+    own = sum(group_of_product(p) == group_of_product(s) for s, p in pairs)
+    assert own >= 0.8 * len(pairs), similar
+
+
+def test_item_factors_one_row_per_product_of_length_rank(run):
+    lists, factors = run
+    assert sorted(r["product_id"] for r in factors) == sorted(s for k, s in lists if k == "product")
+    assert {len(r["factors"]) for r in factors} == {PARAMS.rank}
+    assert all(math.isfinite(x) for r in factors for x in r["factors"])
+    assert {r["model_version"] for r in factors} == {lists[("user", U + 1)]["model_version"]}
+
+
+def _random_items(rng, n, rank) -> ItemMatrix:
+    ids = np.sort(rng.choice(2**32, size=n, replace=False)).astype(np.int64)
+    return ItemMatrix(ids=ids, factors=rng.normal(size=(n, rank)).astype(np.float32))
+
+
+def test_similar_products_is_exact_cosine_top_k(spark):
+    """Blocked similar_products equals a brute-force numpy cosine top-K."""
+    rng = np.random.default_rng(7)
+    items, k = _random_items(rng, 60, 6), 7
+    got = {int(r["subject_id"]): (list(r["product_ids"]), list(r["scores"]))
+           for r in similar_products(spark, items, AlsParams(similar_top_n=k), block_rows=7).collect()}
+
+    unit = items.factors.astype(np.float64) / np.linalg.norm(items.factors, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    assert sorted(got) == items.ids.tolist()
+    for row, product in enumerate(items.ids):
+        best = np.argsort(-sims[row])[:k]
+        got_ids, got_scores = got[int(product)]
+        assert got_ids == items.ids[best].tolist(), product
+        np.testing.assert_allclose(got_scores, sims[row, best], atol=1e-5)
+
+
+def test_user_recommendations_are_exact_top_n_minus_purchases(spark):
+    """Blocked user_recommendations equals a brute-force numpy dot-product top-N with
+    purchases masked; a user who bought everything gets no list; unknown products
+    among the purchases are ignored."""
+    rng = np.random.default_rng(11)
+    items, n_users, top_n = _random_items(rng, 40, 5), 25, 8
+    users = rng.normal(size=(n_users, 5)).astype(np.float32)
+    bought = {u: set(rng.choice(items.ids, size=int(rng.integers(0, 15)), replace=False).tolist())
+              for u in range(n_users)}
+    bought[3] = set(items.ids.tolist())
+    purchased = spark.createDataFrame([(u, p) for u, ps in bought.items() for p in ps] + [(0, 123)],
+                                      "user_id long, product_id long")
+    user_df = spark.createDataFrame([(u, [float(x) for x in v]) for u, v in enumerate(users)],
+                                    "user_id long, factors array<float>")
+    got = {int(r["subject_id"]): (list(r["product_ids"]), list(r["scores"]))
+           for r in user_recommendations(user_df, items, purchased, AlsParams(top_n=top_n), block_rows=4).collect()}
+
+    scores = users.astype(np.float64) @ items.factors.T.astype(np.float64)
+    assert sorted(got) == [u for u in range(n_users) if u != 3]
+    for u, (got_ids, got_scores) in got.items():
+        allowed = [j for j in range(len(items)) if items.ids[j] not in bought[u]]
+        best = sorted(allowed, key=lambda j: -scores[u, j])[:top_n]
+        assert got_ids == items.ids[best].tolist(), u
+        np.testing.assert_allclose(got_scores, scores[u, best], rtol=1e-4, atol=1e-4)
+
+
+def test_dense_index_numbers_distinct_ids_in_order(spark):
+    """0..n-1 in id order, whatever the partitioning, for ids up to 2^63-1."""
+    values = [2**63 - 1, 0, 5, 2**62, 5, 2**31, 7, 0, 2**32 - 1]
+    df = spark.createDataFrame([(v,) for v in values], "user_id long").repartition(3)
+    got = sorted((r["index"], r["user_id"]) for r in dense_index(df, "user_id").collect())
+    assert got == list(enumerate(sorted(set(values))))
+
+
+def test_confidence_is_log1p_of_decayed_weights(spark):
+    rows = [(1, 10, "view", AS_OF), (1, 10, "purchase", AS_OF - timedelta(days=30)),
+            (2, 10, "view", AS_OF - timedelta(days=60)), (2, 11, "view", AS_OF + timedelta(hours=1))]
+    df = spark.createDataFrame(rows, "user_id long, product_id long, event_type string, timestamp timestamp")
+    got = {(r["user_id"], r["product_id"]): r["rating"]
+           for r in confidence_from_interactions(weighted(df, AS_OF, PARAMS)).collect()}
+    assert got.keys() == {(1, 10), (2, 10)}  # the future view is not counted
+    assert got[(1, 10)] == pytest.approx(math.log1p(1.0 + 8.0 * 0.5))
+    assert got[(2, 10)] == pytest.approx(math.log1p(0.25))
+
+
+def test_conf_als_section_is_valid():
+    params = AlsParams(**load_conf("jobs")["als"])
+    assert params.rank >= 1 and params.event_weights
+
+
+@pytest.mark.parametrize("bad", [
+    {"rank": 0}, {"max_iter": 0}, {"top_n": 0}, {"similar_top_n": -1}, {"rank": 2.5}, {"rank": True},
+    {"reg_param": -0.1}, {"alpha": float("nan")}, {"half_life_days": 0}, {"exclude_purchased": "yes"},
+    {"event_weights": {"like": 1.0}}, {"event_weights": {"view": -1.0}},
+    {"event_weights": {"view": 0.0}},
+])
+def test_params_reject_bad_values(bad):
+    with pytest.raises(ValueError):
+        AlsParams(**bad)
+
+
+def test_no_interactions_is_an_error_not_an_empty_run(spark):
+    """Nothing up to as_of: a clear error, so the previous lists are not replaced by none."""
+    from jobs.als import als_candidates
+
+    future = spark.createDataFrame([(1, 10, "view", AS_OF + timedelta(days=1))],
+                                   "user_id long, product_id long, event_type string, timestamp timestamp")
+    with pytest.raises(ValueError, match="no interactions"):
+        als_candidates(future, AS_OF, PARAMS)
