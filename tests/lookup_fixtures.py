@@ -6,6 +6,7 @@ Test modules import the fixtures they use by name (this file is not a conftest).
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import os
 import signal
 import socket
@@ -192,6 +193,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def readyz_batch(base_url: str, n: int = 8) -> list[dict]:
+    """n concurrent /readyz answers: sync workers serve one request at a time, so
+    concurrency spreads them over the workers."""
+    def get(_):
+        response = requests.get(f"{base_url}/readyz", timeout=5)
+        return response.json() if response.status_code == 200 else {}
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(get, range(n)))
+
+
 @dataclass
 class GunicornServer:
     process: subprocess.Popen
@@ -206,6 +218,21 @@ class GunicornServer:
         pids: set[int] = set()
         for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
             pids.update(int(p) for p in children.read_text().split())
+        return pids
+
+    def wait_all_workers_on(self, version: str, workers: int = 2) -> set[int]:
+        """Poll until every worker has answered /readyz with ``version``; return their pids."""
+        pids = wait_until(lambda: self.worker_pids() if len(self.worker_pids()) == workers else None,
+                          message=f"{workers} gunicorn workers")
+        seen: dict[int, str] = {}
+
+        def all_on_version():
+            for body in readyz_batch(self.base_url):
+                if body.get("worker_pid") is not None:
+                    seen[body["worker_pid"]] = body["snapshot_version"]
+            return all(seen.get(pid) == version for pid in pids)
+
+        wait_until(all_on_version, timeout=60, interval=0.05, message=f"all workers on {version}")
         return pids
 
 

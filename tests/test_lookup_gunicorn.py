@@ -1,40 +1,11 @@
 """The lookup server under a real gunicorn with two workers, over HTTP."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import requests
 
 from tests.lookup_fixtures import (
-    SnapshotContent, publish_snapshot, running_gunicorn, wait_until,
+    SnapshotContent, publish_snapshot, running_gunicorn,
 )
-
-
-def _readyz_batch(base_url: str, n: int = 8) -> list[dict]:
-    """n concurrent /readyz answers: sync workers serve one request at a time, so
-    concurrency spreads them over the workers."""
-    def get(_):
-        response = requests.get(f"{base_url}/readyz", timeout=5)
-        return response.json() if response.status_code == 200 else {}
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(get, range(n)))
-
-
-def _wait_all_workers_on(server, version: str) -> set[int]:
-    """Poll until every worker has answered /readyz with ``version``; return their pids."""
-    workers = wait_until(lambda: server.worker_pids() if len(server.worker_pids()) == 2 else None,
-                         message="two gunicorn workers")
-    seen: dict[int, str] = {}
-
-    def all_on_version():
-        for body in _readyz_batch(server.base_url):
-            if body.get("worker_pid") is not None:
-                seen[body["worker_pid"]] = body["snapshot_version"]
-        return all(seen.get(pid) == version for pid in workers)
-
-    wait_until(all_on_version, timeout=60, interval=0.05, message=f"both workers on {version}")
-    return workers
 
 
 def test_gunicorn_serves_and_both_workers_follow_current(tmp_path):
@@ -42,7 +13,7 @@ def test_gunicorn_serves_and_both_workers_follow_current(tmp_path):
     root = tmp_path / "snapshots"
     publish_snapshot(root, "v1")
     with running_gunicorn(tmp_path, workers=2) as server:
-        workers = _wait_all_workers_on(server, "v1")
+        workers = server.wait_all_workers_on("v1")
 
         response = requests.get(f"{server.base_url}/v1/users/1/recommendations?k=3", timeout=5)
         assert response.status_code == 200
@@ -55,7 +26,7 @@ def test_gunicorn_serves_and_both_workers_follow_current(tmp_path):
         content = SnapshotContent()
         content.user_lists["popular"][1] = [(15, 3.0), (14, 2.0)]
         publish_snapshot(root, "v2", content)
-        assert _wait_all_workers_on(server, "v2") == workers  # switched, not restarted
+        assert server.wait_all_workers_on("v2") == workers  # switched, not restarted
 
         for _ in range(6):
             body = requests.get(f"{server.base_url}/v1/users/1/recommendations", timeout=5).json()
