@@ -56,7 +56,6 @@ Run: ``python -m jobs.als --help`` or ``spark-submit jobs/als.py --help``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -73,14 +72,12 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from schemas.settings import load_conf
 from schemas.tables import EVENT_TYPES, ITEM_FACTORS
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import run_algorithm_job
 from jobs.interactions import read_interactions, weighted
 from jobs.paths import DataPaths
-from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 
@@ -397,15 +394,7 @@ def run_als(spark: SparkSession, paths: DataPaths, as_of: datetime, params: AlsP
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = job_parser(__doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
-    spark = get_spark("recsys-als")
-    summary = run_als(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings["als"]))
-    print(json.dumps(summary))
-    return 0
+    return run_algorithm_job(argv, __doc__.split("\n\n")[0], ALGORITHM, "als", params_from_settings, run_als)
 
 
 if __name__ == "__main__":

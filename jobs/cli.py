@@ -35,3 +35,24 @@ def resolve_as_of(as_of: datetime | None) -> datetime:
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def run_algorithm_job(argv: list[str] | None, description: str, algorithm: str, section: str,
+                      params_from_settings, run) -> int:
+    """The ``main()`` of an algorithm job: parse the common options, build the session,
+    ``run(spark, paths, as_of, params)`` with params from conf [section], print its result."""
+    import json
+
+    from schemas.settings import load_conf
+
+    from jobs.paths import DataPaths
+    from jobs.spark_session import get_spark
+
+    args = job_parser(description).parse_args(argv)
+    configure_logging(args.log_level)
+    settings = load_conf("jobs")
+    paths = DataPaths.from_settings(settings, args.data_dir)
+    spark = get_spark(f"recsys-{algorithm}")
+    result = run(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings[section]))
+    print(json.dumps({"algorithm": algorithm, "result": result}))
+    return 0

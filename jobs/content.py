@@ -80,7 +80,6 @@ Run: ``python -m jobs.content --help`` or ``spark-submit jobs/content.py --help`
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -93,14 +92,12 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from schemas.settings import load_conf
 from schemas.tables import EVENT_TYPES
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import run_algorithm_job
 from jobs.interactions import read_interactions, weighted
 from jobs.paths import DataPaths
-from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 
@@ -354,15 +351,7 @@ def run_content(spark: SparkSession, paths: DataPaths, as_of: datetime, params: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = job_parser(__doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
-    spark = get_spark("recsys-content")
-    counts = run_content(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings["content"]))
-    print(json.dumps({"algorithm": ALGORITHM, "lists": counts}))
-    return 0
+    return run_algorithm_job(argv, __doc__.split("\n\n")[0], ALGORITHM, "content", params_from_settings, run_content)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Run: ``python -m jobs.hybrid --help`` or ``spark-submit jobs/hybrid.py --help``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -22,12 +21,10 @@ from datetime import datetime
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from schemas.settings import load_conf
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import run_algorithm_job
 from jobs.paths import DataPaths
-from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +82,7 @@ def run_hybrid(spark: SparkSession, paths: DataPaths, as_of: datetime, params: H
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = job_parser(__doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
-    spark = get_spark("recsys-hybrid")
-    counts = run_hybrid(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings["hybrid"]))
-    print(json.dumps({"algorithm": ALGORITHM, "lists": counts}))
-    return 0
+    return run_algorithm_job(argv, __doc__.split("\n\n")[0], ALGORITHM, "hybrid", params_from_settings, run_hybrid)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Run: ``python -m jobs.popularity --help`` or ``spark-submit jobs/popularity.py -
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
@@ -24,14 +23,12 @@ from datetime import datetime
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from schemas.settings import load_conf
 from schemas.tables import EVENT_TYPES, GLOBAL_SUBJECT
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_list, top_n_lists
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import run_algorithm_job
 from jobs.interactions import read_interactions, weighted
 from jobs.paths import DataPaths
-from jobs.spark_session import get_spark
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +127,7 @@ def run_popularity(spark: SparkSession, paths: DataPaths, as_of: datetime, param
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = job_parser(__doc__.split("\n\n")[0])
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
-    spark = get_spark("recsys-popularity")
-    written = run_popularity(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings["popularity"]))
-    print(json.dumps({"algorithm": ALGORITHM, "lists": written}))
-    return 0
+    return run_algorithm_job(argv, __doc__.split("\n\n")[0], ALGORITHM, "popularity", params_from_settings, run_popularity)
 
 
 if __name__ == "__main__":
