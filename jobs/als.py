@@ -72,11 +72,11 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from schemas.tables import EVENT_TYPES, ITEM_FACTORS
+from schemas.tables import ITEM_FACTORS
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
 from jobs.cli import run_algorithm_job
-from jobs.interactions import read_interactions, weighted
+from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,7 @@ class AlsParams:
             raise ValueError("reg_param must be a finite number >= 0")
         if not (self.alpha >= 0 and math.isfinite(self.alpha)):
             raise ValueError("alpha must be a finite number >= 0")
-        if not self.half_life_days > 0:
-            raise ValueError("half_life_days must be positive")
-        unknown = sorted(set(self.event_weights) - set(EVENT_TYPES))
-        if unknown:  # a misspelt type would otherwise weigh 0 without a word
-            raise ValueError(f"event_weights: unknown event types {unknown}; expected some of {list(EVENT_TYPES)}")
-        if not all(w >= 0 and math.isfinite(w) for w in self.event_weights.values()):
-            raise ValueError("event_weights must be finite non-negative numbers")
+        check_decay(self)
         if not any(w > 0 for w in self.event_weights.values()):
             raise ValueError("event_weights: at least one event type must weigh more than 0")
 

@@ -81,7 +81,6 @@ Run: ``python -m jobs.content --help`` or ``spark-submit jobs/content.py --help`
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -92,11 +91,9 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from schemas.tables import EVENT_TYPES
-
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
 from jobs.cli import run_algorithm_job
-from jobs.interactions import read_interactions, weighted
+from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
 
 log = logging.getLogger(__name__)
@@ -137,13 +134,7 @@ class ContentParams:
             raise ValueError("top_n and similar_top_n must be at least 1")
         if self.block_size < 2:
             raise ValueError("block_size must be at least 2 (products per posting-list window)")
-        if not self.half_life_days > 0:  # also refuses NaN
-            raise ValueError("half_life_days must be positive")
-        unknown = sorted(set(self.event_weights) - set(EVENT_TYPES))
-        if unknown:  # a misspelt type would otherwise weigh 0 without a word
-            raise ValueError(f"event_weights: unknown event types {unknown}; expected some of {list(EVENT_TYPES)}")
-        if not all(w >= 0 and math.isfinite(w) for w in self.event_weights.values()):
-            raise ValueError("event_weights must be finite non-negative numbers")
+        check_decay(self)
 
 
 # --- pure transforms --------------------------------------------------------

@@ -3,12 +3,15 @@ and age. Popularity sums these weights; ALS uses them as implicit confidence."""
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 from typing import Mapping, Protocol
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+from schemas.tables import EVENT_TYPES
 
 from jobs.paths import DataPaths
 
@@ -18,6 +21,18 @@ log = logging.getLogger(__name__)
 class DecayParams(Protocol):
     event_weights: Mapping[str, float]
     half_life_days: float
+
+
+def check_decay(params: DecayParams) -> None:
+    """Raise ValueError unless the weights name known event types with finite
+    non-negative values and the half-life is positive (each job's params call this)."""
+    if not params.half_life_days > 0:  # also refuses NaN
+        raise ValueError("half_life_days must be positive")
+    unknown = sorted(set(params.event_weights) - set(EVENT_TYPES))
+    if unknown:  # a misspelt type would otherwise weigh 0 without a word
+        raise ValueError(f"event_weights: unknown event types {unknown}; expected some of {list(EVENT_TYPES)}")
+    if not all(w >= 0 and math.isfinite(w) for w in params.event_weights.values()):
+        raise ValueError("event_weights must be finite non-negative numbers")
 
 
 def interactions(events: DataFrame, profile_interactions: DataFrame | None) -> DataFrame:

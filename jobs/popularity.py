@@ -23,11 +23,11 @@ from datetime import datetime
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from schemas.tables import EVENT_TYPES, GLOBAL_SUBJECT
+from schemas.tables import GLOBAL_SUBJECT
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_list, top_n_lists
 from jobs.cli import run_algorithm_job
-from jobs.interactions import read_interactions, weighted
+from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
 
 log = logging.getLogger(__name__)
@@ -47,13 +47,7 @@ class PopularityParams:
     def __post_init__(self):
         if self.top_n < 1 or self.user_top_n < 1 or self.user_top_categories < 1:
             raise ValueError("top_n, user_top_n and user_top_categories must be at least 1")
-        if not self.half_life_days > 0:  # also refuses NaN
-            raise ValueError("half_life_days must be positive")
-        unknown = sorted(set(self.event_weights) - set(EVENT_TYPES))
-        if unknown:  # a misspelt type would otherwise weigh 0 without a word
-            raise ValueError(f"event_weights: unknown event types {unknown}; expected some of {list(EVENT_TYPES)}")
-        if not all(w >= 0 for w in self.event_weights.values()):
-            raise ValueError("event_weights must be non-negative numbers")
+        check_decay(self)
 
 
 # --- pure transforms --------------------------------------------------------
