@@ -326,9 +326,11 @@ def similar_products(spark: SparkSession, items: ItemMatrix, params: AlsParams,
     return spark.range(0, n, numPartitions=parts).mapInArrow(similar, LISTS_SCHEMA)
 
 
-def als_candidates(interaction_rows: DataFrame, as_of: datetime, params: AlsParams) -> tuple[DataFrame, DataFrame]:
+def als_candidates(interaction_rows: DataFrame, as_of: datetime, params: AlsParams,
+                   product_lists: bool = True) -> tuple[DataFrame, DataFrame]:
     """``(candidates, item_factors)``: ALS user and product lists in the CANDIDATES
-    layout, and the fitted item factors in the ITEM_FACTORS layout.
+    layout, and the fitted item factors in the ITEM_FACTORS layout. Without
+    ``product_lists`` only the user lists (all an offline evaluation scores).
 
     Fits the model and collects the item factors (Spark actions run here); the
     frames returned are lazy over the fitted model.
@@ -353,9 +355,10 @@ def als_candidates(interaction_rows: DataFrame, as_of: datetime, params: AlsPara
     purchased = (interaction_rows.where((F.col("event_type") == "purchase") & (F.col("timestamp") <= F.lit(as_of)))
                  .select("user_id", "product_id"))
     user_lists = user_recommendations(user_factors(model, users), items, purchased, params)
-    product_lists = similar_products(factors.sparkSession, items, params)
-    candidates = (as_candidates(user_lists, "user", ALGORITHM, version)
-                  .unionByName(as_candidates(product_lists, "product", ALGORITHM, version)))
+    candidates = as_candidates(user_lists, "user", ALGORITHM, version)
+    if product_lists:
+        similar = similar_products(factors.sparkSession, items, params)
+        candidates = candidates.unionByName(as_candidates(similar, "product", ALGORITHM, version))
     return candidates, factors.select(*ITEM_FACTORS.names)
 
 

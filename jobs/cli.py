@@ -40,18 +40,21 @@ def configure_logging(level: str) -> None:
 def run_algorithm_job(argv: list[str] | None, description: str, algorithm: str, section: str,
                       params_from_settings, run) -> int:
     """The ``main()`` of an algorithm job: parse the common options, build the session,
-    ``run(spark, paths, as_of, params)`` with params from conf [section], print its result."""
+    ``run(spark, paths, as_of, params)`` with params from conf [section] (overlaid by the
+    last tuning run's winners, see jobs.tuned), print its result."""
     import json
 
     from schemas.settings import load_conf
 
     from jobs.paths import DataPaths
     from jobs.spark_session import get_spark
+    from jobs.tuned import with_tuned
 
     args = job_parser(description).parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
     paths = DataPaths.from_settings(settings, args.data_dir)
+    settings = with_tuned(settings, paths.root)
     spark = get_spark(f"recsys-{algorithm}")
     result = run(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings[section]))
     print(json.dumps({"algorithm": algorithm, "result": result}))

@@ -10,16 +10,31 @@ Protocols (``--split``):
     Each user's last interaction is held out; training keeps everyone's other rows.
     Other users' later rows do leak into training here: use it to compare with
     published tables, not to pick a production policy.
+``random``
+    Per user, a seeded random ``test_fraction`` of the products they interacted with
+    (every row of a held-out user-product pair) is held out; the clock stays at
+    ``--as-of``. The protocol of public benchmark tables (MovieLens, 75/25); time
+    leaks both ways, so again not for a production policy.
+
+``min_interactions`` (k-core, off at 0) first keeps only the users and products with
+at least that many events, repeatedly, until both hold: on a sparse log most
+products are seen once, and no collaborative method can place those.
 
 A user is scored when they have held-out products they had not bought before the
 split. Each algorithm is scored as the server would answer: the user's list when
-there is one, else the global popular list. Users are split into segments by their
+there is one, else the global popular list. ``global_popular`` -- the global list
+for everyone -- is always scored too, as the baseline the others must beat (the
+``popular`` algorithm's per-user lists already favour the user's categories). Users are split into segments by their
 training interactions: ``new`` (none), ``light`` (at most ``light_max_interactions``)
 and ``heavy``; segment ``all`` pools them.
 
 Writes (under ``--data-dir``): rows to the ``evaluations`` Delta table (one per run,
-algorithm, segment, k, metric) and ``evaluation/policy.json`` (NDCG@10 per segment
-and algorithm: the priors the server's switching will start from).
+algorithm, segment, k, metric), ``evaluation/policy.json`` (NDCG@10 per segment
+and algorithm: the priors the server's switching will start from) and
+``evaluation/report/report.html`` with its plots (``jobs.evaluation_report``).
+Algorithms run with conf's settings, overlaid by ``evaluation/tuned.json`` when a
+tuning run left one (``jobs.tuned``): the evaluation scores what the next nightly
+run will serve.
 
 Run: ``python -m jobs.evaluation --help`` or ``spark-submit jobs/evaluation.py --help``.
 """
@@ -31,6 +46,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import Iterator
 
@@ -38,22 +54,31 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from schemas.fields import spark_schema
 from schemas.settings import load_conf
 from schemas.tables import EVALUATIONS, GLOBAL_SUBJECT
 
 from jobs import als, content, hybrid, popularity
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.delta_tables import ensure_table
+from jobs.evaluation_report import write_report
 from jobs.interactions import read_interactions
 from jobs.paths import DataPaths
 from jobs.ranking_metrics import ranking_metrics, reciprocal_rank
 from jobs.spark_session import get_spark
+from jobs.tuned import read_tuned, with_tuned, write_json_atomically
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("temporal", "leave_last_out")
+SPLITS = ("temporal", "leave_last_out", "random")
 SEGMENTS = ("new", "light", "heavy")
 POLICY_METRIC, POLICY_K = "ndcg", 10
+POLICY_FILE = Path("evaluation") / "policy.json"
+REPORT_DIR = Path("evaluation") / "report"
+BASELINE = "global_popular"  # not a served algorithm: the floor every other must beat
+# Rounds of k-core filtering before giving up on a fixed point (each is two small
+# aggregations; real logs converge in a handful).
+MAX_K_CORE_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -64,12 +89,19 @@ class EvaluationParams:
     light_max_interactions: int = 5
     algorithms: tuple[str, ...] = ("popular", "als", "content", "hybrid")
     relevant_event_types: tuple[str, ...] = ("view", "click", "wishlist", "add_to_cart", "purchase")
+    test_fraction: float = 0.25   # random split: share of each user's products held out
+    min_interactions: int = 0     # k-core filter before splitting; 0 = off
+    seed: int = 42                # random split
 
     def __post_init__(self):
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
         if not self.holdout_days > 0 or not self.ks or min(self.ks) < 1:
             raise ValueError("holdout_days must be positive and every k at least 1")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError("test_fraction must be between 0 and 1")
+        if self.min_interactions < 0:
+            raise ValueError("min_interactions must be >= 0")
         unknown = set(self.algorithms) - {"popular", "als", "content", "hybrid"}
         if unknown or "popular" not in self.algorithms:
             raise ValueError("algorithms must include popular (the fallback) and name only known ones")
@@ -104,6 +136,45 @@ def leave_last_out_split(rows: DataFrame, as_of: datetime, params: EvaluationPar
     return Split(train, held_out_products(train, test, params), as_of)
 
 
+def random_split(rows: DataFrame, as_of: datetime, params: EvaluationParams) -> Split:
+    """Per user, ``floor(test_fraction * n)`` of their ``n`` relevant products, chosen by
+    a seeded hash, are held out with all their rows; the rest trains."""
+    rows = rows.where(F.col("timestamp") <= F.lit(as_of))
+    pairs = (rows.where(F.col("event_type").isin(*params.relevant_event_types))
+             .select("user_id", "product_id").distinct()
+             .withColumn("_draw", F.xxhash64(F.lit(params.seed), "user_id", "product_id")))
+    per_user = Window.partitionBy("user_id")
+    held = (pairs.withColumn("_n", F.row_number().over(per_user.orderBy("_draw", "product_id")))
+            .withColumn("_size", F.count("*").over(per_user))
+            .where(F.col("_n") <= F.floor(F.col("_size") * F.lit(params.test_fraction)))
+            .select("user_id", "product_id"))
+    train = rows.join(held, ["user_id", "product_id"], "left_anti")
+    test = rows.join(held, ["user_id", "product_id"], "left_semi")
+    return Split(train, held_out_products(train, test, params), as_of)
+
+
+def k_core(rows: DataFrame, k: int) -> DataFrame:
+    """``rows`` of the users and products that each have at least ``k`` of them, after
+    dropping the others repeatedly (dropping a product can take a user below ``k``)."""
+    if k <= 1:
+        return rows
+    for _ in range(MAX_K_CORE_ROUNDS):
+        before = rows.count()
+        for key in ("user_id", "product_id"):
+            enough = rows.groupBy(key).count().where(F.col("count") >= k).select(key)
+            rows = rows.join(enough, key, "left_semi")
+        rows = rows.localCheckpoint()  # keeps each round's plan from nesting the last
+        if rows.count() == before:
+            return rows
+    raise ValueError(f"{k}-core filtering did not settle in {MAX_K_CORE_ROUNDS} rounds")
+
+
+def split_rows(rows: DataFrame, as_of: datetime, params: EvaluationParams) -> Split:
+    """The configured protocol, after the k-core filter."""
+    splitter = {"temporal": temporal_split, "leave_last_out": leave_last_out_split, "random": random_split}
+    return splitter[params.split](k_core(rows, params.min_interactions), as_of, params)
+
+
 def held_out_products(train: DataFrame, test: DataFrame, params: EvaluationParams) -> DataFrame:
     """``(user_id, relevant)``: held-out products of relevant types, minus what the user
     bought in training (lists leave purchases out, so those could never be hit)."""
@@ -124,12 +195,16 @@ def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) 
 
 def served_lists(candidates: DataFrame, users: DataFrame, algorithm: str) -> DataFrame:
     """``(user_id, product_ids, fallback)``: each user's list from ``algorithm``, or the
-    global popular list (``fallback`` true) as the lookup server would answer."""
+    global popular list (``fallback`` true) as the lookup server would answer.
+    ``BASELINE`` serves the global list to everyone (``fallback`` false)."""
     own = (candidates.where((F.col("subject_kind") == "user") & (F.col("algorithm") == algorithm))
            .select(F.col("subject_id").cast("long").alias("user_id"), "product_ids"))
     popular = (candidates.where((F.col("subject_kind") == "global") & (F.col("algorithm") == "popular")
                                 & (F.col("subject_id") == GLOBAL_SUBJECT))
                .select(F.col("product_ids").alias("popular_ids")))
+    if algorithm == BASELINE:
+        return users.select("user_id").crossJoin(popular).select(
+            "user_id", F.col("popular_ids").alias("product_ids"), F.lit(False).alias("fallback"))
     return (users.select("user_id").join(own, "user_id", "left").crossJoin(popular)
             .select("user_id", F.coalesce("product_ids", "popular_ids").alias("product_ids"),
                     F.col("product_ids").isNull().alias("fallback")))
@@ -184,23 +259,39 @@ def list_properties(served: DataFrame, train: DataFrame, catalog_size: int, k: i
 
 def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
               algorithms: tuple[str, ...]) -> DataFrame:
-    """Candidate lists of every algorithm, trained on ``train`` only, unioned."""
-    parts = [popularity.popularity_candidates(
-        train, products, train_until, popularity.params_from_settings(settings["popularity"]))]
-    if "als" in algorithms:
-        candidates, _factors = als.als_candidates(train, train_until, als.params_from_settings(settings["als"]))
-        parts.append(candidates)
-    if "content" in algorithms:
-        parts.append(content.content_candidates(train, products, train_until,
-                                                content.params_from_settings(settings["content"])))
-    base = parts[0]
+    """User lists (and the global popular list) of every algorithm, trained on ``train`` only."""
+    def popular() -> DataFrame:
+        return popularity.popularity_candidates(train, products, train_until,
+                                                popularity.params_from_settings(settings["popularity"]))
+
+    def collaborative() -> DataFrame:
+        candidates, _ = als.als_candidates(train, train_until, als.params_from_settings(settings["als"]),
+                                           product_lists=False)
+        return candidates
+
+    def content_based() -> DataFrame:
+        return content.content_candidates(train, products, train_until,
+                                          content.params_from_settings(settings["content"]))
+
+    builders = {"popular": popular, "als": collaborative, "content": content_based}
+    parts = [_trained(name, builders[name]) for name in algorithms if name in builders]
+    lists = parts[0]
     for part in parts[1:]:
-        base = base.unionByName(part)
-    base = base.localCheckpoint()  # the fused lists and every metric read these again
+        lists = lists.unionByName(part)
     if "hybrid" in algorithms:
-        base = base.unionByName(hybrid.fused_user_lists(base, hybrid.params_from_settings(settings["hybrid"]),
-                                                        train_until)).localCheckpoint()
-    return base
+        fused = _trained("hybrid", lambda: hybrid.fused_user_lists(
+            lists, hybrid.params_from_settings(settings["hybrid"]), train_until))
+        lists = lists.unionByName(fused)
+    return lists
+
+
+def _trained(name: str, build) -> DataFrame:
+    """``build()``'s lists, materialised (the fused lists and every metric read them
+    again), with the time it took in the log."""
+    started = time.monotonic()
+    lists = build().where(F.col("subject_kind").isin("user", "global")).localCheckpoint()
+    log.info("%s trained on the training part: %d lists (%.0f s)", name, lists.count(), time.monotonic() - started)
+    return lists
 
 
 # --- I/O edges --------------------------------------------------------------
@@ -209,7 +300,7 @@ def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: d
              params: EvaluationParams, run_id: str) -> tuple[DataFrame, dict]:
     """Evaluation rows (EVALUATIONS layout) and the policy priors for one run."""
     started = time.monotonic()
-    split = (temporal_split if params.split == "temporal" else leave_last_out_split)(rows, as_of, params)
+    split = split_rows(rows, as_of, params)
     train = split.train.localCheckpoint()
     held_out = split.held_out.localCheckpoint()
     segments = user_segments(train, held_out, params).localCheckpoint()
@@ -219,7 +310,7 @@ def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: d
     log.info("algorithms trained on the training part (%.0f s)", time.monotonic() - started)
     catalog_size = products.where("active").count()
     results = []
-    for algorithm in params.algorithms:
+    for algorithm in (BASELINE, *params.algorithms):
         served = served_lists(candidates, held_out, algorithm).localCheckpoint()
         summary = summarise(per_user_metrics(served, held_out, segments, params.ks))
         for r in summary.collect():
@@ -233,12 +324,25 @@ def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: d
             results.append((algorithm, "all", metric, float(value), held_out.count()))
         log.info("%s scored (%.0f s)", algorithm, time.monotonic() - started)
     evaluated_at = datetime.now(timezone.utc).replace(microsecond=0)
-    frame = spark.createDataFrame(
-        [(run_id, as_of, evaluated_at, params.split, a, s, m, v, u) for a, s, m, v, u in results],
-        "run_id string, as_of timestamp, evaluated_at timestamp, split string, algorithm string, "
-        "segment string, metric string, value double, users long")
+    frame = evaluation_rows(spark, [(run_id, as_of, evaluated_at, params.split, a, s, m, v, u, None, None)
+                                    for a, s, m, v, u in results])
     policy_k = POLICY_K if POLICY_K in params.ks else max(params.ks)
     return frame, policy_from_results(results, run_id, as_of, policy_k)
+
+
+def evaluation_rows(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    """``rows`` (tuples in EVALUATIONS column order) as a frame of that table's schema."""
+    return spark.createDataFrame(rows, spark_schema(EVALUATIONS))
+
+
+def write_evaluations(spark: SparkSession, paths: DataPaths, frame: DataFrame, run_id: str) -> None:
+    """Replace ``run_id``'s rows of the ``evaluations`` table with ``frame``."""
+    table = paths.table(EVALUATIONS.name)
+    ensure_table(spark, table, EVALUATIONS)
+    # One run id per (split, as-of): re-running replaces its rows instead of adding
+    # twice. mergeSchema: tables written before the trial/params columns gain them.
+    (frame.write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'")
+     .option("mergeSchema", "true").save(table))
 
 
 def policy_from_results(results: list[tuple], run_id: str, as_of: datetime, k: int = POLICY_K) -> dict:
@@ -246,7 +350,7 @@ def policy_from_results(results: list[tuple], run_id: str, as_of: datetime, k: i
     metric = f"{POLICY_METRIC}@{k}"
     priors: dict[str, dict[str, float]] = {}
     for algorithm, segment, name, value, users in results:
-        if name == metric and not math.isnan(value):
+        if name == metric and algorithm != BASELINE and not math.isnan(value):
             priors.setdefault(segment, {})[algorithm] = round(value, 6)
     best = {segment: max(scores, key=scores.get) for segment, scores in priors.items()}
     return {"run_id": run_id, "as_of": as_of.isoformat(), "metric": metric, "priors": priors, "best": best}
@@ -254,22 +358,43 @@ def policy_from_results(results: list[tuple], run_id: str, as_of: datetime, k: i
 
 def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, settings: dict,
                    params: EvaluationParams) -> dict:
-    """Evaluate every algorithm, append to ``evaluations``, write ``evaluation/policy.json``."""
+    """Evaluate every algorithm, replace this run's rows of ``evaluations``, write
+    ``evaluation/policy.json`` and the report in ``evaluation/report/``."""
     run_id = f"{params.split}-{as_of:%Y%m%dT%H%M%SZ}"
     products = spark.read.format("delta").load(paths.table("products"))
     frame, policy = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params, run_id)
-    table = paths.table("evaluations")
-    ensure_table(spark, table, EVALUATIONS)
-    # One run id per (split, as-of): re-running replaces its rows instead of adding twice.
-    frame.write.format("delta").mode("overwrite").option("replaceWhere", f"run_id = '{run_id}'").save(table)
-    out = paths.root / "evaluation"
-    out.mkdir(parents=True, exist_ok=True)
-    policy_path = out / "policy.json"
-    tmp = policy_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(policy, indent=2, sort_keys=True))
-    tmp.replace(policy_path)
-    log.info("evaluation %s written; best per segment: %s", run_id, policy["best"])
+    write_evaluations(spark, paths, frame, run_id)
+    write_json_atomically(paths.root / POLICY_FILE, policy)
+    report = write_report(frame.toPandas(), paths.root / REPORT_DIR, trials=tuning_trials(paths.root),
+                          notes=report_notes(params, settings))
+    log.info("evaluation %s written; best per segment: %s; report: %s", run_id, policy["best"], report)
     return policy
+
+
+def tuning_trials(root) -> pd.DataFrame | None:
+    """The last tuning run's trials (for the report), if there was one."""
+    document = read_tuned(root)
+    if not document or not document.get("trials"):
+        return None
+    return pd.DataFrame([{"trial": t["trial"], "algorithm": t["algorithm"], "params": json.dumps(t["params"]),
+                          "score": t["score"] if t["score"] is not None else math.nan, "seconds": t["seconds"]}
+                         for t in document["trials"]])
+
+
+def report_notes(params: EvaluationParams, settings: dict) -> dict[str, str]:
+    """The protocol and the configuration evaluated, for the report's header."""
+    protocol = {"temporal": f"last {params.holdout_days:g} days held out",
+                "leave_last_out": "each user's last interaction held out",
+                "random": f"{params.test_fraction:.0%} of each user's products held out (seed {params.seed})"}
+    notes = {"protocol": protocol[params.split]}
+    if params.min_interactions > 1:
+        notes["filter"] = f"{params.min_interactions}-core (users and products with that many events)"
+    notes["relevant"] = ("held-out products of types " + ", ".join(params.relevant_event_types)
+                         + ", minus those the user bought before")
+    notes["als"] = json.dumps({k: settings["als"][k] for k in ("rank", "max_iter", "reg_param", "alpha")
+                               if k in settings.get("als", {})})
+    notes["hybrid weights"] = json.dumps(settings.get("hybrid", {}).get("weights", {}))
+    return notes
 
 
 def params_from_settings(settings: dict, **overrides) -> EvaluationParams:
@@ -285,12 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=SPLITS, help="evaluation protocol (default from conf)")
     parser.add_argument("--holdout-days", type=float, help="temporal split: days held out before --as-of")
     parser.add_argument("--k", type=int, nargs="+", dest="ks", help="cut-offs, e.g. --k 5 10 20")
+    parser.add_argument("--min-interactions", type=int, help="k-core filter before splitting (0: off)")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
     paths = DataPaths.from_settings(settings, args.data_dir)
+    settings = with_tuned(settings, paths.root)  # evaluate what the next nightly will run
     params = params_from_settings(settings["evaluation"], split=args.split, holdout_days=args.holdout_days,
-                                  ks=args.ks)
+                                  ks=args.ks, min_interactions=args.min_interactions)
     spark = get_spark("recsys-evaluation")
     policy = run_evaluation(spark, paths, resolve_as_of(args.as_of), settings, params)
     print(json.dumps(policy))

@@ -111,18 +111,23 @@ INGEST_LOG = Table(
 EVALUATIONS = Table(
     name="evaluations",
     fields=(
-        Field("run_id", "string", doc="<split>-<as_of>: re-running the same evaluation replaces its rows"),
+        Field("run_id", "string", doc="<split>-<as_of> for an evaluation, tuning-<split>-<as_of> for a "
+                                      "tuning run: re-running the same one replaces its rows"),
         Field("as_of", "timestamp"),
         Field("evaluated_at", "timestamp"),
-        Field("split", "string", allowed=("temporal", "leave_last_out")),
+        Field("split", "string", allowed=("temporal", "leave_last_out", "random")),
         Field("algorithm", "string"),
         Field("segment", "string", allowed=("new", "light", "heavy", "all")),
         Field("metric", "string", doc="ndcg@10, recall@5, map@20, hit_rate@10, precision@10, mrr, "
                                       "coverage@20, novelty@20, fallback_share"),
         Field("value", "float64"),
         Field("users", "int64", doc="users the value averages over"),
+        Field("trial", "int64", required=False, doc="tuning runs: the trial number (0 = the configuration "
+                                                    "in conf/); null for an evaluation"),
+        Field("params", "string", required=False, doc="tuning runs: the trial's parameters, JSON"),
     ),
-    doc="Offline evaluation results, one row per run, algorithm, segment and metric.",
+    doc="Offline evaluation results, one row per run, algorithm, segment and metric; tuning runs add "
+        "one row per trial and metric, scored on a validation split carved from the training part.",
 )
 
 ITEM_FACTORS = Table(

@@ -98,7 +98,8 @@ def _global_popular(spark, split, products, settings):
 
 
 def test_params_reject_bad_values():
-    """Unknown split, non-positive hold-out, bad k, no popular fallback raise ValueError."""
-    for bad in ({"split": "random"}, {"holdout_days": 0}, {"ks": (0,)}, {"algorithms": ("als",)}):
+    """Unknown split, non-positive hold-out, bad k, no popular fallback, bad test share or k-core raise."""
+    for bad in ({"split": "bogus"}, {"holdout_days": 0}, {"ks": (0,)}, {"algorithms": ("als",)},
+                {"test_fraction": 1.0}, {"min_interactions": -1}):
         with pytest.raises(ValueError):
             EvaluationParams(**bad)

@@ -1,0 +1,56 @@
+"""The tuned configuration: what the last tuning run chose, laid over conf.
+
+``jobs.tuning`` writes ``<data-dir>/evaluation/tuned.json``; the ALS, hybrid and
+evaluation jobs (and the pipeline) read their settings through ``with_tuned`` so the
+next nightly run uses the winners. ``[tuning] use_tuned = false`` (or
+``RECSYS__JOBS__TUNING__USE_TUNED=false``) turns that off; a missing or unreadable
+file leaves conf as it is, with a log line saying so.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TUNED_FILE = Path("evaluation") / "tuned.json"
+# Sections tuning may change; anything else in the file is ignored.
+TUNED_SECTIONS = ("als", "hybrid")
+
+
+def write_json_atomically(path: Path, document: dict) -> None:
+    """Write ``document`` to ``path`` so that readers see the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def read_tuned(root: Path) -> dict | None:
+    """The last tuning run's document under ``root``, or None if there is none or it is unreadable."""
+    path = Path(root) / TUNED_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+
+
+def with_tuned(settings: dict, root: Path) -> dict:
+    """``settings`` (conf/jobs.toml) with the tuned [als] and [hybrid] keys laid over it."""
+    if not settings.get("tuning", {}).get("use_tuned", True):
+        return settings
+    document = read_tuned(root)
+    if not document:
+        return settings
+    merged = dict(settings)
+    for section in TUNED_SECTIONS:
+        chosen = document.get("settings", {}).get(section)
+        if isinstance(chosen, dict) and chosen:
+            merged[section] = {**settings.get(section, {}), **chosen}
+    log.info("using tuned settings from %s (%s): %s", TUNED_FILE, document.get("run_id"),
+             {s: document.get("settings", {}).get(s) for s in TUNED_SECTIONS})
+    return merged
