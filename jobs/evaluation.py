@@ -296,9 +296,16 @@ def _trained(name: str, build) -> DataFrame:
 
 # --- I/O edges --------------------------------------------------------------
 
-def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
-             params: EvaluationParams, run_id: str) -> tuple[DataFrame, dict]:
-    """Evaluation rows (EVALUATIONS layout) and the policy priors for one run."""
+@dataclass
+class PreparedSplit:
+    """A split, materialised, with the scored users' segments: what scoring reads."""
+    train: DataFrame
+    held_out: DataFrame
+    segments: DataFrame
+    train_until: datetime
+
+
+def prepare_split(rows: DataFrame, as_of: datetime, params: EvaluationParams) -> PreparedSplit:
     started = time.monotonic()
     split = split_rows(rows, as_of, params)
     train = split.train.localCheckpoint()
@@ -306,23 +313,38 @@ def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: d
     segments = user_segments(train, held_out, params).localCheckpoint()
     log.info("%s split: %d training rows, %d users scored (%.0f s)", params.split, train.count(),
              held_out.count(), time.monotonic() - started)
-    candidates = train_all(train, products, split.train_until, settings, params.algorithms)
-    log.info("algorithms trained on the training part (%.0f s)", time.monotonic() - started)
-    catalog_size = products.where("active").count()
-    results = []
-    for algorithm in (BASELINE, *params.algorithms):
-        served = served_lists(candidates, held_out, algorithm).localCheckpoint()
-        summary = summarise(per_user_metrics(served, held_out, segments, params.ks))
+    return PreparedSplit(train, held_out, segments, split.train_until)
+
+
+def score_algorithms(candidates: DataFrame, split: PreparedSplit, algorithms: tuple[str, ...],
+                     catalog_size: int, ks: tuple[int, ...]) -> list[tuple]:
+    """``(algorithm, segment, metric, value, users)`` for each algorithm's user lists in
+    ``candidates`` (any algorithm name; ``BASELINE`` needs only the global popular list)."""
+    started, results = time.monotonic(), []
+    users = split.held_out.count()
+    for algorithm in algorithms:
+        served = served_lists(candidates, split.held_out, algorithm).localCheckpoint()
+        summary = summarise(per_user_metrics(served, split.held_out, split.segments, ks))
         for r in summary.collect():
             metric = r["metric"] if r["metric"] == "mrr" else f"{r['metric']}@{r['k']}"
             results.append((algorithm, r["segment"], metric, float(r["value"]), int(r["users"])))
-        k = max(params.ks)
-        coverage, novelty = list_properties(served, train, catalog_size, k)
+        k = max(ks)
+        coverage, novelty = list_properties(served, split.train, catalog_size, k)
         fallback_share = served.agg(F.avg(F.col("fallback").cast("double"))).first()[0] or 0.0
         for metric, value in ((f"coverage@{k}", coverage), (f"novelty@{k}", novelty),
                               ("fallback_share", fallback_share)):
-            results.append((algorithm, "all", metric, float(value), held_out.count()))
+            results.append((algorithm, "all", metric, float(value), users))
         log.info("%s scored (%.0f s)", algorithm, time.monotonic() - started)
+    return results
+
+
+def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
+             params: EvaluationParams, run_id: str) -> tuple[DataFrame, dict]:
+    """Evaluation rows (EVALUATIONS layout) and the policy priors for one run."""
+    split = prepare_split(rows, as_of, params)
+    candidates = train_all(split.train, products, split.train_until, settings, params.algorithms)
+    results = score_algorithms(candidates, split, (BASELINE, *params.algorithms),
+                               products.where("active").count(), params.ks)
     evaluated_at = datetime.now(timezone.utc).replace(microsecond=0)
     frame = evaluation_rows(spark, [(run_id, as_of, evaluated_at, params.split, a, s, m, v, u, None, None)
                                     for a, s, m, v, u in results])

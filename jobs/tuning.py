@@ -48,8 +48,8 @@ from schemas.settings import load_conf
 from jobs import als, content, hybrid, popularity
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.evaluation import (
-    EvaluationParams, evaluation_rows, per_user_metrics, served_lists, split_rows, summarise,
-    user_segments, write_evaluations,
+    EvaluationParams, PreparedSplit, evaluation_rows, per_user_metrics, prepare_split, served_lists, split_rows,
+    summarise, write_evaluations,
 )
 from jobs.evaluation import params_from_settings as evaluation_params
 from jobs.interactions import read_interactions
@@ -159,18 +159,23 @@ def _ratio_key(weights: dict[str, float]) -> tuple:
 @dataclass
 class Validation:
     """Everything a trial needs that does not depend on the trial."""
-    train: DataFrame
-    held_out: DataFrame
-    segments: DataFrame
-    train_until: datetime
-    popular: DataFrame   # popularity candidates (global list = the fallback)
+    split: PreparedSplit  # carved from the evaluation's training part
+    popular: DataFrame    # popularity candidates on it (its global list is the fallback)
     ks: tuple[int, ...]
+
+
+def validation_split(rows: DataFrame, as_of: datetime, evaluation: EvaluationParams) -> PreparedSplit:
+    """The evaluation's protocol applied twice: to all rows, then to the first split's
+    training part alone. The test part of the first split is never read."""
+    outer = split_rows(rows, as_of, evaluation)
+    return prepare_split(outer.train, outer.train_until, evaluation)
 
 
 def score_lists(candidates: DataFrame, algorithm: str, validation: Validation) -> tuple[dict[str, float], int]:
     """Metrics of ``algorithm``'s user lists in ``candidates`` on the validation part (all users)."""
-    served = served_lists(candidates.unionByName(validation.popular), validation.held_out, algorithm)
-    summary = summarise(per_user_metrics(served, validation.held_out, validation.segments, validation.ks))
+    split = validation.split
+    served = served_lists(candidates.unionByName(validation.popular), split.held_out, algorithm)
+    summary = summarise(per_user_metrics(served, split.held_out, split.segments, validation.ks))
     rows = summary.where((F.col("segment") == "all") & F.col("metric").isin(*TRIAL_METRICS)).collect()
     metrics = {f"{r['metric']}@{r['k']}": float(r["value"]) for r in rows}
     users = max((int(r["users"]) for r in rows), default=0)
@@ -211,20 +216,14 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     """ALS and hybrid trials on a validation split carved from the evaluation's training part."""
     started = time.monotonic()
     deadline = started + params.budget_minutes * 60
-    outer = split_rows(rows, as_of, evaluation)  # its test part is never read below
-    inner = split_rows(outer.train, outer.train_until, evaluation)
-    train = inner.train.localCheckpoint()
-    held_out = inner.held_out.localCheckpoint()
-    ks = tuple(sorted({params.k}))
-    popular = popularity.popularity_candidates(train, products, inner.train_until,
+    split = validation_split(rows, as_of, evaluation)
+    train, until = split.train, split.train_until
+    popular = popularity.popularity_candidates(train, products, until,
                                                popularity.params_from_settings(settings["popularity"]))
-    validation = Validation(train, held_out, user_segments(train, held_out, evaluation).localCheckpoint(),
-                            inner.train_until, popular.localCheckpoint(), ks)
-    log.info("tuning: validation split ends %s; %d training rows, %d users scored",
-             inner.train_until.isoformat(), train.count(), held_out.count())
+    validation = Validation(split, popular.localCheckpoint(), (params.k,))
 
     def fit_als(p: als.AlsParams) -> DataFrame:
-        candidates, _ = als.als_candidates(train, inner.train_until, p, product_lists=False)
+        candidates, _ = als.als_candidates(train, until, p, product_lists=False)
         return candidates.localCheckpoint()
 
     als_trials = run_trials("als", als_trial_params(als.params_from_settings(settings["als"]), params),
@@ -235,7 +234,7 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     base_hybrid = hybrid.params_from_settings(settings["hybrid"])
     sources = [validation.popular, fit_als(best_als)]
     if "content" in base_hybrid.weights:
-        sources.append(content.content_candidates(train, products, inner.train_until,
+        sources.append(content.content_candidates(train, products, until,
                                                   content.params_from_settings(settings["content"])))
     lists = sources[0]
     for part in sources[1:]:
@@ -243,7 +242,7 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     lists = lists.localCheckpoint()
 
     def fit_hybrid(weights: dict[str, float]) -> DataFrame:
-        return hybrid.fused_user_lists(lists, replace(base_hybrid, weights=weights), inner.train_until)
+        return hybrid.fused_user_lists(lists, replace(base_hybrid, weights=weights), until)
 
     hybrid_trials = run_trials("hybrid", hybrid_trial_weights(base_hybrid, params), fit_hybrid,
                                lambda w: {"weights": w}, validation, params, deadline)

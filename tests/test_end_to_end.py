@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 import requests
 
-from jobs import run_pipeline
+from jobs import als, run_pipeline
+from jobs.candidates import model_version
+from jobs.cli import parse_as_of
 from jobs.generate_data import generate
+from jobs.tuned import TUNED_FILE, with_tuned
+from schemas.settings import load_conf
 from schemas.snapshot import read_current_version
 from tests.lookup_fixtures import running_gunicorn
 
@@ -24,10 +29,13 @@ def pipeline(tmp_path_factory, spark):
     return root
 
 
-def test_pipeline_reports_and_publishes(pipeline, capsys):
-    """The pipeline accounts for every row and publishes a snapshot with user lists."""
-    assert run_pipeline.main(["--data-dir", str(pipeline), "--as-of", AS_OF, "--log-level", "WARNING"]) == 0
+def test_pipeline_reports_and_publishes(pipeline, capsys, monkeypatch):
+    """The pipeline accounts for every row, tunes, evaluates and publishes a snapshot with user lists."""
+    monkeypatch.setenv("RECSYS__JOBS__TUNING__MAX_TRIALS", "2")  # enough to pick between two
+    assert run_pipeline.main(["--data-dir", str(pipeline), "--as-of", AS_OF, "--log-level", "WARNING",
+                              "--tune", "--evaluate"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tuning"]["ok"] and summary["evaluation"]["ok"], summary
     for counts in summary["ingest"].values():
         assert counts["received"] == counts["accepted"] + counts["rejected"]
     assert summary["ingest"]["events"]["received"] == 6000
@@ -81,3 +89,29 @@ def test_gunicorn_serves_the_snapshot(spark, pipeline):
 
         bad = requests.get(f"{server.base_url}/v1/users/abc/recommendations", timeout=5)
         assert bad.status_code == 400 and "user_id" in bad.json()["error"]["message"]
+
+
+def test_pipeline_tuned_evaluated_and_used_the_winners(spark, pipeline):
+    """Tuning trials and evaluation rows are in the evaluations table; tuned.json's ALS
+    winner is what the ALS step ran with; policy and report are on disk."""
+    tuned = json.loads((pipeline / TUNED_FILE).read_text())
+    assert tuned["scores"]["als"]["trials"] == 2 and tuned["scores"]["hybrid"]["trials"] == 2
+    settings = with_tuned(load_conf("jobs"), pipeline)
+    assert settings["als"]["rank"] == tuned["settings"]["als"]["rank"]
+    expected = model_version("als", parse_as_of(AS_OF), asdict(als.params_from_settings(settings["als"])))
+    lists = spark.read.format("delta").load(str(pipeline / "lake" / "candidates"))
+    assert {r[0] for r in lists.where("algorithm = 'als'").select("model_version").distinct().collect()} == {expected}
+
+    evaluations = spark.read.format("delta").load(str(pipeline / "lake" / "evaluations"))
+    trials = evaluations.where("run_id like 'tuning-%' and metric = 'ndcg@10'")
+    assert sorted((r.algorithm, r.trial) for r in trials.collect()) == [("als", 0), ("als", 1), ("hybrid", 0),
+                                                                          ("hybrid", 1)]
+    assert all(json.loads(r.params) for r in trials.collect())
+    run = evaluations.where("run_id not like 'tuning-%'")
+    assert {r.algorithm for r in run.select("algorithm").distinct().collect()} == {
+        "global_popular", "popular", "als", "content", "hybrid"}
+    policy = json.loads((pipeline / "evaluation" / "policy.json").read_text())
+    assert set(policy["priors"]["all"]) == {"popular", "als", "content", "hybrid"}
+    report = (pipeline / "evaluation" / "report" / "report.html").read_text()
+    for png in ("metric_by_algorithm.png", "by_segment.png", "by_k.png", "tuning.png"):
+        assert f'src="{png}"' in report and (pipeline / "evaluation" / "report" / png).stat().st_size > 1000
