@@ -68,6 +68,22 @@ def conform(df, table: Table):
     return df.select(*columns)
 
 
+def evaluation_frames(events, products):
+    """Landing events and catalog (``to_events``/``to_products`` output) as the frames
+    an offline evaluation reads, without going through ingest: interaction rows
+    ``(user_id, product_id, event_type, timestamp)`` with parsed timestamps, and the
+    catalog with a missing ``active`` taken as true. For benchmarks and quality tests
+    on logs we know; anything served goes through ingest and its quarantine."""
+    from pyspark.sql import functions as F
+
+    rows = (events.select("user_id", "product_id", "event_type",
+                          F.to_timestamp("timestamp").alias("timestamp"))
+            .where(F.col("user_id").isNotNull() & F.col("product_id").isNotNull()
+                   & F.col("timestamp").isNotNull()))
+    catalog = products.withColumn("active", F.coalesce(F.col("active"), F.lit(True)))
+    return rows, catalog
+
+
 def new_run_id() -> str:
     """A unique, time-ordered tag for the files of one loader run."""
     return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
