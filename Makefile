@@ -15,11 +15,12 @@ STORAGE_JAR   := $(JARS_DIR)/delta-storage-$(DELTA_VERSION).jar
 DEMO_DIR    ?= var/demo
 PORT        ?= 8000
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test clean dist-jobs
+.PHONY: help setup venv jars system-packages demo stop test bench-quality clean dist-jobs
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -63,6 +64,10 @@ stop:  ## stop the demo's gunicorn
 
 test: setup  ## the whole pytest suite (pytest's "no tests collected" counts as success)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+bench-quality: setup  ## offline quality on the real samples in ../shared/data, `implicit` ALS side by side
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m bench.quality $(BENCH_ARGS)
 
 dist-jobs:  ## dist/recsys_jobs.zip for spark-submit --py-files on a cluster
 	mkdir -p dist && rm -f dist/recsys_jobs.zip && zip -qr dist/recsys_jobs.zip jobs schemas -x '*__pycache__*'

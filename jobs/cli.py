@@ -15,10 +15,19 @@ def parse_as_of(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, except None (which means "from conf")."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def job_parser(description: str) -> argparse.ArgumentParser:
     """A parser with the options every job takes: --data-dir, --as-of, --log-level."""
     parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data-dir", help="root of landing/, lake/, checkpoints/, snapshots/ "
                         "(default: data_dir in conf/jobs.toml, or $RECSYS_DATA_DIR)")
     parser.add_argument("--as-of", type=parse_as_of, default=None,

@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=SPLITS, help="evaluation protocol (default from conf)")
     parser.add_argument("--holdout-days", type=float, help="temporal split: days held out before --as-of")
     parser.add_argument("--k", type=int, nargs="+", dest="ks", help="cut-offs, e.g. --k 5 10 20")
+    parser.add_argument("--test-fraction", type=float, help="random split: share of each user's products held out")
     parser.add_argument("--min-interactions", type=int, help="k-core filter before splitting (0: off)")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -439,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = DataPaths.from_settings(settings, args.data_dir)
     settings = with_tuned(settings, paths.root)  # evaluate what the next nightly will run
     params = params_from_settings(settings["evaluation"], split=args.split, holdout_days=args.holdout_days,
-                                  ks=args.ks, min_interactions=args.min_interactions)
+                                  ks=args.ks, min_interactions=args.min_interactions,
+                                  test_fraction=args.test_fraction)
     spark = get_spark("recsys-evaluation")
     policy = run_evaluation(spark, paths, resolve_as_of(args.as_of), settings, params)
     print(json.dumps(policy))

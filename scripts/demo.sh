@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End to end on this machine: generate data -> ingest -> popular, ALS, content, hybrid -> snapshot -> gunicorn.
+# End to end on this machine: generate data -> ingest -> popular, ALS, content, hybrid -> offline evaluation
+# -> snapshot -> gunicorn. EVALUATE=0 skips the evaluation (about a third of the pipeline's time).
 # Called by `make demo` (which sets up the virtualenv and jars first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ PORT=${PORT:-8000}
 USERS=${USERS:-5000}
 PRODUCTS=${PRODUCTS:-1000}
 EVENTS=${EVENTS:-200000}
+EVALUATE=${EVALUATE:-1}
 START=2026-10-01
 AS_OF=2026-10-31T00:00:00Z
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -26,9 +28,13 @@ say "generating $EVENTS events, $USERS users, $PRODUCTS products into $DEMO_DIR/
 "$PY" -m jobs.generate_data --users "$USERS" --products "$PRODUCTS" --events "$EVENTS" \
   --seed 42 --start "$START" --days 30 --out "$DEMO_DIR/landing"
 
-say "running the Spark pipeline (ingest -> popular, ALS, content -> hybrid -> snapshot), as of $AS_OF"
+steps="ingest -> popular, ALS, content -> hybrid -> snapshot"
+evaluate=()
+if [ "$EVALUATE" = 1 ]; then steps="ingest -> popular, ALS, content -> hybrid -> evaluation -> snapshot"; evaluate=(--evaluate); fi
+say "running the Spark pipeline ($steps), as of $AS_OF"
 rc=0
-"$PY" -m jobs.run_pipeline --data-dir "$DEMO_DIR" --as-of "$AS_OF" > "$DEMO_DIR/pipeline-summary.json" || rc=$?
+"$PY" -m jobs.run_pipeline --data-dir "$DEMO_DIR" --as-of "$AS_OF" "${evaluate[@]}" \
+  > "$DEMO_DIR/pipeline-summary.json" || rc=$?
 tail -n 1 "$DEMO_DIR/pipeline-summary.json"
 case $rc in
   0) ;;
@@ -65,4 +71,8 @@ for url in "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=5" \
   curl -s "$url"; echo
 done
 echo
+if [ -f "$DEMO_DIR/evaluation/report/report.html" ]; then
+  echo "offline evaluation: $DEMO_DIR/evaluation/report/report.html (best per segment: $("$PY" -c \
+    'import json,sys; print(json.load(open(sys.argv[1]))["best"])' "$DEMO_DIR/evaluation/policy.json"))"
+fi
 echo "OpenAPI: curl -s http://127.0.0.1:$PORT/openapi.json    stop: make stop"

@@ -72,16 +72,22 @@ def evaluation_frames(events, products):
     """Landing events and catalog (``to_events``/``to_products`` output) as the frames
     an offline evaluation reads, without going through ingest: interaction rows
     ``(user_id, product_id, event_type, timestamp)`` with parsed timestamps, and the
-    catalog with a missing ``active`` taken as true. For benchmarks and quality tests
-    on logs we know; anything served goes through ingest and its quarantine."""
+    catalog ``(product_id, category, price, active, other_features)`` with a missing
+    ``active`` taken as true (the evaluation sizes the catalog by it). Rows ingest
+    would quarantine for a missing field or an unknown event type are left out.
+    For benchmarks and quality tests on logs we know; anything served goes through
+    ingest and its quarantine."""
     from pyspark.sql import functions as F
 
-    rows = (events.select("user_id", "product_id", "event_type",
-                          F.to_timestamp("timestamp").alias("timestamp"))
-            .where(F.col("user_id").isNotNull() & F.col("product_id").isNotNull()
-                   & F.col("timestamp").isNotNull()))
-    catalog = products.withColumn("active", F.coalesce(F.col("active"), F.lit(True)))
-    return rows, catalog
+    from schemas.tables import EVENT_TYPES
+
+    rows = events.select("user_id", "product_id", "event_type", F.to_timestamp("timestamp").alias("timestamp"))
+    complete = F.col("event_type").isin(*EVENT_TYPES)
+    for name in rows.columns:
+        complete = complete & F.col(name).isNotNull()
+    catalog = products.select("product_id", "category", F.col("price").cast("double"),
+                              F.coalesce(F.col("active"), F.lit(True)).alias("active"), "other_features")
+    return rows.where(complete), catalog.where(F.col("product_id").isNotNull())
 
 
 def new_run_id() -> str:
