@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from jobs.evaluation import (
-    EvaluationParams, evaluate, leave_last_out_split, served_lists, temporal_split, user_segments,
+    BASELINE, EvaluationParams, evaluate, k_core, leave_last_out_split, random_split, served_lists,
+    temporal_split, user_segments,
 )
 from jobs.ranking_metrics import ranking_metrics
 from schemas import CANDIDATES, PRODUCTS_STORED, spark_schema
@@ -54,6 +55,35 @@ def test_leave_last_out_holds_each_users_last_row(rows):
     assert split.train.where("user_id = 2").count() == 0 and split.train.where("user_id = 1").count() == 3
 
 
+def test_random_split_holds_out_a_share_of_each_users_products_with_all_their_rows(spark):
+    """8 products per user, 25 %: 2 held out per user, every row of a held-out pair with them."""
+    data = [(u, p, "view", day(n)) for u in (1, 2, 3) for p in range(10, 18) for n in (1, 3)]
+    rows = spark.createDataFrame(data, ROWS)
+    params = EvaluationParams(split="random", test_fraction=0.25, seed=3)
+    split = random_split(rows, AS_OF, params)
+    held = {r.user_id: set(r.relevant) for r in split.held_out.collect()}
+    assert {u: len(p) for u, p in held.items()} == {1: 2, 2: 2, 3: 2}
+    trained = {(r.user_id, r.product_id) for r in split.train.collect()}
+    assert split.train.count() == 2 * (24 - 6)  # two rows per pair left
+    assert not any((u, p) in trained for u, products in held.items() for p in products)
+    assert split.train_until == AS_OF
+    again = {r.user_id: set(r.relevant) for r in random_split(rows, AS_OF, params).held_out.collect()}
+    assert again == held  # seeded
+    other = random_split(rows, AS_OF, EvaluationParams(split="random", test_fraction=0.25, seed=4))
+    assert {r.user_id: set(r.relevant) for r in other.held_out.collect()} != held
+
+
+def test_k_core_drops_until_every_user_and_product_has_k_rows(spark):
+    """User 4 and product 30 have one row each; without 30, user 3 has one row left and goes next round."""
+    rows = spark.createDataFrame([
+        (1, 10, "view", day(1)), (1, 20, "view", day(1)), (2, 10, "view", day(1)), (2, 20, "view", day(2)),
+        (3, 20, "view", day(1)), (3, 30, "view", day(1)), (4, 40, "view", day(1)),
+    ], ROWS)
+    kept = {(r.user_id, r.product_id) for r in k_core(rows, 2).collect()}
+    assert kept == {(1, 10), (1, 20), (2, 10), (2, 20)}
+    assert k_core(rows, 0).count() == 7
+
+
 def test_segments_by_training_interactions(rows):
     """No training rows is new; up to the threshold light; more heavy."""
     split = temporal_split(rows, AS_OF, EvaluationParams(holdout_days=2))
@@ -70,6 +100,8 @@ def test_served_lists_fall_back_to_global_popular(spark):
     users = spark.createDataFrame([(1,), (2,)], "user_id long")
     served = {r.user_id: (list(r.product_ids), r.fallback) for r in served_lists(candidates, users, "als").collect()}
     assert served == {1: ([5, 6], False), 2: ([7, 8], True)}
+    baseline = {r.user_id: (list(r.product_ids), r.fallback) for r in served_lists(candidates, users, BASELINE).collect()}
+    assert baseline == {1: ([7, 8], False), 2: ([7, 8], False)}
 
 
 def test_popularity_evaluation_matches_hand_computation(spark, rows):
@@ -86,6 +118,8 @@ def test_popularity_evaluation_matches_hand_computation(spark, rows):
     assert results[("popular", "new", "recall@2")] == ranking_metrics(
         _global_popular(spark, split, products, settings), [10], 2)["recall"]
     assert set(policy["priors"]) == {"all", "new", "light", "heavy"} and policy["best"]["all"] == "popular"
+    assert all(BASELINE not in scores for scores in policy["priors"].values())  # not a served algorithm
+    assert (BASELINE, "all", "ndcg@2") in results
     assert json.loads(json.dumps(policy)) == policy
     assert ("popular", "all", "fallback_share") in results
 
