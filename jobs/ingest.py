@@ -4,7 +4,10 @@
            removed: a repeat within a batch or of an already stored event is
            quarantined with reason "duplicate event ...".
 - products are MERGEd into ``lake/products`` by product_id (``active: false`` marks
-           a product inactive; a missing ``active`` means true).
+           a product inactive; a missing ``active`` means true). A deactivation
+           may carry only ``{product_id, active: false}``: it flips the flag of a
+           stored product and keeps the rest; of an unknown product it stores
+           nothing (accepted, there is nothing to deactivate).
 - profiles are MERGEd into ``lake/profiles``; their histories are then rebuilt as
            rows of ``lake/profile_interactions``.
 - refused rows go to ``lake/<table>_rejected`` with the raw row and the reason.
@@ -229,10 +232,18 @@ class TableIngest:
         accepted = valid.count()
         to_store = (products_to_store if self.table.name == "products" else profiles_to_store)(valid, self.as_of)
         key = self.table.key[0]
+        merge = (DeltaTable.forPath(self.spark, self.stored_path).alias("t")
+                 .merge(to_store.alias("s"), f"t.{key} = s.{key}"))
+        if self.table.name == "products":
+            # A deactivation ({product_id, active: false}, no category) changes the flag
+            # only, and of a product we know: there is nothing to insert.
+            merge = (merge.whenMatchedUpdate("s.category IS NULL",
+                                             {"active": "s.active", "updated_at": "s.updated_at"})
+                     .whenMatchedUpdateAll().whenNotMatchedInsertAll("s.category IS NOT NULL"))
+        else:
+            merge = merge.whenMatchedUpdateAll().whenNotMatchedInsertAll()
         with idempotent_write(self.spark, stream_id, batch_id):
-            (DeltaTable.forPath(self.spark, self.stored_path).alias("t")
-             .merge(to_store.alias("s"), f"t.{key} = s.{key}")
-             .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+            merge.execute()
         return accepted
 
 

@@ -117,7 +117,12 @@ def first_broken_rule(table: Table, as_of: datetime) -> tuple[Column, dict[str, 
         typed, checks = _typed_and_checks(f, as_of)
         present = ~_missing(f)
         if f.required:
-            reasons.append(F.when(~present, F.lit(f"{f.name}: missing")))
+            missing = ~present
+            if f.required_unless is not None:
+                other, value = f.required_unless
+                excused = F.coalesce(F.lower(F.trim(F.col(other).cast("string"))) == F.lit(value), F.lit(False))
+                missing = missing & ~excused
+            reasons.append(F.when(missing, F.lit(f"{f.name}: missing")))
         for broken, reason in checks:
             reasons.append(F.when(present & broken, F.lit(reason)))
         typed_columns[f.name] = F.when(present, typed)

@@ -27,7 +27,8 @@ class Field:
     """One column: its type, whether it may be missing, and what values are valid.
 
     ``min``/``max`` bound numbers; ``allowed`` restricts strings to a set;
-    ``non_empty`` refuses blank strings. A timestamp's upper bound is relative to
+    ``non_empty`` refuses blank strings; ``required_unless`` lets a required field be
+    missing when another field has a given value. A timestamp's upper bound is relative to
     the run's as-of time (``max_future_seconds``), so rules never read the clock.
     """
 
@@ -38,9 +39,17 @@ class Field:
     max: float | None = None
     allowed: tuple[str, ...] | None = None
     non_empty: bool = False
+    # (other field, its value as lower-case text): the field may be missing when the
+    # other field has that value, e.g. a deactivation needs no category.
+    required_unless: tuple[str, str] | None = None
     min_timestamp: str | None = None
     max_future_seconds: int | None = None
     doc: str = ""
+
+    @property
+    def nullable(self) -> bool:
+        """Whether a stored value may be null (a conditionally required field may be)."""
+        return not self.required or self.required_unless is not None
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ def spark_schema(table: Table):
     from pyspark.sql import types as T
 
     return T.StructType(
-        [T.StructField(f.name, _spark_type(f.type), nullable=not f.required) for f in table.fields]
+        [T.StructField(f.name, _spark_type(f.type), nullable=f.nullable) for f in table.fields]
     )
 
 
@@ -111,7 +120,7 @@ def arrow_schema(table: Table):
     """The Arrow schema of ``table``."""
     import pyarrow as pa
 
-    return pa.schema([pa.field(f.name, _arrow_type(f.type), nullable=not f.required) for f in table.fields])
+    return pa.schema([pa.field(f.name, _arrow_type(f.type), nullable=f.nullable) for f in table.fields])
 
 
 # --- validation in plain Python ----------------------------------------------
@@ -204,7 +213,7 @@ def validate_record(table: Table, record: dict[str, Any], as_of: datetime) -> tu
     for f in table.fields:
         value = record.get(f.name)
         if value is None or (isinstance(value, str) and not value.strip() and f.type != "string"):
-            if f.required:
+            if f.required and not _excused(f, record):
                 return None, f"{f.name}: missing"
             typed[f.name] = None
             continue
@@ -251,6 +260,15 @@ def validate_record(table: Table, record: dict[str, Any], as_of: datetime) -> tu
             return None, reason
         typed[f.name] = value
     return typed, None
+
+
+def _excused(f: Field, record: dict[str, Any]) -> bool:
+    """Whether ``record`` lets the required field ``f`` be missing (``required_unless``)."""
+    if f.required_unless is None:
+        return False
+    other, value = f.required_unless
+    text = _json_text(record.get(other))
+    return isinstance(text, str) and text.strip().lower() == value
 
 
 def _check_timestamp(f: Field, parsed: datetime | None, as_of: datetime) -> str | None:

@@ -31,7 +31,9 @@ PRODUCTS = Table(
     name="products",
     fields=(
         PRODUCT_ID,
-        Field("category", "string", non_empty=True, doc="dot-separated path, e.g. electronics.phone"),
+        Field("category", "string", non_empty=True, required_unless=("active", "false"),
+              doc="dot-separated path, e.g. electronics.phone; a deactivation ({product_id, "
+                  "active: false}) may leave it out"),
         Field("price", "float64", required=False, min=0, max=1e9),
         Field("active", "bool", required=False, doc="false marks the product inactive; missing means true"),
         Field("other_features", "map<string,string>", required=False),
@@ -70,7 +72,9 @@ EVENTS_STORED = _stored(
 )
 PRODUCTS_STORED = _stored(
     replace(PRODUCTS, fields=tuple(
-        replace(f, required=True) if f.name == "active" else f for f in PRODUCTS.fields)),
+        replace(f, required=True) if f.name == "active"
+        else replace(f, required_unless=None) if f.name == "category"  # a stored product has one
+        else f for f in PRODUCTS.fields)),
     UPDATED_AT,
 )
 PROFILES_STORED = _stored(PROFILES, UPDATED_AT)

@@ -140,6 +140,19 @@ def test_catalog_update_replaces_a_product(spark, lake):
     assert len(rows) == 1 and rows[0].price == 5.0 and rows[0].active is True
 
 
+def test_deactivation_without_category_flips_only_the_flag(spark, lake):
+    """{product_id, active: false} keeps the stored category and price; of an unknown
+    product it is accepted and stores nothing."""
+    paths, _ = lake
+    write_lines(paths.landing_for("products") / "p3.jsonl",
+                [{"product_id": 13, "active": False}, {"product_id": 99, "active": False}])
+    counts = run_ingest(spark, paths, AS_OF, SETTINGS, tables=["products"])
+    assert counts["products"] == IngestCounts(received=2, accepted=2, rejected=0)
+    rows = {r.product_id: r for r in read(spark, paths, "products").collect()}
+    assert rows[13].active is False and rows[13].category == "a.c" and rows[13].price == 2.0
+    assert 99 not in rows
+
+
 def test_profiles_become_interactions(spark, lake):
     """Profile histories become purchase and view rows stamped with the run's as-of."""
     paths, _ = lake

@@ -134,6 +134,11 @@ CASES = [
     (PRODUCTS, pr(category=""), "category"),
     (PRODUCTS, pr(category="  "), "category"),
     (PRODUCTS, pr(category=DROP), "category"),
+    (PRODUCTS, '{"product_id": 6, "active": false}', None),         # a deactivation needs no category
+    (PRODUCTS, '{"product_id": 7, "active": "false"}', None),
+    (PRODUCTS, '{"product_id": 8, "active": true}', "category"),
+    (PRODUCTS, '{"product_id": 9, "active": "no"}', "category"),    # not excused: category comes first
+    (PRODUCTS, '{"product_id": 10, "active": false, "category": ""}', "category"),
     (PRODUCTS, pr(category="électronique.téléphone"), None),
     (PRODUCTS, pr(category=123), None),
     (PRODUCTS, pr(category=True), None),
