@@ -13,24 +13,27 @@ from typing import Mapping
 
 from flask import Flask
 
-from schemas.settings import load_conf
+from schemas.settings import data_dir, load_conf
 
 from lookup_server.api import blueprint
 from lookup_server.state import AppState, app_state, attach_state
 from lookup_server.config import ServerConfig
 from lookup_server.current_snapshot import CurrentSnapshot
 from lookup_server.errors import json_error
+from lookup_server.realtime import ProcessDelta
 
 __all__ = ["create_app", "start_snapshot_watcher", "app_state", "ServerConfig", "CurrentSnapshot"]
 
 
 def create_app(test_config: Mapping | None = None) -> Flask:
     """A Flask app configured from ``conf/server.toml``, environment, then ``test_config``."""
-    config = ServerConfig.from_conf(load_conf("server", overrides=test_config))
+    conf = load_conf("server", overrides=test_config)
+    config = ServerConfig.from_conf(conf)
     app = Flask(__name__)
     snapshot = CurrentSnapshot(config.snapshot_root, config.reload_interval_seconds,
                                config.verify_checksums)
-    attach_state(app, AppState(config=config, snapshot=snapshot))
+    delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf))
+    attach_state(app, AppState(config=config, snapshot=snapshot, delta=delta))
     # Lazily, so building an app (tests, `flask routes`) starts no thread; the pid
     # check inside makes this a no-op after the first request of each process.
     app.before_request(snapshot.ensure_started)

@@ -12,7 +12,8 @@ from werkzeug.exceptions import ServiceUnavailable
 from lookup_server.state import app_state
 from lookup_server.errors import error_body
 from lookup_server.openapi import openapi_document
-from lookup_server.recommend import Recommendation, recommend_for_user, similar_products
+from lookup_server.realtime import recommend_with_delta, similar_with_delta
+from lookup_server.recommend import Recommendation
 from lookup_server.request_params import parse_algorithm, parse_k, parse_product_id, parse_user_id
 from lookup_server.snapshot_reader import SnapshotReader
 
@@ -27,8 +28,11 @@ def user_recommendations(user_id: str):
     reader = _serving_reader()
     algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("user"), "user")
     algorithms = config.algorithm_preference if algorithm is None else (algorithm,)
-    answer = recommend_for_user(reader, uid, k, algorithms)
-    return {"user_id": uid, **_answer_fields(answer, reader)}
+    merged = recommend_with_delta(reader, app_state().delta.context(), uid, k, algorithms,
+                                  config.similar_preference)
+    return {"user_id": uid, **_answer_fields(merged.recommendation, reader), "degraded": merged.degraded,
+            "realtime": {"recent_events": merged.recent_events, "removed": merged.removed,
+                         "explored": list(merged.explored)}}
 
 
 @blueprint.get("/v1/products/<product_id>/similar")
@@ -39,8 +43,8 @@ def product_similar(product_id: str):
     reader = _serving_reader()
     algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("product"), "product")
     algorithms = config.similar_preference if algorithm is None else (algorithm,)
-    answer = similar_products(reader, pid, k, algorithms)
-    return {"product_id": pid, **_answer_fields(answer, reader)}
+    merged = similar_with_delta(reader, app_state().delta.context(), pid, k, algorithms)
+    return {"product_id": pid, **_answer_fields(merged.recommendation, reader), "degraded": merged.degraded}
 
 
 @blueprint.get("/healthz")

@@ -9,6 +9,7 @@ from lookup_server.config import ServerConfig
 from lookup_server.recommend import (
     CATEGORY_POPULAR, GLOBAL_POPULAR, UNKNOWN_PRODUCT, UNKNOWN_USER,
 )
+from lookup_server.realtime import NEW_USER_RECENT_EVENTS, RECENT_NEIGHBOURS
 from lookup_server.request_params import MAX_PRODUCT_ID, MAX_USER_ID
 
 OPENAPI_VERSION = "3.1.0"
@@ -32,7 +33,7 @@ def openapi_document(config: ServerConfig) -> dict:
     answer_fields = {
         "items": items,
         "algorithm": {"type": "string",
-                      "description": "Algorithm whose list answered, or popular_fallback."},
+                      "description": "Algorithm whose list answered, popular_fallback, or recent_neighbours (a new user answered from their events since the snapshot)."},
         "snapshot_version": {"type": "string"},
         "request_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     }
@@ -132,22 +133,47 @@ def openapi_document(config: ServerConfig) -> dict:
                 },
                 "UserRecommendations": {
                     "type": "object",
-                    "required": ["user_id", *answer_required],
+                    "required": ["user_id", *answer_required, "degraded", "realtime"],
                     "additionalProperties": False,
                     "properties": {
                         "user_id": user_id,
                         **answer_fields,
-                        "fallback": {"enum": [None, UNKNOWN_USER],
-                                     "description": "null when the user's own list answered."},
+                        "fallback": {"enum": [None, UNKNOWN_USER, NEW_USER_RECENT_EVENTS],
+                                     "description": "null when the user's own list answered; "
+                                                    f"{NEW_USER_RECENT_EVENTS}: a user without a list, "
+                                                    "answered from neighbours of their events since the "
+                                                    f"snapshot (algorithm {RECENT_NEIGHBOURS}); "
+                                                    f"{UNKNOWN_USER}: the global popular list."},
+                        "degraded": {"type": "boolean",
+                                     "description": "true when the real-time delta could not be read: "
+                                                    "the answer comes from the snapshot alone."},
+                        "realtime": _ref("schemas", "RealtimeMerge"),
+                    },
+                },
+                "RealtimeMerge": {
+                    "type": "object",
+                    "required": ["recent_events", "removed", "explored"],
+                    "additionalProperties": False,
+                    "description": "What the real-time delta changed in the snapshot's answer.",
+                    "properties": {
+                        "recent_events": {"type": "integer", "minimum": 0,
+                                          "description": "The user's events since the snapshot's data cut-off."},
+                        "removed": {"type": "integer", "minimum": 0,
+                                    "description": "Products dropped: bought or deactivated since."},
+                        "explored": {"type": "array", "items": product_id,
+                                     "description": "New products given an exploration slot."},
                     },
                 },
                 "SimilarProducts": {
                     "type": "object",
-                    "required": ["product_id", *answer_required],
+                    "required": ["product_id", *answer_required, "degraded"],
                     "additionalProperties": False,
                     "properties": {
                         "product_id": product_id,
                         **answer_fields,
+                        "degraded": {"type": "boolean",
+                                     "description": "true when catalog changes since the snapshot "
+                                                    "could not be read."},
                         "fallback": {
                             "enum": [None, CATEGORY_POPULAR, GLOBAL_POPULAR, UNKNOWN_PRODUCT],
                             "description": "null when the product's own list answered; "

@@ -49,6 +49,8 @@ class SnapshotReader:
         except (SnapshotFormatError, OSError) as exc:
             raise SnapshotOpenError(str(exc)) from exc
         self.version = self.manifest.version
+        # The data's cut-off: events after it are the real-time delta's to merge.
+        self.as_of_epoch = _epoch(self.manifest.as_of)
         try:
             self._env = lmdb.open(str(self.path), readonly=True, lock=False, subdir=True,
                                   max_dbs=256, readahead=False)
@@ -178,6 +180,15 @@ def _keep(txn, products, ids, scores, k: int, exclude: frozenset[int]) -> Ranked
 _live_readers: "weakref.WeakValueDictionary[tuple[int, int, int], SnapshotReader]" = (
     weakref.WeakValueDictionary())
 _live_readers_lock = threading.Lock()
+
+
+def _epoch(iso_time: str) -> float:
+    """Unix seconds of an ISO-8601 time (naive means UTC); 0 if unreadable (merge everything)."""
+    try:
+        moment = datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return 0.0
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def open_snapshot(path: Path, verify_checksums: bool = True) -> SnapshotReader:

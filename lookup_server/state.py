@@ -7,6 +7,7 @@ from flask import Flask, current_app
 
 from lookup_server.config import ServerConfig
 from lookup_server.current_snapshot import CurrentSnapshot
+from lookup_server.realtime import ProcessDelta
 
 _EXTENSION_KEY = "lookup_server"
 
@@ -15,6 +16,7 @@ _EXTENSION_KEY = "lookup_server"
 class AppState:
     config: ServerConfig
     snapshot: CurrentSnapshot
+    delta: ProcessDelta
 
 
 def attach_state(app: Flask, state: AppState) -> None:

@@ -206,7 +206,7 @@ def test_unexpected_exception_is_500_json(app, client, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(api, "recommend_for_user", boom)
+    monkeypatch.setattr(api, "recommend_with_delta", boom)
     message = _error(client.get("/v1/users/1/recommendations"), 500)
     assert "boom" not in message  # internals stay in the log
 

@@ -1,0 +1,258 @@
+"""Merge the real-time delta into a snapshot answer, per request.
+
+The snapshot is hours old; the delta (``lookup_server.delta``) says what happened
+since. For one user request:
+
+1. **Recent events** after the snapshot's data cut-off (its manifest's ``as_of``): what the user bought since is
+   removed; the products they viewed, clicked, wished or carted in the last
+   ``boost_window_seconds`` are *seeds*.
+2. **Seeds' neighbours** (the snapshot's product -> similar lists) are fused with the
+   user's snapshot list by reciprocal rank (``rrf_k``; the neighbours weigh
+   ``boost_weight``, each seed by its event type), so fresh interest moves the list
+   at once. A user with no snapshot row but seeds (a new user) is answered from the
+   neighbours alone: algorithm ``recent_neighbours``.
+3. **Catalog changes**: a product deactivated since the snapshot is dropped.
+4. **Exploration**: ``exploration_share`` of the k slots (at least one when the share
+   is positive) go to products that appeared since the snapshot in the categories of
+   the user's seeds and list, so new products earn events before the nightly run.
+
+Every delta read goes through the circuit breaker: if the backend is down or slow
+the answer is the snapshot's alone, flagged ``degraded``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from lookup_server.delta import DeltaStore, DeltaUnavailable, RecentEvent
+from lookup_server.delta.breaker import CircuitBreaker
+from lookup_server.recommend import UNKNOWN_USER, Recommendation, recommend_for_user, similar_products
+from lookup_server.snapshot_reader import SnapshotReader
+
+log = logging.getLogger(__name__)
+
+RECENT_NEIGHBOURS = "recent_neighbours"  # the algorithm reported for a new user answered from seeds
+NEW_USER_RECENT_EVENTS = "new_user_recent_events"  # its fallback step
+# Read this many more than k from the snapshot: removals (purchases, deactivations,
+# exploration slots) must still leave k.
+SLACK = 20
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    boost_window_seconds: float = 3600.0
+    boost_weight: float = 1.0
+    rrf_k: int = 20
+    neighbours_per_seed: int = 20
+    max_seeds: int = 5
+    exploration_share: float = 0.1
+    seed_weights: Mapping[str, float] = field(default_factory=lambda: {
+        "view": 1.0, "click": 1.0, "wishlist": 2.0, "add_to_cart": 3.0})
+
+    @classmethod
+    def from_conf(cls, conf: Mapping) -> "MergeSettings":
+        settings = cls(**conf)
+        if not 0 <= settings.exploration_share < 1 or settings.rrf_k < 0 or settings.max_seeds < 0:
+            raise ValueError("realtime: exploration_share must be in [0, 1), rrf_k and max_seeds >= 0")
+        return settings
+
+
+@dataclass(frozen=True)
+class MergedAnswer:
+    recommendation: Recommendation
+    degraded: bool        # the delta could not be read: snapshot only
+    recent_events: int    # events since the snapshot that shaped the answer
+    removed: int          # products dropped: bought or deactivated since the snapshot
+    explored: tuple[int, ...]  # new products given an exploration slot
+
+
+@dataclass
+class DeltaContext:
+    """What a request needs besides the snapshot: the store, its breaker, the clock."""
+    store: DeltaStore
+    breaker: CircuitBreaker
+    settings: MergeSettings
+    clock: Callable[[], float] = time.time
+
+
+# Keys of [delta] that are the breaker's or this module's, not the store factory's.
+_NOT_STORE_KEYS = ("enabled", "breaker_failures", "breaker_reset_seconds")
+
+
+class ProcessDelta:
+    """The worker's DeltaContext, opened on first use in each process (an LMDB
+    environment must not cross a fork; a Redis client should not either)."""
+
+    def __init__(self, delta_conf: Mapping, realtime_conf: Mapping, data_dir: Path):
+        self.enabled = bool(delta_conf.get("enabled", True))
+        self._store_conf = {k: v for k, v in delta_conf.items() if k not in _NOT_STORE_KEYS}
+        self._breaker_args = (int(delta_conf.get("breaker_failures", 3)),
+                              float(delta_conf.get("breaker_reset_seconds", 2.0)))
+        self.settings = MergeSettings.from_conf(realtime_conf)
+        self._data_dir = data_dir
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._context: DeltaContext | None = None
+
+    def context(self) -> DeltaContext | None:
+        """None when the delta is disabled; a store that cannot open answers degraded."""
+        if not self.enabled:
+            return None
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._context = self._open()
+                    self._pid = os.getpid()
+        return self._context
+
+    def _open(self) -> DeltaContext:
+        from lookup_server.delta.factory import open_delta_store
+
+        try:
+            store = open_delta_store(self._store_conf, self._data_dir)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, serve the snapshot
+            log.error("delta store cannot open (%s): answering from the snapshot alone", exc)
+            store = _Unavailable(str(exc))
+        return DeltaContext(store, CircuitBreaker(*self._breaker_args), self.settings)
+
+
+class _Unavailable:
+    """A store that could not be opened: every call fails, so every answer is degraded."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise DeltaUnavailable(self.reason)
+        return fail
+
+
+def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, user_id: int, k: int,
+                         algorithms: Sequence[str], similar_algorithms: Sequence[str]) -> MergedAnswer:
+    """The snapshot answer for ``user_id`` with the real-time delta merged in."""
+    base = recommend_for_user(reader, user_id, k + SLACK, algorithms)
+    if delta is None:
+        return MergedAnswer(_cut(base, k), False, 0, 0, ())
+    settings, breaker = delta.settings, delta.breaker
+    since = reader.as_of_epoch
+    recent, degraded = breaker.call(lambda: delta.store.recent_events(user_id, since), [])
+    now = delta.clock()
+    bought = {e.product_id for e in recent if e.event_type == "purchase"}
+    seeds = seed_events(recent, now, settings)
+
+    answer = base
+    if seeds:
+        neighbours = seed_neighbours(reader, seeds, similar_algorithms, settings)
+        if base.fallback == UNKNOWN_USER:
+            answer = Recommendation(*_ranked(neighbours), algorithm=RECENT_NEIGHBOURS,
+                                    fallback=NEW_USER_RECENT_EVENTS) if neighbours else base
+        else:
+            answer = fuse(base, neighbours, settings)
+
+    slots = exploration_slots(k, settings.exploration_share)
+    categories = _categories(reader, [e.product_id for e in seeds] + list(answer.product_ids[:5]))
+    fresh: list[tuple[int, str]] = []
+    if slots and categories and not degraded:
+        fresh, failed = breaker.call(lambda: delta.store.new_products(sorted(categories), since, slots * 3), [])
+        degraded = degraded or failed
+    candidate_ids = list(dict.fromkeys([*answer.product_ids, *(p for p, _ in fresh)]))
+    statuses = {}
+    if candidate_ids and not degraded:
+        statuses, failed = breaker.call(lambda: delta.store.catalog_status(candidate_ids), {})
+        degraded = degraded or failed
+    inactive = {p for p, change in statuses.items() if not change.active}
+    drop = bought | inactive
+    kept = [(p, s) for p, s in zip(answer.product_ids, answer.scores) if p not in drop]
+    removed = len(answer.product_ids) - len(kept)
+    listed = {p for p, _ in kept}
+    explore = [p for p, _ in fresh if p not in drop and p not in listed][:slots]
+    merged = kept[:k - len(explore)] + [(p, 0.0) for p in explore]
+    ids, scores = (tuple(x) for x in zip(*merged)) if merged else ((), ())
+    recommendation = Recommendation(ids, scores, answer.algorithm, answer.fallback)
+    return MergedAnswer(recommendation, degraded, len(recent), removed, tuple(explore))
+
+
+def similar_with_delta(reader: SnapshotReader, delta: DeltaContext | None, product_id: int, k: int,
+                       algorithms: Sequence[str]) -> MergedAnswer:
+    """The snapshot's similar products for ``product_id``, minus those deactivated since."""
+    answer = similar_products(reader, product_id, k + SLACK, algorithms)
+    if delta is None or not answer.product_ids:
+        return MergedAnswer(_cut(answer, k), False, 0, 0, ())
+    statuses, degraded = delta.breaker.call(lambda: delta.store.catalog_status(list(answer.product_ids)), {})
+    inactive = {p for p, change in statuses.items() if not change.active}
+    kept = [(p, s) for p, s in zip(answer.product_ids, answer.scores) if p not in inactive]
+    ids, scores = (tuple(x) for x in zip(*kept[:k])) if kept else ((), ())
+    return MergedAnswer(Recommendation(ids, scores, answer.algorithm, answer.fallback), degraded, 0,
+                        len(answer.product_ids) - len(kept), ())
+
+
+def seed_events(recent: Sequence[RecentEvent], now: float, settings: MergeSettings) -> list[RecentEvent]:
+    """The newest ``max_seeds`` events within the boost window of a seeding type, one per product."""
+    seeds, seen = [], set()
+    for event in recent:  # newest first
+        if now - event.timestamp > settings.boost_window_seconds or len(seeds) >= settings.max_seeds:
+            break
+        if settings.seed_weights.get(event.event_type, 0) > 0 and event.product_id not in seen:
+            seen.add(event.product_id)
+            seeds.append(event)
+    return seeds
+
+
+def seed_neighbours(reader: SnapshotReader, seeds: Sequence[RecentEvent], algorithms: Sequence[str],
+                    settings: MergeSettings) -> dict[int, float]:
+    """``product -> score``: each seed's neighbour list (first of ``algorithms`` it has),
+    reciprocal-rank weighted by the seed's event type; the seeds themselves left out."""
+    scores: dict[int, float] = {}
+    seed_ids = frozenset(e.product_id for e in seeds)
+    for event in seeds:
+        weight = settings.seed_weights.get(event.event_type, 0.0)
+        for algorithm in algorithms:
+            found = reader.product_list(algorithm, event.product_id, settings.neighbours_per_seed,
+                                        active_only=True, exclude=seed_ids)
+            if found is not None:
+                for rank, product in enumerate(found[0]):
+                    scores[product] = scores.get(product, 0.0) + weight / (settings.rrf_k + rank + 1)
+                break
+    return scores
+
+
+def fuse(base: Recommendation, neighbours: Mapping[int, float], settings: MergeSettings) -> Recommendation:
+    """The snapshot list and the seeds' neighbours by reciprocal rank; same algorithm label."""
+    scores = {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(base.product_ids)}
+    for product, score in neighbours.items():
+        scores[product] = scores.get(product, 0.0) + settings.boost_weight * score
+    ids, fused = _ranked(scores)
+    return Recommendation(ids, fused, base.algorithm, base.fallback)
+
+
+def exploration_slots(k: int, share: float) -> int:
+    """Slots for new products: ``share`` of k, at least one when the share is positive and k > 1."""
+    if share <= 0 or k < 2:
+        return 0
+    return max(1, math.floor(k * share))
+
+
+def _ranked(scores: Mapping[int, float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    return tuple(p for p, _ in ordered), tuple(s for _, s in ordered)
+
+
+def _categories(reader: SnapshotReader, product_ids: Sequence[int]) -> set[str]:
+    categories = set()
+    for product_id in product_ids:
+        product = reader.product(product_id)
+        if product is not None and product.category:
+            categories.add(product.category)
+    return categories
+
+
+def _cut(recommendation: Recommendation, k: int) -> Recommendation:
+    return Recommendation(recommendation.product_ids[:k], recommendation.scores[:k],
+                          recommendation.algorithm, recommendation.fallback)

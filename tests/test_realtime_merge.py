@@ -1,0 +1,143 @@
+"""The real-time delta merged into snapshot answers: through the Flask test client,
+a real snapshot and the real embedded LMDB delta store (the default backend)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from lookup_server import app_state
+from lookup_server.delta import CatalogChange, DeltaEvent
+from lookup_server.delta.breaker import CircuitBreaker
+from lookup_server.realtime import NEW_USER_RECENT_EVENTS, RECENT_NEIGHBOURS, exploration_slots
+
+from tests.lookup_fixtures import publish_snapshot
+
+
+def _ids(body) -> list[int]:
+    return [item["product_id"] for item in body["items"]]
+
+
+@pytest.fixture
+def store(app):
+    """The app's own delta store (LMDB opens a file once per process: share the app's)."""
+    return app_state(app).delta.context().store
+
+
+def events(user_id, *pairs, at=None):
+    now = time.time() if at is None else at
+    return [DeltaEvent(user_id, product_id, event_type, now - i) for i, (product_id, event_type) in enumerate(pairs)]
+
+
+def test_without_delta_activity_the_snapshot_answers_unchanged(client):
+    body = client.get("/v1/users/1/recommendations").get_json()
+    assert _ids(body) == [10, 11, 12, 14, 15, 99]
+    assert body["degraded"] is False and body["realtime"] == {"recent_events": 0, "removed": 0, "explored": []}
+
+
+def test_new_user_with_an_event_gets_its_neighbours_at_once(client, store):
+    """No snapshot row, one view since the snapshot: the viewed product's neighbours
+    (inactive 13 skipped, the product itself left out)."""
+    store.add_events(events(777, (10, "view")))
+    body = client.get("/v1/users/777/recommendations").get_json()
+    assert body["algorithm"] == RECENT_NEIGHBOURS and body["fallback"] == NEW_USER_RECENT_EVENTS
+    assert _ids(body) == [11, 12, 14] and body["realtime"]["recent_events"] == 1
+
+
+def test_new_user_without_events_gets_the_global_list(client):
+    body = client.get("/v1/users/778/recommendations?k=3").get_json()
+    assert body["algorithm"] == "popular_fallback" and body["fallback"] == "unknown_user"
+    assert _ids(body) == [20, 10, 21]
+
+
+def test_a_fresh_view_lifts_the_viewed_products_neighbours(client, store):
+    """User 1's list is 10, 11, 12, 14, ...; after viewing 10, its neighbours 11, 12, 14
+    (by rank fusion with weight 1, rrf_k 20) move above 10 itself."""
+    store.add_events(events(1, (10, "view")))
+    body = client.get("/v1/users/1/recommendations").get_json()
+    assert body["algorithm"] == "popular" and body["fallback"] is None
+    assert _ids(body) == [11, 12, 14, 10, 15, 99]
+
+
+def test_old_events_do_not_count(client, store):
+    """Events before the snapshot's data cut-off are in the snapshot already."""
+    store.add_events(events(1, (10, "view"), at=time.time() - 400 * 86_400))
+    body = client.get("/v1/users/1/recommendations").get_json()
+    assert _ids(body) == [10, 11, 12, 14, 15, 99] and body["realtime"]["recent_events"] == 0
+
+
+def test_a_view_outside_the_boost_window_seeds_nothing(client, store):
+    store.add_events(events(1, (10, "view"), at=time.time() - 2 * 3600))
+    body = client.get("/v1/users/1/recommendations").get_json()
+    assert _ids(body) == [10, 11, 12, 14, 15, 99] and body["realtime"]["recent_events"] == 1
+
+
+def test_a_purchase_since_the_snapshot_removes_the_product(client, store):
+    store.add_events(events(1, (11, "purchase")))
+    body = client.get("/v1/users/1/recommendations?k=4").get_json()
+    assert _ids(body) == [10, 12, 14, 15] and body["realtime"]["removed"] == 1
+
+
+def test_a_deactivated_product_disappears_from_every_answer_at_once(client, store):
+    store.apply_catalog([CatalogChange(12, False, None, time.time())])
+    assert 12 not in _ids(client.get("/v1/users/1/recommendations").get_json())
+    similar = client.get("/v1/products/10/similar").get_json()
+    assert _ids(similar) == [11, 14] and similar["degraded"] is False
+
+
+def test_a_new_product_gets_an_exploration_slot_in_its_category(client, store):
+    """Product 50 appears in "shoes" after the snapshot: user 1 (shoes, hats) sees it in
+    the last of k=5 slots; a user whose list has no shoes does not."""
+    store.apply_catalog([CatalogChange(50, True, "shoes", time.time())])
+    body = client.get("/v1/users/1/recommendations?k=5").get_json()
+    assert _ids(body) == [10, 11, 12, 14, 50] and body["realtime"]["explored"] == [50]
+    other = client.get("/v1/users/2/recommendations?k=5").get_json()  # toys
+    assert 50 not in _ids(other)
+
+
+def test_delta_down_degrades_answers_without_failing_them(make_app, snapshot_root):
+    """A Redis nobody listens on: every answer is the snapshot's, marked degraded, 200."""
+    publish_snapshot(snapshot_root, "v1")
+    app = make_app(delta={"redis_url": "redis://127.0.0.1:1/0", "timeout_ms": 20})
+    assert app_state(app).snapshot.refresh()
+    client = app.test_client()
+    for _ in range(5):
+        response = client.get("/v1/users/1/recommendations")
+        assert response.status_code == 200
+        body = response.get_json()
+        assert body["degraded"] is True and _ids(body) == [10, 11, 12, 14, 15, 99]
+    breaker = app_state(app).delta.context().breaker
+    assert breaker.state == "open" and breaker.skipped >= 2  # later requests did not wait for Redis
+
+
+def test_delta_disabled_serves_the_snapshot_not_degraded(make_app, snapshot_root):
+    publish_snapshot(snapshot_root, "v1")
+    app = make_app(delta={"enabled": False})
+    assert app_state(app).snapshot.refresh()
+    body = app.test_client().get("/v1/users/1/recommendations").get_json()
+    assert body["degraded"] is False and _ids(body) == [10, 11, 12, 14, 15, 99]
+
+
+def test_exploration_slots():
+    assert [exploration_slots(k, 0.1) for k in (1, 2, 10, 25)] == [0, 1, 1, 2]
+    assert exploration_slots(10, 0.0) == 0
+
+
+def test_breaker_opens_skips_then_half_opens_and_closes():
+    from lookup_server.delta import DeltaUnavailable
+
+    now = [0.0]
+    breaker = CircuitBreaker(failure_threshold=2, reset_seconds=5, clock=lambda: now[0])
+    calls = []
+
+    def failing():
+        calls.append(1)
+        raise DeltaUnavailable("down")
+
+    assert breaker.call(failing, "d") == ("d", True) and breaker.state == "closed"
+    assert breaker.call(failing, "d") == ("d", True) and breaker.state == "open"
+    assert breaker.call(failing, "d") == ("d", True) and len(calls) == 2  # skipped, not called
+    now[0] = 5.0
+    assert breaker.state == "half_open"
+    assert breaker.call(lambda: "ok", "d") == ("ok", False) and breaker.state == "closed"
+    assert breaker.failed == 2 and breaker.skipped == 1
