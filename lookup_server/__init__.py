@@ -15,6 +15,7 @@ from flask import Flask
 
 from schemas.settings import data_dir, load_conf
 
+from lookup_server.admin import blueprint as admin_blueprint
 from lookup_server.api import blueprint
 from lookup_server.state import AppState, app_state, attach_state
 from lookup_server.config import ServerConfig
@@ -32,12 +33,13 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     app = Flask(__name__)
     snapshot = CurrentSnapshot(config.snapshot_root, config.reload_interval_seconds,
                                config.verify_checksums)
-    delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf))
+    delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf), conf.get("bandit", {}))
     attach_state(app, AppState(config=config, snapshot=snapshot, delta=delta))
     # Lazily, so building an app (tests, `flask routes`) starts no thread; the pid
     # check inside makes this a no-op after the first request of each process.
     app.before_request(snapshot.ensure_started)
     app.register_blueprint(blueprint)
+    app.register_blueprint(admin_blueprint)
     app.register_error_handler(Exception, json_error)
     return app
 

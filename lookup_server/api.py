@@ -9,6 +9,7 @@ import uuid
 from flask import Blueprint, request
 from werkzeug.exceptions import ServiceUnavailable
 
+from lookup_server.bandit import KNOWN, NEW
 from lookup_server.state import app_state
 from lookup_server.errors import error_body
 from lookup_server.openapi import openapi_document
@@ -27,10 +28,18 @@ def user_recommendations(user_id: str):
     k = parse_k(request.args.get("k"), config.default_k, config.max_k)
     reader = _serving_reader()
     algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("user"), "user")
+    delta = app_state().delta.context()
     algorithms = config.algorithm_preference if algorithm is None else (algorithm,)
-    merged = recommend_with_delta(reader, app_state().delta.context(), uid, k, algorithms,
-                                  config.similar_preference)
-    return {"user_id": uid, **_answer_fields(merged.recommendation, reader), "degraded": merged.degraded,
+    if algorithm is None and delta is not None and delta.bandit is not None:
+        _, algorithms = delta.bandit.segment_and_order(
+            lambda name: reader.user_list(name, uid, 1) is not None, config.algorithm_preference)
+    merged = recommend_with_delta(reader, delta, uid, k, algorithms, config.similar_preference)
+    request_id = uuid.uuid4().hex
+    if delta is not None:  # the impression a click on request_id will reward
+        answer = merged.recommendation
+        delta.record_served(request_id, answer.algorithm, KNOWN if answer.fallback is None else NEW, uid)
+    return {"user_id": uid, **_answer_fields(merged.recommendation, reader, request_id),
+            "degraded": merged.degraded,
             "realtime": {"recent_events": merged.recent_events, "removed": merged.removed,
                          "explored": list(merged.explored)}}
 
@@ -44,7 +53,8 @@ def product_similar(product_id: str):
     algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("product"), "product")
     algorithms = config.similar_preference if algorithm is None else (algorithm,)
     merged = similar_with_delta(reader, app_state().delta.context(), pid, k, algorithms)
-    return {"product_id": pid, **_answer_fields(merged.recommendation, reader), "degraded": merged.degraded}
+    return {"product_id": pid, **_answer_fields(merged.recommendation, reader, uuid.uuid4().hex),
+            "degraded": merged.degraded}
 
 
 @blueprint.get("/healthz")
@@ -92,7 +102,7 @@ def _not_ready_message() -> str:
     return message
 
 
-def _answer_fields(answer: Recommendation, reader: SnapshotReader) -> dict:
+def _answer_fields(answer: Recommendation, reader: SnapshotReader, request_id: str) -> dict:
     return {
         # Scores are float32 in the snapshot: six significant digits is all they hold,
         # and printing the float64 widening (0.8999999761581421) only adds bytes.
@@ -100,5 +110,5 @@ def _answer_fields(answer: Recommendation, reader: SnapshotReader) -> dict:
         "algorithm": answer.algorithm,
         "fallback": answer.fallback,
         "snapshot_version": reader.version,
-        "request_id": uuid.uuid4().hex,
+        "request_id": request_id,
     }

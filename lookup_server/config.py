@@ -1,7 +1,7 @@
 """Typed settings of the lookup server, built once from ``conf/server.toml`` (+ overrides)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -18,6 +18,7 @@ class ServerConfig:
     similar_preference: tuple[str, ...]  # tried in order for a product's similar list
     reload_interval_seconds: float
     verify_checksums: bool
+    admin_token: str = field(default="", repr=False)  # LOOKUP_ADMIN_TOKEN wins (lookup_server/admin.py)
 
     @classmethod
     def from_conf(cls, conf: Mapping) -> "ServerConfig":
@@ -32,6 +33,7 @@ class ServerConfig:
             similar_preference=_names(conf, "similar_preference"),
             reload_interval_seconds=float(conf.get("reload_interval_seconds", 1.0)),
             verify_checksums=bool(conf.get("verify_checksums", True)),
+            admin_token=str(conf.get("admin_token", "")),
         )
         # A list record holds at most MAX_ITEMS items, so a larger k could never be filled.
         if not 1 <= config.max_k <= MAX_ITEMS:

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from lookup_server.delta import DeltaStore, DeltaUnavailable, RecentEvent
+from lookup_server.bandit import Bandit, BanditSettings, PolicyPriors
+from lookup_server.delta import DeltaStore, DeltaUnavailable, RecentEvent, Served
 from lookup_server.delta.breaker import CircuitBreaker
 from lookup_server.recommend import UNKNOWN_USER, Recommendation, recommend_for_user, similar_products
 from lookup_server.snapshot_reader import SnapshotReader
@@ -74,11 +75,20 @@ class MergedAnswer:
 
 @dataclass
 class DeltaContext:
-    """What a request needs besides the snapshot: the store, its breaker, the clock."""
+    """What a request needs besides the snapshot: the store, its breaker, the bandit
+    (None when disabled), the clock."""
     store: DeltaStore
     breaker: CircuitBreaker
     settings: MergeSettings
+    bandit: Bandit | None = None
     clock: Callable[[], float] = time.time
+
+    def record_served(self, request_id: str, algorithm: str, segment: str, user_id: int) -> bool:
+        """Count an impression for ``algorithm`` in ``segment`` so a later click on
+        ``request_id`` can reward it; False when the store could not take it."""
+        served = Served(algorithm, segment, user_id)
+        _, failed = self.breaker.call(lambda: self.store.record_served(request_id, served), None)
+        return not failed
 
 
 # Keys of [delta] that are the breaker's or this module's, not the store factory's.
@@ -89,8 +99,13 @@ class ProcessDelta:
     """The worker's DeltaContext, opened on first use in each process (an LMDB
     environment must not cross a fork; a Redis client should not either)."""
 
-    def __init__(self, delta_conf: Mapping, realtime_conf: Mapping, data_dir: Path):
+    def __init__(self, delta_conf: Mapping, realtime_conf: Mapping, data_dir: Path,
+                 bandit_conf: Mapping | None = None):
         self.enabled = bool(delta_conf.get("enabled", True))
+        bandit_conf = dict(bandit_conf or {})
+        self.bandit_settings = BanditSettings.from_conf(bandit_conf)
+        policy = Path(bandit_conf.get("policy_file", "evaluation/policy.json"))
+        self._policy = PolicyPriors(policy if policy.is_absolute() else data_dir / policy)
         self._store_conf = {k: v for k, v in delta_conf.items() if k not in _NOT_STORE_KEYS}
         self._breaker_args = (int(delta_conf.get("breaker_failures", 3)),
                               float(delta_conf.get("breaker_reset_seconds", 2.0)))
@@ -119,7 +134,13 @@ class ProcessDelta:
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, serve the snapshot
             log.error("delta store cannot open (%s): answering from the snapshot alone", exc)
             store = _Unavailable(str(exc))
-        return DeltaContext(store, CircuitBreaker(*self._breaker_args), self.settings)
+        breaker = CircuitBreaker(*self._breaker_args)
+        bandit = None
+        if self.bandit_settings.enabled:
+            bandit = Bandit(self.bandit_settings, self._policy,
+                            read_counts=lambda: breaker.call(store.bandit_counts, None)[0],
+                            read_pinned=lambda: breaker.call(store.pinned, None)[0])
+        return DeltaContext(store, breaker, self.settings, bandit)
 
 
 class _Unavailable:

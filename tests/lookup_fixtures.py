@@ -161,7 +161,10 @@ def make_app(tmp_path, monkeypatch):
     apps = []
 
     def factory(**overrides):
-        app = create_app({"data_dir": str(tmp_path), "reload_interval_seconds": 0.02, **overrides})
+        # The bandit off unless a test turns it on: the fixed preference order is what
+        # most tests check (tests/test_bandit.py covers the switching).
+        app = create_app({"data_dir": str(tmp_path), "reload_interval_seconds": 0.02,
+                          "bandit": {"enabled": False}, **overrides})
         app.config["TESTING"] = True
         apps.append(app)
         return app

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, request
 from werkzeug.exceptions import ServiceUnavailable
 
-from lookup_server.collector.auth import require_token
+from lookup_server.auth import require_token
 from lookup_server.collector.parsing import (
     Event, ProductChange, batch_items, deactivation, parse_events, parse_product, parse_products,
     read_json, rewards_by_request,

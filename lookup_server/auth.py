@@ -1,4 +1,4 @@
-"""Bearer-token check for the write endpoints.
+"""Bearer-token check for the write endpoints (the collector's, the lookup server's admin).
 
 One shared token (conf ``token`` or env ``COLLECTOR_TOKEN``) authorises a producer.
 A missing or non-Bearer ``Authorization`` header is 401 with ``WWW-Authenticate:

@@ -1,0 +1,161 @@
+"""Which algorithm answers a request: Thompson sampling per user segment, rewarded by
+the clicks, carts and purchases the collector attributes through ``request_id``.
+
+Each (segment, algorithm) has a reward rate per impression with a Gamma prior:
+rewards are weighted (click 1, cart 2, purchase 4 by default), so a Gamma-Poisson
+model fits where a Beta-Bernoulli one would not. Per request, a rate is drawn for
+each candidate algorithm from ``Gamma(a0 + rewards, b0 + impressions)`` and the
+highest draw answers: an algorithm that earns more per impression wins more traffic,
+and every algorithm keeps a chance in proportion to how unsure we still are.
+
+Priors come from the nightly offline evaluation (``evaluation/policy.json``): in a
+segment, the best algorithm offline starts at ``prior_rate`` rewards per impression
+and the others in proportion to their offline NDCG, worth ``prior_impressions``
+impressions of evidence. Without a policy every algorithm starts equal.
+
+Counts live in the shared delta store (every replica reads and writes the same
+ones; a restart loses nothing); each worker caches them for ``refresh_seconds``.
+A pinned algorithm (admin endpoint) answers everything until unpinned.
+Segments: ``new`` (no list in the snapshot), otherwise ``known`` (priors from the
+policy's ``all``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+NEW, KNOWN = "new", "known"
+# Which policy segment's offline scores seed each serving segment's priors.
+POLICY_SEGMENT = {NEW: "new", KNOWN: "all"}
+
+
+@dataclass(frozen=True)
+class BanditSettings:
+    enabled: bool = True
+    prior_rate: float = 0.05         # rewards per impression the offline best starts at
+    prior_impressions: float = 50.0  # how many impressions the prior is worth
+    refresh_seconds: float = 1.0     # how stale the shared counts may be in a worker
+
+    @classmethod
+    def from_conf(cls, conf: Mapping) -> "BanditSettings":
+        conf = {k: v for k, v in conf.items() if k != "policy_file"}
+        settings = cls(**conf)
+        if not (settings.prior_rate > 0 and settings.prior_impressions > 0 and settings.refresh_seconds >= 0):
+            raise ValueError("bandit: prior_rate and prior_impressions must be > 0, refresh_seconds >= 0")
+        return settings
+
+
+def load_priors(policy_path: Path) -> dict[str, dict[str, float]]:
+    """``segment -> algorithm -> offline score`` from policy.json; {} if absent or unreadable."""
+    try:
+        return json.loads(Path(policy_path).read_text()).get("priors", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning("ignoring policy %s: %s", policy_path, exc)
+        return {}
+
+
+def prior_rates(offline: Mapping[str, float], algorithms: Sequence[str], best_rate: float) -> dict[str, float]:
+    """Each algorithm's prior reward rate: ``best_rate`` times its offline score over
+    the best one's; algorithms the policy does not score get the mean of those it does."""
+    scored = {a: offline[a] for a in algorithms if a in offline and offline[a] > 0}
+    if not scored:
+        return {a: best_rate for a in algorithms}
+    top = max(scored.values())
+    mean = sum(scored.values()) / len(scored)
+    # A floor keeps an algorithm that scored 0 offline from never being tried.
+    return {a: max(best_rate * scored.get(a, mean) / top, best_rate / 20) for a in algorithms}
+
+
+class PolicyPriors:
+    """The priors of ``policy.json``, re-read when the file changes (checked at most
+    every ``check_seconds``): the nightly evaluation rewrites it."""
+
+    def __init__(self, path: Path, check_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.path = Path(path)
+        self._check_seconds, self._clock = check_seconds, clock
+        self._lock = threading.Lock()
+        self._checked_at: float | None = None
+        self._mtime: float | None = None
+        self._priors: dict[str, dict[str, float]] = {}
+
+    def __call__(self) -> dict[str, dict[str, float]]:
+        now = self._clock()
+        with self._lock:
+            if self._checked_at is not None and now - self._checked_at < self._check_seconds:
+                return self._priors
+            self._checked_at = now
+            try:
+                mtime = self.path.stat().st_mtime
+            except OSError:
+                mtime = None
+            if mtime != self._mtime:
+                self._mtime, self._priors = mtime, load_priors(self.path) if mtime else {}
+            return self._priors
+
+
+class Bandit:
+    """The per-worker chooser; counts and pin come from the shared store via ``read``."""
+
+    def __init__(self, settings: BanditSettings, priors: Callable[[], Mapping[str, Mapping[str, float]]],
+                 read_counts: Callable[[], dict[tuple[str, str], tuple[float, float]]],
+                 read_pinned: Callable[[], str | None],
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.priors = priors
+        self._read_counts, self._read_pinned = read_counts, read_pinned
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], tuple[float, float]] = {}
+        self._pinned: str | None = None
+        self._read_at: float | None = None
+
+    def choose(self, segment: str, algorithms: Sequence[str]) -> str:
+        """The algorithm to answer with, among ``algorithms`` (non-empty)."""
+        counts, pinned = self._shared()
+        if pinned in algorithms:
+            return pinned
+        offline = self.priors().get(POLICY_SEGMENT.get(segment, "all"), {})
+        rates = prior_rates(offline, algorithms, self.settings.prior_rate)
+        n0 = self.settings.prior_impressions
+        best, best_draw = algorithms[0], -1.0
+        for algorithm in algorithms:
+            impressions, rewards = counts.get((segment, algorithm), (0.0, 0.0))
+            draw = self._rng.gammavariate(n0 * rates[algorithm] + rewards, 1.0 / (n0 + impressions))
+            if draw > best_draw:
+                best, best_draw = algorithm, draw
+        return best
+
+    def segment_and_order(self, has_list: Callable[[str], bool], preference: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+        """The user's segment and the algorithms to try in order: the sampled one first,
+        then the rest of ``preference`` (so the fallback chain still holds)."""
+        available = [a for a in preference if has_list(a)]
+        if not available:
+            return NEW, tuple(preference)
+        chosen = self.choose(KNOWN, available)
+        return KNOWN, (chosen, *(a for a in preference if a != chosen))
+
+    def _shared(self) -> tuple[dict, str | None]:
+        """The shared counts and pin, re-read at most every ``refresh_seconds``. A read
+        that fails keeps the last values (the store's breaker reports the outage)."""
+        now = self._clock()
+        with self._lock:
+            if self._read_at is not None and now - self._read_at < self.settings.refresh_seconds:
+                return self._counts, self._pinned
+            self._read_at = now
+        counts, pinned = self._read_counts(), self._read_pinned()
+        with self._lock:
+            if counts is not None:
+                self._counts = counts
+            self._pinned = pinned
+            return self._counts, self._pinned
