@@ -89,6 +89,26 @@ def openapi_document(config: ServerConfig) -> dict:
                 "responses": {"200": _json_response("Ready", "Ready"),
                               "503": _json_response("No verified snapshot yet", "Error")},
             }},
+            "/v1/admin/pin": {
+                **{method: {
+                    "operationId": f"{method}Pin",
+                    "summary": summary,
+                    "security": [{"bearer": []}],
+                    **({"requestBody": {"required": True, "content": {_JSON: {"schema": {
+                        "type": "object", "required": ["algorithm"],
+                        "properties": {"algorithm": {"type": "string", "minLength": 1}}}}}}}
+                       if method == "put" else {}),
+                    "responses": {"200": _json_response("The pin now", "Pin"),
+                                  "400": _ref("responses", "BadRequest"),
+                                  "401": _json_response("No bearer token", "Error"),
+                                  "403": _json_response("Wrong token, or admin disabled", "Error"),
+                                  "503": _json_response("The delta store is unavailable", "Error"),
+                                  "default": _ref("responses", "Error")},
+                } for method, summary in (
+                    ("get", "Which algorithm every answer is pinned to, if any"),
+                    ("put", "Pin every answer to one algorithm (all replicas, within a second)"),
+                    ("delete", "Unpin: the bandit chooses again"))},
+            },
             "/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",
@@ -112,7 +132,12 @@ def openapi_document(config: ServerConfig) -> dict:
                 },
                 "Error": _json_response("Any other error", "Error"),
             },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
+                "Pin": {
+                    "type": "object", "required": ["pinned"], "additionalProperties": False,
+                    "properties": {"pinned": {"type": ["string", "null"]}},
+                },
                 "Error": {
                     "type": "object",
                     "required": ["error"],
