@@ -141,3 +141,29 @@ def test_breaker_opens_skips_then_half_opens_and_closes():
     assert breaker.state == "half_open"
     assert breaker.call(lambda: "ok", "d") == ("ok", False) and breaker.state == "closed"
     assert breaker.failed == 2 and breaker.skipped == 1
+
+
+@pytest.mark.e2e
+def test_redis_outage_under_gunicorn_degrades_and_recovers(tmp_path, redis_server):
+    """Real gunicorn on a real Redis: Redis stops -> every answer is still 200, marked
+    degraded; Redis back -> full answers again within a few seconds, by themselves."""
+    from tests.lookup_fixtures import running_gunicorn, wait_until
+    import requests
+
+    publish_snapshot(tmp_path / "snapshots", "v1")
+    env = {"RECSYS__SERVER__DELTA__REDIS_URL": f'"{redis_server.url}"',
+           "RECSYS__SERVER__DELTA__BREAKER_RESET_SECONDS": "0.5"}
+    with running_gunicorn(tmp_path, extra_env=env) as server:
+        server.wait_all_workers_on("v1")
+        url = f"{server.base_url}/v1/users/1/recommendations"
+        assert requests.get(url, timeout=5).json()["degraded"] is False
+        redis_server.stop()
+        try:
+            answers = [requests.get(url, timeout=5) for _ in range(30)]
+            assert [a.status_code for a in answers] == [200] * 30
+            assert all(a.json()["degraded"] for a in answers)
+            assert all(_ids(a.json()) == [10, 11, 12, 14, 15, 99] for a in answers)
+        finally:
+            redis_server.start()
+        wait_until(lambda: all(not requests.get(url, timeout=5).json()["degraded"] for _ in range(6)),
+                   timeout=10, message="full answers after Redis is back")
