@@ -60,8 +60,10 @@ system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS, Redis
 demo: setup  ## generate data, run the pipeline, publish a snapshot, serve it on localhost:$(PORT)
 	DEMO_DIR=$(DEMO_DIR) PORT=$(PORT) PY=$(PY) scripts/demo.sh
 
-stop:  ## stop the demo's gunicorn
-	@if [ -f $(DEMO_DIR)/gunicorn.pid ]; then kill $$(cat $(DEMO_DIR)/gunicorn.pid) && echo stopped; else echo "not running"; fi
+stop:  ## stop the demo's lookup server and collector
+	@for name in gunicorn collector; do \
+	  if [ -f $(DEMO_DIR)/$$name.pid ] && kill $$(cat $(DEMO_DIR)/$$name.pid) 2>/dev/null; then echo "stopped $$name"; \
+	  else echo "$$name not running"; fi; rm -f $(DEMO_DIR)/$$name.pid; done
 
 test: setup  ## the whole pytest suite (pytest's "no tests collected" counts as success)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc

@@ -16,10 +16,12 @@ START=2026-10-01
 AS_OF=2026-10-31T00:00:00Z
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-if [ -f "$DEMO_DIR/gunicorn.pid" ] && kill -0 "$(cat "$DEMO_DIR/gunicorn.pid")" 2>/dev/null; then
-  say "stopping the previous demo server"
-  kill "$(cat "$DEMO_DIR/gunicorn.pid")"; sleep 1
-fi
+for pidfile in "$DEMO_DIR/gunicorn.pid" "$DEMO_DIR/collector.pid"; do
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "stopping the previous demo server ($pidfile)"
+    kill "$(cat "$pidfile")"; sleep 1
+  fi
+done
 rm -rf "$DEMO_DIR"
 mkdir -p "$DEMO_DIR"
 started=$(date +%s)
@@ -52,6 +54,18 @@ for _ in $(seq 1 50); do
 done
 curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "server did not become ready; see $DEMO_DIR/gunicorn.log" >&2; exit 1; }
 
+COLLECTOR_PORT=$((PORT + 1))
+export COLLECTOR_TOKEN=${COLLECTOR_TOKEN:-$("$PY" -c 'import secrets; print(secrets.token_urlsafe(24))')}
+say "starting the event collector on 127.0.0.1:$COLLECTOR_PORT (token in $DEMO_DIR/collector.token)"
+printf '%s\n' "$COLLECTOR_TOKEN" > "$DEMO_DIR/collector.token"; chmod 600 "$DEMO_DIR/collector.token"
+RECSYS_DATA_DIR="$DEMO_DIR" COLLECTOR_BIND="127.0.0.1:$COLLECTOR_PORT" \
+  .venv/bin/gunicorn -c conf/gunicorn.collector.conf.py --daemon --pid "$DEMO_DIR/collector.pid" \
+  --error-logfile "$DEMO_DIR/collector.log"
+for _ in $(seq 1 50); do
+  curl -sf "http://127.0.0.1:$COLLECTOR_PORT/healthz" >/dev/null && break
+  sleep 0.2
+done
+
 user=$("$PY" - "$DEMO_DIR" <<'PY'
 import json, sys, pathlib
 # Any user from the first generated events file.
@@ -70,9 +84,20 @@ for url in "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=5" \
   echo "curl -s '$url'"
   curl -s "$url"; echo
 done
+
+say "real time: a brand-new user views product $product; their next answer follows at once"
+new_user=987000001
+echo "before: $(curl -s "http://127.0.0.1:$PORT/v1/users/$new_user/recommendations?k=3")"
+echo "curl -s -X POST -H 'Authorization: Bearer \$(cat $DEMO_DIR/collector.token)' -H 'Content-Type: application/json' \\"
+echo "     -d '{\"user_id\": $new_user, \"event_type\": \"view\", \"product_id\": $product}' http://127.0.0.1:$COLLECTOR_PORT/v1/events"
+curl -s -X POST -H "Authorization: Bearer $COLLECTOR_TOKEN" -H 'Content-Type: application/json' \
+  -d "{\"user_id\": $new_user, \"event_type\": \"view\", \"product_id\": $product}" \
+  "http://127.0.0.1:$COLLECTOR_PORT/v1/events"; echo
+echo "after:  $(curl -s "http://127.0.0.1:$PORT/v1/users/$new_user/recommendations?k=3")"
+
 echo
 if [ -f "$DEMO_DIR/evaluation/report/report.html" ]; then
   echo "offline evaluation: $DEMO_DIR/evaluation/report/report.html (best per segment: $("$PY" -c \
     'import json,sys; print(json.load(open(sys.argv[1]))["best"])' "$DEMO_DIR/evaluation/policy.json"))"
 fi
-echo "OpenAPI: curl -s http://127.0.0.1:$PORT/openapi.json    stop: make stop"
+echo "OpenAPI: curl -s http://127.0.0.1:$PORT/openapi.json    status: http://127.0.0.1:$PORT/status    stop: make stop"
