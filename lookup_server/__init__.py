@@ -15,6 +15,7 @@ from flask import Flask
 
 from schemas.settings import data_dir, load_conf
 
+from lookup_server import metrics, status_page
 from lookup_server.admin import blueprint as admin_blueprint
 from lookup_server.api import blueprint
 from lookup_server.state import AppState, app_state, attach_state
@@ -23,7 +24,8 @@ from lookup_server.current_snapshot import CurrentSnapshot
 from lookup_server.errors import json_error
 from lookup_server.realtime import ProcessDelta
 
-__all__ = ["create_app", "start_snapshot_watcher", "app_state", "ServerConfig", "CurrentSnapshot"]
+__all__ = ["create_app", "start_snapshot_watcher", "start_status_sampler", "app_state", "ServerConfig",
+           "CurrentSnapshot"]
 
 
 def create_app(test_config: Mapping | None = None) -> Flask:
@@ -35,11 +37,13 @@ def create_app(test_config: Mapping | None = None) -> Flask:
                                config.verify_checksums)
     delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf), conf.get("bandit", {}))
     attach_state(app, AppState(config=config, snapshot=snapshot, delta=delta))
+    metrics.init_app(app)  # first, so its latency timer starts before the other hooks run
     # Lazily, so building an app (tests, `flask routes`) starts no thread; the pid
     # check inside makes this a no-op after the first request of each process.
     app.before_request(snapshot.ensure_started)
     app.register_blueprint(blueprint)
     app.register_blueprint(admin_blueprint)
+    status_page.init_app(app, conf.get("status_sample_seconds", status_page.DEFAULT_SAMPLE_SECONDS))
     app.register_error_handler(Exception, json_error)
     return app
 
@@ -48,3 +52,9 @@ def start_snapshot_watcher(app: Flask) -> None:
     """Start following CURRENT now instead of on the first request (gunicorn's
     post_worker_init), so a worker becomes ready without traffic."""
     app_state(app).snapshot.ensure_started()
+
+
+def start_status_sampler(app: Flask) -> None:
+    """Start the /status page's sampling thread now instead of on the first request
+    (gunicorn's post_worker_init), so its charts start with the worker."""
+    status_page.status_sampler(app).ensure_started()

@@ -12,6 +12,7 @@ from werkzeug.exceptions import ServiceUnavailable
 from lookup_server.bandit import KNOWN, NEW
 from lookup_server.state import app_state
 from lookup_server.errors import error_body
+from lookup_server.metrics import observe_answer
 from lookup_server.openapi import openapi_document
 from lookup_server.realtime import recommend_with_delta, similar_with_delta
 from lookup_server.recommend import Recommendation
@@ -38,6 +39,7 @@ def user_recommendations(user_id: str):
     if delta is not None:  # the impression a click on request_id will reward
         answer = merged.recommendation
         delta.record_served(request_id, answer.algorithm, KNOWN if answer.fallback is None else NEW, uid)
+    observe_answer(merged)
     return {"user_id": uid, **_answer_fields(merged.recommendation, reader, request_id),
             "degraded": merged.degraded,
             "realtime": {"recent_events": merged.recent_events, "removed": merged.removed,
@@ -53,6 +55,7 @@ def product_similar(product_id: str):
     algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("product"), "product")
     algorithms = config.similar_preference if algorithm is None else (algorithm,)
     merged = similar_with_delta(reader, app_state().delta.context(), pid, k, algorithms)
+    observe_answer(merged)
     return {"product_id": pid, **_answer_fields(merged.recommendation, reader, uuid.uuid4().hex),
             "degraded": merged.degraded}
 

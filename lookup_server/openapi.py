@@ -115,6 +115,25 @@ def openapi_document(config: ServerConfig) -> dict:
                 "responses": {"200": {"description": "OpenAPI 3.1 document",
                                       "content": {_JSON: {"schema": {"type": "object"}}}}},
             }},
+            "/metrics": {"get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics, summed over every worker",
+                "description": "Latency per endpoint, answers by algorithm/fallback/degraded, hit "
+                               "rate, delta failures, snapshot version and age, and the shared "
+                               "bandit counts and CTR per (segment, algorithm). Text exposition "
+                               "format 0.0.4, or OpenMetrics when the Accept header asks for it.",
+                "responses": {"200": {"description": "Metrics",
+                                      "content": {"text/plain": {"schema": {"type": "string"}},
+                                                  "application/openmetrics-text": {"schema": {"type": "string"}}}}},
+            }},
+            "/status": {"get": {
+                "operationId": "status",
+                "summary": "Status page for operators (HTML)",
+                "description": "Snapshot in service, hit rate, fallbacks, delta health, latency "
+                               "percentiles, and the algorithm mix and CTR over time as charts.",
+                "responses": {"200": {"description": "Status page",
+                                      "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }},
         },
         "components": {
             "parameters": {
