@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -374,3 +375,41 @@ def test_gunicorn_two_workers_every_acknowledged_event_lands(tmp_path):
     assert hidden_files(tmp_path, "events") == [], server.log_text()
     rows = landed(tmp_path, "events", include_hidden=False)
     assert sorted(json.dumps(r, sort_keys=True) for r in rows) == acknowledged
+
+
+# --- the OpenAPI description ------------------------------------------------------
+
+def _response_schema(spec: dict, path: str, method: str, status: int) -> dict:
+    described = spec["paths"][path][method]["responses"][str(status)]
+    if "$ref" in described:
+        described = spec["components"]["responses"][described["$ref"].rsplit("/", 1)[1]]
+    return {**described["content"]["application/json"]["schema"], "components": spec["components"]}
+
+
+def test_openapi_describes_every_route_and_real_answers_match(collector):
+    from jsonschema import Draft202012Validator
+
+    client = collector.test_client()
+    spec = client.get("/openapi.json").get_json()
+    routes = {(re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule), method.lower())
+              for rule in collector.url_map.iter_rules() if rule.endpoint != "static"
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    described = {(path, method) for path, methods in spec["paths"].items() for method in methods}
+    assert routes == described
+    Draft202012Validator.check_schema(spec["components"]["schemas"]["Event"])
+    answers = [
+        ("/v1/events", "post", post_events(client, [event()])),
+        ("/v1/events", "post", post_events(client, [event(event_type="teleport")])),
+        ("/v1/events", "post", post_events(client, [event()], headers={})),
+        ("/v1/events", "post", post_events(client, [event()], headers={"Authorization": "Bearer wrong-token"})),
+        ("/v1/products/{product_id}", "put", client.put("/v1/products/5", json={"category": "a.b"}, headers=AUTH)),
+        ("/v1/products/{product_id}", "delete", client.delete("/v1/products/5", headers=AUTH)),
+        ("/v1/products", "post", client.post("/v1/products", json={"products": [{"product_id": 6, "category": "c"}]},
+                                             headers=AUTH)),
+    ]
+    for path, method, response in answers:
+        schema = _response_schema(spec, path, method, response.status_code)
+        Draft202012Validator(schema).validate(response.get_json())
+    # The documented event schema accepts what the collector accepts.
+    event_schema = {**spec["components"]["schemas"]["Event"], "components": spec["components"]}
+    Draft202012Validator(event_schema).validate(event(request_id="abc-1"))

@@ -21,6 +21,7 @@ from lookup_server.collector.parsing import (
     Event, ProductChange, batch_items, deactivation, parse_events, parse_product, parse_products,
     read_json, rewards_by_request,
 )
+from lookup_server.collector.openapi import openapi_document
 from lookup_server.collector.state import collector_state
 from lookup_server.errors import error_body
 from lookup_server.request_params import parse_product_id
@@ -40,6 +41,11 @@ def authenticate():
 def healthz():
     """Liveness only: says nothing about the landing zone or the delta store."""
     return {"status": "ok"}
+
+
+@blueprint.get("/openapi.json")
+def openapi_json():
+    return openapi_document(collector_state().config)
 
 
 @blueprint.post("/v1/events")
