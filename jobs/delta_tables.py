@@ -11,9 +11,16 @@ from schemas.fields import Table, spark_schema
 
 
 def ensure_table(spark: SparkSession, path: str, table: Table) -> DeltaTable:
-    """The Delta table at ``path``, created empty with ``table``'s schema if absent."""
+    """The Delta table at ``path``, created empty with ``table``'s schema if absent;
+    an existing table gains the nullable columns the definition added since."""
     if DeltaTable.isDeltaTable(spark, path):
-        return DeltaTable.forPath(spark, path)
+        existing = DeltaTable.forPath(spark, path)
+        present = set(existing.toDF().columns)
+        added = [f for f in spark_schema(table).fields if f.name not in present and f.nullable]
+        if added:
+            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in added)
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+        return existing
     empty = spark.createDataFrame([], spark_schema(table))
     writer = empty.write.format("delta").mode("ignore")
     if table.partition_by:

@@ -555,6 +555,7 @@ def products_table(catalog: Catalog) -> pa.Table:
         pa.array(catalog.active[rows], pa.bool_()),
         _string_map({"brand": catalog.brand[rows], "color": catalog.color[rows],
                      "added_at": iso_utc(catalog.added_at[rows]).astype(object)}),
+        pa.nulls(len(rows), pa.string()),  # changed_at: a catalog file applies in file order
     ], schema=landing_schema(PRODUCTS))
 
 

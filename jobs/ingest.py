@@ -101,12 +101,14 @@ def split_duplicate_events(events: DataFrame, stored: DataFrame) -> tuple[DataFr
 
 
 def products_to_store(valid: DataFrame, as_of: datetime) -> DataFrame:
-    """One row per product, the last one received winning; ``active`` defaults to true."""
-    last = Window.partitionBy("product_id").orderBy(F.col(SOURCE_FILE).desc(), F.col(_ORDER).desc())
+    """One row per product: the latest ``changed_at`` wins, rows without one after
+    those with one, then the last received; ``active`` defaults to true."""
+    last = Window.partitionBy("product_id").orderBy(
+        F.col("changed_at").desc_nulls_last(), F.col(SOURCE_FILE).desc(), F.col(_ORDER).desc())
     return (valid.withColumn("_nth", F.row_number().over(last)).where("_nth = 1")
             .select("product_id", "category", "price",
                     F.coalesce("active", F.lit(True)).alias("active"),
-                    "other_features", F.lit(as_of).cast("timestamp").alias("updated_at")))
+                    "other_features", "changed_at", F.lit(as_of).cast("timestamp").alias("updated_at")))
 
 
 def profiles_to_store(valid: DataFrame, as_of: datetime) -> DataFrame:
@@ -235,11 +237,15 @@ class TableIngest:
         merge = (DeltaTable.forPath(self.spark, self.stored_path).alias("t")
                  .merge(to_store.alias("s"), f"t.{key} = s.{key}"))
         if self.table.name == "products":
-            # A deactivation ({product_id, active: false}, no category) changes the flag
-            # only, and of a product we know: there is nothing to insert.
-            merge = (merge.whenMatchedUpdate("s.category IS NULL",
-                                             {"active": "s.active", "updated_at": "s.updated_at"})
-                     .whenMatchedUpdateAll().whenNotMatchedInsertAll("s.category IS NOT NULL"))
+            # A change older than the stored one is stale (collector workers' files can
+            # reach ingest out of order). A deactivation ({product_id, active: false},
+            # no category) changes the flag only, and of a product we know: there is
+            # nothing to insert.
+            fresh = "(s.changed_at IS NULL OR t.changed_at IS NULL OR s.changed_at >= t.changed_at)"
+            merge = (merge.whenMatchedUpdate(f"s.category IS NULL AND {fresh}",
+                                             {"active": "s.active", "updated_at": "s.updated_at",
+                                              "changed_at": "coalesce(s.changed_at, t.changed_at)"})
+                     .whenMatchedUpdateAll(fresh).whenNotMatchedInsertAll("s.category IS NOT NULL"))
         else:
             merge = merge.whenMatchedUpdateAll().whenNotMatchedInsertAll()
         with idempotent_write(self.spark, stream_id, batch_id):

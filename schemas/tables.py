@@ -37,6 +37,10 @@ PRODUCTS = Table(
         Field("price", "float64", required=False, min=0, max=1e9),
         Field("active", "bool", required=False, doc="false marks the product inactive; missing means true"),
         Field("other_features", "map<string,string>", required=False),
+        Field("changed_at", "timestamp", required=False, min_timestamp="2000-01-01T00:00:00+00:00",
+              max_future_seconds=86_400,
+              doc="when the change was made (the collector stamps it): the latest change wins, "
+                  "whatever order files arrive in; rows without one apply in file order"),
     ),
     key=("product_id",),
     doc="The catalog; a row upserts one product.",

@@ -35,8 +35,8 @@ def candidate_rows(algorithm="popular", scores_for_user_7=(0.9, 0.5)):
 def lake(spark, tmp_path):
     paths = DataPaths(tmp_path)
     products = spark.createDataFrame(
-        [(1, "a.b", 2.5, True, {"brand": "x"}, AS_OF), (2, "a.b", None, False, None, AS_OF),
-         (3, "bücher", 9.0, True, None, AS_OF)], spark_schema(PRODUCTS_STORED))
+        [(1, "a.b", 2.5, True, {"brand": "x"}, None, AS_OF), (2, "a.b", None, False, None, None, AS_OF),
+         (3, "bücher", 9.0, True, None, None, AS_OF)], spark_schema(PRODUCTS_STORED))
     ensure_table(spark, paths.table("products"), PRODUCTS_STORED)
     products.write.format("delta").mode("append").save(paths.table("products"))
     candidates = spark.createDataFrame(candidate_rows(), spark_schema(CANDIDATES))

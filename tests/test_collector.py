@@ -243,7 +243,7 @@ def test_delta_unavailable_still_lands(make_collector, tmp_path):
     assert [(r["user_id"], r["product_id"]) for r in landed(tmp_path, "events")] == [(1, 10), (2, 11)]
     put = client.put("/v1/products/5", json={"category": "shoes"}, headers=AUTH)
     assert put.status_code == 200 and put.json == {"product_id": 5, "active": True, "realtime": False}
-    assert landed(tmp_path, "products") == [{"product_id": 5, "category": "shoes"}]
+    assert products_landed(tmp_path) == [{"product_id": 5, "category": "shoes"}]
 
 
 def test_delta_disabled_lands_only(make_collector, tmp_path):
@@ -266,13 +266,31 @@ def test_landing_failure_is_503_and_nothing_acknowledged(collector, tmp_path):
 
 # --- products -----------------------------------------------------------------------
 
+def products_landed(data_dir) -> list[dict]:
+    """The landed product rows without their ``changed_at``, which each must carry (UTC)."""
+    rows = landed(data_dir, "products")
+    for row in rows:
+        assert datetime.fromisoformat(row["changed_at"]).utcoffset().total_seconds() == 0, row
+    return [{k: v for k, v in row.items() if k != "changed_at"} for row in rows]
+
+
+def test_a_senders_change_time_is_kept_else_the_collector_stamps_it(collector, tmp_path):
+    client = collector.test_client()
+    client.put("/v1/products/8", json={"category": "a", "changed_at": "2026-11-20T10:00:00Z"}, headers=AUTH)
+    before = datetime.now(timezone.utc)
+    client.put("/v1/products/9", json={"category": "a"}, headers=AUTH)
+    rows = {row["product_id"]: datetime.fromisoformat(row["changed_at"]) for row in landed(tmp_path, "products")}
+    assert rows[8] == datetime(2026, 11, 20, 10, tzinfo=timezone.utc)
+    assert before <= rows[9] <= datetime.now(timezone.utc)
+
+
 def test_put_product_lands_and_updates_the_catalog(collector, tmp_path):
     client = collector.test_client()
     body = {"category": "shoes.running", "price": 59.5, "other_features": {"brand": "x"}}
     response = client.put("/v1/products/42", json=body, headers=AUTH)
     assert response.status_code == 200
     assert response.json == {"product_id": 42, "active": True, "realtime": True}
-    assert landed(tmp_path, "products") == [{"product_id": 42, **body}]
+    assert products_landed(tmp_path) == [{"product_id": 42, **body}]
     status = store_of(collector).catalog_status([42])[42]
     assert (status.active, status.category) == (True, "shoes.running")
 
@@ -300,7 +318,7 @@ def test_delete_lands_a_deactivation(collector, tmp_path):
     client.put("/v1/products/7", json={"category": "hats"}, headers=AUTH)
     response = client.delete("/v1/products/7", headers=AUTH)
     assert response.status_code == 200 and response.json == {"product_id": 7, "active": False, "realtime": True}
-    assert landed(tmp_path, "products")[-1] == {"product_id": 7, "active": False}
+    assert products_landed(tmp_path)[-1] == {"product_id": 7, "active": False}
     assert store_of(collector).catalog_status([7])[7].active is False
 
 
@@ -316,8 +334,8 @@ def test_product_batch_is_all_or_nothing(collector, tmp_path):
         {"product_id": 1, "category": "a"}, {"product_id": 2, "category": "b", "active": False}]},
         headers=AUTH)
     assert good.status_code == 200 and good.json == {"accepted": 2, "realtime": True}
-    assert landed(tmp_path, "products") == [{"product_id": 1, "category": "a"},
-                                            {"product_id": 2, "category": "b", "active": False}]
+    assert products_landed(tmp_path) == [{"product_id": 1, "category": "a"},
+                                         {"product_id": 2, "category": "b", "active": False}]
     status = store_of(collector).catalog_status([1, 2])
     assert (status[1].active, status[2].active) == (True, False)
 

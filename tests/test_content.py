@@ -70,7 +70,8 @@ EVENT_ROWS = [  # (user, type, product, age)
 
 
 def products_frame(spark, rows):
-    return spark.createDataFrame([(p, c, price, active, features, AS_OF) for p, c, price, active, features in rows],
+    return spark.createDataFrame([(p, c, price, active, features, None, AS_OF)
+                                  for p, c, price, active, features in rows],
                                  spark_schema(PRODUCTS_STORED))
 
 

@@ -106,7 +106,7 @@ def test_served_lists_fall_back_to_global_popular(spark):
 
 def test_popularity_evaluation_matches_hand_computation(spark, rows):
     """Metrics of the popular lists equal ranking_metrics on the same lists; the policy names them."""
-    products = spark.createDataFrame([(p, "c", 1.0, True, None, AS_OF) for p in (10, 11, 12, 13, 14)],
+    products = spark.createDataFrame([(p, "c", 1.0, True, None, None, AS_OF) for p in (10, 11, 12, 13, 14)],
                                      spark_schema(PRODUCTS_STORED))
     settings = load_conf("jobs")
     params = EvaluationParams(holdout_days=2, ks=(2,), algorithms=("popular",), light_max_interactions=2)

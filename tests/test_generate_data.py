@@ -221,6 +221,8 @@ def test_csv_and_parquet_hold_the_same_rows(tmp_path: Path, landing_jsonl, fmt: 
 
 
 def _csv_text(value):
+    if value is None:  # an empty CSV field
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

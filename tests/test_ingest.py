@@ -153,6 +153,32 @@ def test_deactivation_without_category_flips_only_the_flag(spark, lake):
     assert 99 not in rows
 
 
+def test_the_latest_change_wins_whatever_order_files_arrive_in(spark, lake):
+    """Two collector workers' files: the one that sorts last holds the older change.
+    Within a run the newer changed_at wins; a later run with a stale change is ignored;
+    a row without changed_at (a batch catalog file) still applies."""
+    paths, _ = lake
+    landing = paths.landing_for("products")
+    write_lines(landing / "collector-a-200-1.jsonl",
+                [{"product_id": 14, "category": "x", "price": 1.0, "changed_at": "2026-10-01T10:00:00Z"}])
+    write_lines(landing / "collector-a-100-1.jsonl",
+                [{"product_id": 14, "category": "x", "price": 2.0, "changed_at": "2026-10-01T11:00:00Z"}])
+    run_ingest(spark, paths, AS_OF, SETTINGS, tables=["products"])
+    row = read(spark, paths, "products").where("product_id = 14").first()
+    assert row.price == 2.0 and row.changed_at is not None
+
+    write_lines(landing / "collector-a-300-1.jsonl",
+                [{"product_id": 14, "category": "x", "price": 3.0, "changed_at": "2026-10-01T10:30:00Z"},
+                 {"product_id": 14, "active": False, "changed_at": "2026-10-01T09:00:00Z"}])
+    run_ingest(spark, paths, AS_OF, SETTINGS, tables=["products"])
+    row = read(spark, paths, "products").where("product_id = 14").first()
+    assert (row.price, row.active) == (2.0, True)  # both older than the stored change
+
+    write_lines(landing / "zz-catalog.jsonl", [{"product_id": 14, "category": "x", "price": 4.0}])
+    run_ingest(spark, paths, AS_OF, SETTINGS, tables=["products"])
+    assert read(spark, paths, "products").where("product_id = 14").first().price == 4.0
+
+
 def test_profiles_become_interactions(spark, lake):
     """Profile histories become purchase and view rows stamped with the run's as-of."""
     paths, _ = lake

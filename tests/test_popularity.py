@@ -55,7 +55,7 @@ def inputs(spark):
         [(u, t, p, AS_OF - age, f"{AS_OF - age:%Y-%m-%d}", "test:0") for u, t, p, age in EVENT_ROWS],
         spark_schema(EVENTS_STORED))
     products = spark.createDataFrame(
-        [(p, c, 10.0, active, None, AS_OF) for p, c, active in PRODUCT_ROWS], spark_schema(PRODUCTS_STORED))
+        [(p, c, 10.0, active, None, None, AS_OF) for p, c, active in PRODUCT_ROWS], spark_schema(PRODUCTS_STORED))
     return events, products
 
 

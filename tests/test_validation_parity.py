@@ -135,6 +135,9 @@ CASES = [
     (PRODUCTS, pr(category="  "), "category"),
     (PRODUCTS, pr(category=DROP), "category"),
     (PRODUCTS, '{"product_id": 6, "active": false}', None),         # a deactivation needs no category
+    (PRODUCTS, '{"product_id": 11, "category": "a", "changed_at": "2026-09-30T12:00:00Z"}', None),
+    (PRODUCTS, '{"product_id": 12, "category": "a", "changed_at": "soon"}', "changed_at"),
+    (PRODUCTS, '{"product_id": 13, "category": "a", "changed_at": "2099-01-01T00:00:00Z"}', "changed_at"),
     (PRODUCTS, '{"product_id": 7, "active": "false"}', None),
     (PRODUCTS, '{"product_id": 8, "active": true}', "category"),
     (PRODUCTS, '{"product_id": 9, "active": "no"}', "category"),    # not excused: category comes first
@@ -186,10 +189,8 @@ def _python_verdict(table, line: str) -> tuple[dict | None, str | None]:
 
 def _comparable(typed: dict) -> dict:
     """Timestamps as microseconds since the epoch (Spark collects naive local datetimes)."""
-    out = dict(typed)
-    if isinstance(out.get("timestamp"), datetime):
-        out["timestamp"] = (out["timestamp"] - EPOCH) // timedelta(microseconds=1)
-    return out
+    return {name: (value - EPOCH) // timedelta(microseconds=1) if isinstance(value, datetime) else value
+            for name, value in typed.items()}
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +206,9 @@ def spark_verdicts(spark):
         lines = spark.createDataFrame([(line, f"{table.name}.jsonl") for line in _lines(table)],
                                       "value string, _source_file string")
         valid, rejected = split_valid(parse_json_lines(lines, table, MAX_LINE_BYTES), table, AS_OF)
-        if "timestamp" in table.names:
-            valid = valid.withColumn("timestamp", F.unix_micros("timestamp"))
+        for f in table.fields:  # as microseconds: Spark collects naive local datetimes
+            if f.type == "timestamp":
+                valid = valid.withColumn(f.name, F.unix_micros(f.name))
         rejected = rejected.withColumn("rejected_at", F.unix_micros("rejected_at"))
         accepted = {r[RAW]: {name: r[name] for name in table.names} for r in valid.collect()}
         refused = {r["raw"]: r for r in rejected.collect()}
@@ -256,8 +258,10 @@ def test_accepted_values_are_typed(spark_verdicts):
         "user_id": 7, "event_type": "view", "product_id": 43, "timestamp": None}
     products, _ = spark_verdicts["products"]
     assert products[pr()] == {"product_id": 42, "category": "shoes.running", "price": 59.9, "active": True,
-                              "other_features": {"brand": "acme", "stock": "3", "new": "true", "dims": '{"w":2}'}}
+                              "other_features": {"brand": "acme", "stock": "3", "new": "true", "dims": '{"w":2}'},
+                              "changed_at": None}
     assert products['{"product_id": 1, "category": "a"}'] == {
-        "product_id": 1, "category": "a", "price": None, "active": None, "other_features": None}
+        "product_id": 1, "category": "a", "price": None, "active": None, "other_features": None,
+        "changed_at": None}
     profiles, _ = spark_verdicts["profiles"]
     assert profiles[pf(purchase_history="[3, 4]")]["purchase_history"] == [3, 4]

@@ -167,10 +167,14 @@ def parse_product(item: Any, now: datetime, path_id: int | None = None) -> tuple
     typed, reason = validate_record(PRODUCTS, record, as_of=now)
     if reason is not None:
         return None, reason
+    # Stamped here unless the sender knows better: the batch ingest lets the latest
+    # change win, whichever worker's file it reaches first.
+    changed_at = typed.get("changed_at") or now
     row = {k: v for k, v in typed.items() if v is not None}
+    row["changed_at"] = _iso(changed_at)
     active = typed["active"] is not False  # missing means active
     change = CatalogChange(product_id=typed["product_id"], active=active,
-                           category=typed["category"], changed_at=now.timestamp())
+                           category=typed["category"], changed_at=changed_at.timestamp())
     return ProductChange(row, change), None
 
 
@@ -191,11 +195,16 @@ def parse_products(items: list, now: datetime) -> list[ProductChange]:
 def deactivation(product_id: int, now: datetime) -> ProductChange:
     """DELETE: the landing row carries only the id and ``active: false`` (the batch
     ingest keeps the stored category); the path parser already bounded the id."""
-    return ProductChange({"product_id": product_id, "active": False},
+    return ProductChange({"product_id": product_id, "active": False, "changed_at": _iso(now)},
                          CatalogChange(product_id, False, None, now.timestamp()))
 
 
 _ID_ONLY = Table(name="products", fields=(PRODUCTS.field("product_id"),))
+
+
+def _iso(moment: datetime) -> str:
+    """ISO-8601 in UTC, as the landing files carry times."""
+    return moment.astimezone(timezone.utc).isoformat()
 
 
 def _unknown_field(item: dict, known: frozenset) -> str | None:
