@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
-from schemas.settings import PROJECT_ROOT
-
-from tests.lookup_fixtures import free_port
+from tests.lookup_fixtures import child_env, free_port, gunicorn_process
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -68,46 +62,13 @@ def running_collector(data_dir: Path, workers: int = 2, extra_env: dict[str, str
     port = free_port()
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS__COLLECTOR__")}
-    env.update({
+    env = child_env("RECSYS__COLLECTOR__", {
         "COLLECTOR_BIND": f"127.0.0.1:{port}",
         "COLLECTOR_WORKERS": str(workers),
         "COLLECTOR_TOKEN": TOKEN,
         "RECSYS_DATA_DIR": str(data_dir),
-        "PYTHONUNBUFFERED": "1",
-    })
+    }, extra_env)
     env.pop("COLLECTOR_CONTROL_SOCKET", None)
-    env.update(extra_env or {})
-    log_path = data_dir / "collector.log"
-    command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "conf" / "gunicorn.collector.conf.py")]
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = CollectorServer(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{server.log_text()}")
-            try:
-                if requests.get(f"{server.base_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not answer within {start_timeout}s:\n{server.log_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        stop_process(process)
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()  # SIGTERM: the master stops its workers gracefully
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+    base_url, log_path = f"http://127.0.0.1:{port}", data_dir / "collector.log"
+    with gunicorn_process("gunicorn.collector.conf.py", env, log_path, base_url, start_timeout) as process:
+        yield CollectorServer(process, base_url, log_path)

@@ -239,10 +239,47 @@ class GunicornServer:
         return pids
 
 
+def child_env(drop_prefix: str, settings: dict[str, str], extra_env: dict[str, str] | None) -> dict[str, str]:
+    """This process's environment minus ``drop_prefix*`` overrides, plus ``settings`` and ``extra_env``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix)}
+    env.update({**settings, "PYTHONUNBUFFERED": "1"})
+    env.update(extra_env or {})
+    return env
+
+
+@contextlib.contextmanager
+def gunicorn_process(config: str, env: dict[str, str], log_path: Path, base_url: str,
+                     start_timeout: float = 60.0):
+    """Run ``gunicorn -c conf/<config>`` with ``env``; yield the process once
+    ``base_url``/healthz answers; SIGTERM (graceful) at the end. Output goes to
+    ``log_path``, shown if it fails to start."""
+    command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "conf" / config)]
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                if requests.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not answer within {start_timeout}s:\n"
+                                   f"{log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        stop_process(process)
+
+
 @contextlib.contextmanager
 def running_gunicorn(data_dir: Path, port: int | None = None, workers: int = 2,
                      extra_env: dict[str, str] | None = None, start_timeout: float = 60.0):
-    """Run ``gunicorn -c conf/gunicorn.conf.py`` on 127.0.0.1 until the block ends.
+    """Run the lookup server (``conf/gunicorn.conf.py``) on 127.0.0.1 until the block ends.
 
     Yields once /healthz answers (not /readyz: a test may start it before any
     snapshot exists). Output goes to ``data_dir/gunicorn.log``, shown if it fails.
@@ -250,41 +287,19 @@ def running_gunicorn(data_dir: Path, port: int | None = None, workers: int = 2,
     port = port or free_port()
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS__SERVER__")}
-    env.update({
+    env = child_env("RECSYS__SERVER__", {
         "LOOKUP_BIND": f"127.0.0.1:{port}",
         "LOOKUP_WORKERS": str(workers),
         "RECSYS_DATA_DIR": str(data_dir),
         "RECSYS__SERVER__RELOAD_INTERVAL_SECONDS": "0.1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    }, extra_env)
     env.pop("LOOKUP_CONTROL_SOCKET", None)
-    env.update(extra_env or {})
-    log_path = data_dir / "gunicorn.log"
-    command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "conf" / "gunicorn.conf.py")]
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log_file,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    server = GunicornServer(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{server.log_text()}")
-            try:
-                if requests.get(f"{server.base_url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not answer within {start_timeout}s:\n{server.log_text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        _stop(process)
+    base_url, log_path = f"http://127.0.0.1:{port}", data_dir / "gunicorn.log"
+    with gunicorn_process("gunicorn.conf.py", env, log_path, base_url, start_timeout) as process:
+        yield GunicornServer(process, base_url, log_path)
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)  # graceful: the master stops its workers
