@@ -116,15 +116,20 @@ class ProcessDelta:
         self._context: DeltaContext | None = None
 
     def context(self) -> DeltaContext | None:
-        """None when the delta is disabled; a store that cannot open answers degraded."""
+        """None when the delta is disabled; a store that cannot open answers degraded
+        and is tried again after the breaker's reset time."""
         if not self.enabled:
             return None
-        if self._pid != os.getpid():
+        if self._pid != os.getpid() or self._retry_due():
             with self._lock:
-                if self._pid != os.getpid():
+                if self._pid != os.getpid() or self._retry_due():
                     self._context = self._open()
                     self._pid = os.getpid()
         return self._context
+
+    def _retry_due(self) -> bool:
+        store = self._context.store if self._context is not None else None
+        return isinstance(store, _Unavailable) and time.monotonic() - store.since >= self._breaker_args[1]
 
     def _open(self) -> DeltaContext:
         from lookup_server.delta.factory import open_delta_store
@@ -148,6 +153,7 @@ class _Unavailable:
 
     def __init__(self, reason: str):
         self.reason = reason
+        self.since = time.monotonic()
 
     def __getattr__(self, name):
         def fail(*args, **kwargs):

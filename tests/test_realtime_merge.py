@@ -118,6 +118,22 @@ def test_delta_disabled_serves_the_snapshot_not_degraded(make_app, snapshot_root
     assert body["degraded"] is False and _ids(body) == [10, 11, 12, 14, 15, 99]
 
 
+def test_a_store_that_cannot_open_degrades_then_is_retried(make_app, snapshot_root, tmp_path):
+    """The LMDB folder is a file at first: answers are degraded; once the path is
+    usable, the next try after the breaker's reset time opens it."""
+    publish_snapshot(snapshot_root, "v1")
+    blocker = tmp_path / "blocked"
+    blocker.write_text("not a folder")
+    app = make_app(delta={"path": str(blocker / "realtime"), "breaker_reset_seconds": 0.05})
+    assert app_state(app).snapshot.refresh()
+    client = app.test_client()
+    assert client.get("/v1/users/1/recommendations").get_json()["degraded"] is True
+    blocker.unlink()
+    time.sleep(0.1)
+    body = client.get("/v1/users/1/recommendations").get_json()
+    assert body["degraded"] is False and _ids(body) == [10, 11, 12, 14, 15, 99]
+
+
 def test_exploration_slots():
     assert [exploration_slots(k, 0.1) for k in (1, 2, 10, 25)] == [0, 1, 1, 2]
     assert exploration_slots(10, 0.0) == 0
