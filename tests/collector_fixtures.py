@@ -6,10 +6,9 @@ import contextlib
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lookup_fixtures import child_env, free_port, gunicorn_process
+from tests.lookup_fixtures import GunicornServer, child_env, free_port, gunicorn_process
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,23 +36,6 @@ def hidden_files(data_dir: Path, table: str) -> list[Path]:
     return sorted((Path(data_dir) / "landing" / table).glob(".collector-*.jsonl.open"))
 
 
-@dataclass
-class CollectorServer:
-    process: subprocess.Popen
-    base_url: str
-    log_path: Path
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def worker_pids(self) -> set[int]:
-        """Pids of the master's children (Linux /proc)."""
-        pids: set[int] = set()
-        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
-            pids.update(int(p) for p in children.read_text().split())
-        return pids
-
-
 @contextlib.contextmanager
 def running_collector(data_dir: Path, workers: int = 2, extra_env: dict[str, str] | None = None,
                       start_timeout: float = 60.0):
@@ -71,4 +53,4 @@ def running_collector(data_dir: Path, workers: int = 2, extra_env: dict[str, str
     env.pop("COLLECTOR_CONTROL_SOCKET", None)
     base_url, log_path = f"http://127.0.0.1:{port}", data_dir / "collector.log"
     with gunicorn_process("gunicorn.collector.conf.py", env, log_path, base_url, start_timeout) as process:
-        yield CollectorServer(process, base_url, log_path)
+        yield GunicornServer(process, base_url, log_path)

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from flask import abort, request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
@@ -23,6 +23,8 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from schemas import EVENTS, PRODUCTS, Table, validate_record
 
 from lookup_server.delta import CatalogChange, DeltaEvent
+
+T = TypeVar("T")
 
 MAX_REPORTED_ERRORS = 50
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -97,16 +99,21 @@ def batch_items(body: Any, key: str, max_batch: int, single_allowed: bool) -> li
 def parse_events(items: list, now: datetime) -> list[Event]:
     """Validate every item against EVENTS (``now`` stamps a missing timestamp and
     bounds future ones); all valid or InvalidBatch."""
-    events, errors = [], []
+    return _all_or_nothing("event", items, lambda item: _parse_event(item, now))
+
+
+def _all_or_nothing(kind: str, items: list, parse: Callable[[Any], tuple[T | None, str | None]]) -> list[T]:
+    """``parse`` of every item, or InvalidBatch naming each refused index and why."""
+    parsed, errors = [], []
     for index, item in enumerate(items):
-        event, reason = _parse_event(item, now)
+        value, reason = parse(item)
         if reason is not None:
             errors.append({"index": index, "reason": reason})
         else:
-            events.append(event)
+            parsed.append(value)
     if errors:
-        raise InvalidBatch("event", len(items), errors)
-    return events
+        raise InvalidBatch(kind, len(items), errors)
+    return parsed
 
 
 def _parse_event(item: Any, now: datetime) -> tuple[Event | None, str | None]:
@@ -180,16 +187,7 @@ def parse_product(item: Any, now: datetime, path_id: int | None = None) -> tuple
 
 def parse_products(items: list, now: datetime) -> list[ProductChange]:
     """A batch of product rows, all valid or InvalidBatch."""
-    changes, errors = [], []
-    for index, item in enumerate(items):
-        change, reason = parse_product(item, now)
-        if reason is not None:
-            errors.append({"index": index, "reason": reason})
-        else:
-            changes.append(change)
-    if errors:
-        raise InvalidBatch("product", len(items), errors)
-    return changes
+    return _all_or_nothing("product", items, lambda item: parse_product(item, now))
 
 
 def deactivation(product_id: int, now: datetime) -> ProductChange:
