@@ -251,7 +251,7 @@ def test_redis_down_raises_fast_and_recovers(redis_server, clock):
                 started = time.monotonic()
                 with pytest.raises(DeltaUnavailable, match="redis"):
                     call()
-                assert time.monotonic() - started < 0.5
+                assert time.monotonic() - started < 2.0  # not the client default (no timeout): fails fast
         finally:
             redis_server.start()
         # The server came back empty; the store reconnects by itself (the first call may still fail).
@@ -280,7 +280,7 @@ def test_redis_hung_raises_within_the_timeout(redis_server, clock):
                 started = time.monotonic()
                 with pytest.raises(DeltaUnavailable, match="Timeout"):
                     call()
-                assert time.monotonic() - started < 0.5
+                assert time.monotonic() - started < 2.0  # not the client default (no timeout): fails fast
         finally:
             redis_server.resume()
         for _ in range(3):
