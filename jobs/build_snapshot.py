@@ -1,9 +1,10 @@
-"""Build an LMDB snapshot from the candidates and products tables, then publish it.
+"""Build an LMDB snapshot from the candidates, products and user_segments tables, then publish it.
 
 Records are packed on the executors (``mapInPandas``) into the binary layout of
 ``schemas.snapshot`` and streamed to the driver one partition at a time
 (``toLocalIterator``), so driver memory stays bounded whatever the user count.
-Both tables are read at one pinned Delta version each, recorded in the manifest.
+Each table is read at one pinned Delta version, recorded in the manifest;
+``user_segments`` is optional (a pipeline that never ran popularity has none).
 
 Run: ``python -m jobs.build_snapshot --help`` or ``spark-submit jobs/build_snapshot.py --help``.
 """
@@ -22,7 +23,8 @@ from pyspark.sql import functions as F
 
 from schemas.settings import load_conf
 from schemas.snapshot import (
-    MAX_ITEMS, PRODUCTS_DB, Manifest, pack_product, pack_ranked_list, product_key, recs_db_name, subject_key,
+    MAX_ITEMS, PRODUCTS_DB, USERS_DB, Manifest, pack_product, pack_ranked_list, pack_user, product_key,
+    recs_db_name, subject_key, user_key,
 )
 
 from jobs.candidates import params_digest
@@ -60,12 +62,24 @@ def _pack_products(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield pd.DataFrame({"db": PRODUCTS_DB, "key": keys, "value": values})
 
 
-def snapshot_records(candidates: DataFrame, products: DataFrame) -> DataFrame:
-    """``(db, key, value)`` binary records for every list and every product."""
+def _pack_users(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        keys = [user_key(int(u)) for u in batch["user_id"]]
+        values = [pack_user(a, None if pd.isna(s) else s) for a, s in zip(batch["activity"], batch["profile_segment"])]
+        yield pd.DataFrame({"db": USERS_DB, "key": keys, "value": values})
+
+
+def snapshot_records(candidates: DataFrame, products: DataFrame, users: DataFrame | None = None) -> DataFrame:
+    """``(db, key, value)`` binary records for every list, every product and, when
+    ``users`` (USER_SEGMENTS rows) are given, every user."""
     lists = candidates.select("subject_kind", "subject_id", "algorithm", "product_ids", "scores")
     catalog = products.select("product_id", "category", "price", "active")
-    return (lists.mapInPandas(_pack_candidates, RECORD_SCHEMA)
-            .unionByName(catalog.mapInPandas(_pack_products, RECORD_SCHEMA)))
+    records = (lists.mapInPandas(_pack_candidates, RECORD_SCHEMA)
+               .unionByName(catalog.mapInPandas(_pack_products, RECORD_SCHEMA)))
+    if users is not None:
+        records = records.unionByName(
+            users.select("user_id", "activity", "profile_segment").mapInPandas(_pack_users, RECORD_SCHEMA))
+    return records
 
 
 # --- I/O edges --------------------------------------------------------------
@@ -83,6 +97,10 @@ def build_snapshot(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     started = time.monotonic()
     candidates, candidates_version = _pinned(spark, paths.table("candidates"))
     products, products_version = _pinned(spark, paths.table("products"))
+    delta_versions = {"candidates": candidates_version, "products": products_version}
+    users = None
+    if table_version(spark, paths.table("user_segments")) is not None:
+        users, delta_versions["user_segments"] = _pinned(spark, paths.table("user_segments"))
     model_versions = {r["algorithm"]: r["model_version"] for r in
                       candidates.groupBy("algorithm").agg(F.max("model_version").alias("model_version")).collect()}
     version = version or new_version()
@@ -93,14 +111,14 @@ def build_snapshot(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
 
     manifest = Manifest(
         version=version, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        as_of=as_of.isoformat(), delta_versions={"candidates": candidates_version, "products": products_version},
+        as_of=as_of.isoformat(), delta_versions=delta_versions,
         model_versions=model_versions,
         config_digest=params_digest(settings),
     )
     map_size = int(settings["map_size_gb"] * (1 << 30))
     written = 0
     with SnapshotWriter(root, version, map_size) as writer:
-        for row in snapshot_records(candidates, products).toLocalIterator(prefetchPartitions=True):
+        for row in snapshot_records(candidates, products, users).toLocalIterator(prefetchPartitions=True):
             writer.put(row["db"], bytes(row["key"]), bytes(row["value"]))
             written += 1
             if written % PROGRESS_EVERY == 0:

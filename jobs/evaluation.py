@@ -65,6 +65,7 @@ from jobs.evaluation_report import write_report
 from jobs.interactions import read_interactions
 from jobs.paths import DataPaths
 from jobs.ranking_metrics import ranking_metrics, reciprocal_rank
+from jobs.segments import activity_segment
 from jobs.spark_session import get_spark
 from jobs.tuned import read_tuned, with_tuned, write_json_atomically
 
@@ -188,8 +189,7 @@ def held_out_products(train: DataFrame, test: DataFrame, params: EvaluationParam
 def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) -> DataFrame:
     """``(user_id, segment)`` for ``users`` by their number of training interactions."""
     counts = train.groupBy("user_id").agg(F.count("*").alias("n"))
-    n = F.coalesce(F.col("n"), F.lit(0))
-    segment = (F.when(n == 0, "new").when(n <= params.light_max_interactions, "light").otherwise("heavy"))
+    segment = activity_segment(F.coalesce(F.col("n"), F.lit(0)), params.light_max_interactions)
     return users.select("user_id").join(counts, "user_id", "left").select("user_id", segment.alias("segment"))
 
 

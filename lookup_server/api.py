@@ -9,7 +9,7 @@ import uuid
 from flask import Blueprint, request
 from werkzeug.exceptions import ServiceUnavailable
 
-from lookup_server.bandit import KNOWN, NEW
+from lookup_server.bandit import serving_segment
 from lookup_server.state import app_state
 from lookup_server.errors import error_body
 from lookup_server.metrics import observe_answer
@@ -31,19 +31,21 @@ def user_recommendations(user_id: str):
     algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("user"), "user")
     delta = app_state().delta.context()
     algorithms = config.algorithm_preference if algorithm is None else (algorithm,)
+    user = reader.user(uid) if delta is not None else None
+    activity = user.activity if user is not None else None
     if algorithm is None and delta is not None and delta.bandit is not None:
         _, algorithms = delta.bandit.segment_and_order(
-            lambda name: reader.user_list(name, uid, 1) is not None, config.algorithm_preference)
+            lambda name: reader.user_list(name, uid, 1) is not None, config.algorithm_preference, activity)
     merged = recommend_with_delta(reader, delta, uid, k, algorithms, config.similar_preference)
     request_id = uuid.uuid4().hex
     if delta is not None:  # the impression a click on request_id will reward
         answer = merged.recommendation
-        delta.record_served(request_id, answer.algorithm, KNOWN if answer.fallback is None else NEW, uid)
+        delta.record_served(request_id, answer.algorithm, serving_segment(activity, answer.fallback is None), uid)
     observe_answer(merged)
     return {"user_id": uid, **_answer_fields(merged.recommendation, reader, request_id),
             "degraded": merged.degraded,
             "realtime": {"recent_events": merged.recent_events, "removed": merged.removed,
-                         "explored": list(merged.explored)}}
+                         "explored": list(merged.explored), "trending": merged.trending}}
 
 
 @blueprint.get("/v1/products/<product_id>/similar")

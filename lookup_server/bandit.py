@@ -16,8 +16,10 @@ impressions of evidence. Without a policy every algorithm starts equal.
 Counts live in the shared delta store (every replica reads and writes the same
 ones; a restart loses nothing); each worker caches them for ``refresh_seconds``.
 A pinned algorithm (admin endpoint) answers everything until unpinned.
-Segments: ``new`` (no list in the snapshot), otherwise ``known`` (priors from the
-policy's ``all``).
+Segments are the offline evaluation's: ``new`` (no list in the snapshot), ``light``
+and ``heavy`` (the activity the snapshot's ``users`` database records), each with
+the priors of the policy's segment of the same name; a user with lists but no
+activity record (an older snapshot) is ``known``, with the policy's ``all``.
 """
 from __future__ import annotations
 
@@ -32,9 +34,17 @@ from typing import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-NEW, KNOWN = "new", "known"
+NEW, LIGHT, HEAVY, KNOWN = "new", "light", "heavy", "known"
 # Which policy segment's offline scores seed each serving segment's priors.
-POLICY_SEGMENT = {NEW: "new", KNOWN: "all"}
+POLICY_SEGMENT = {NEW: "new", LIGHT: "light", HEAVY: "heavy", KNOWN: "all"}
+
+
+def serving_segment(activity: str | None, personalised: bool) -> str:
+    """The bandit segment of a user: ``new`` without a list of their own, else their
+    activity segment (``light``/``heavy``) when the snapshot records one, else ``known``."""
+    if not personalised:
+        return NEW
+    return activity if activity in (LIGHT, HEAVY) else KNOWN
 
 
 @dataclass(frozen=True)
@@ -136,14 +146,16 @@ class Bandit:
                 best, best_draw = algorithm, draw
         return best
 
-    def segment_and_order(self, has_list: Callable[[str], bool], preference: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    def segment_and_order(self, has_list: Callable[[str], bool], preference: Sequence[str],
+                          activity: str | None = None) -> tuple[str, tuple[str, ...]]:
         """The user's segment and the algorithms to try in order: the sampled one first,
         then the rest of ``preference`` (so the fallback chain still holds)."""
         available = [a for a in preference if has_list(a)]
+        segment = serving_segment(activity, bool(available))
         if not available:
-            return NEW, tuple(preference)
-        chosen = self.choose(KNOWN, available)
-        return KNOWN, (chosen, *(a for a in preference if a != chosen))
+            return segment, tuple(preference)
+        chosen = self.choose(segment, available)
+        return segment, (chosen, *(a for a in preference if a != chosen))
 
     def _shared(self) -> tuple[dict, str | None]:
         """The shared counts and pin, re-read at most every ``refresh_seconds``. A read

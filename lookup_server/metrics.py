@@ -15,6 +15,7 @@ Counted per request, a few increments each:
   ``recsys_lookup_personalised_answers_total{endpoint}`` (the entity's own list
   answered, fallback null): their ratio is the hit rate;
 - ``recsys_lookup_explored_items_total``: exploration slots filled;
+- ``recsys_lookup_trending_items_total``: trending products in global-fallback answers;
 - ``recsys_lookup_delta_failures_total`` / ``recsys_lookup_delta_skipped_total``: the
   worker's circuit breaker counts, carried into the shared counters by difference;
 - ``recsys_lookup_snapshots_rejected_total``: versions a worker refused to serve;
@@ -86,6 +87,8 @@ class LookupMetrics:
                                     ("endpoint",), registry=r)
         self.explored = Counter(PREFIX + "explored_items",
                                 "New products given an exploration slot.", registry=r)
+        self.trending = Counter(PREFIX + "trending_items",
+                                "Trending products placed in global-fallback answers.", registry=r)
         self.delta_failures = Counter(PREFIX + "delta_failures",
                                       "Delta store calls that failed (circuit breaker).", registry=r)
         self.delta_skipped = Counter(PREFIX + "delta_skipped",
@@ -171,6 +174,8 @@ def observe_answer(merged: MergedAnswer) -> None:
         metrics.personalised.labels(endpoint).inc()
     if merged.explored:
         metrics.explored.inc(len(merged.explored))
+    if merged.trending:
+        metrics.trending.inc(merged.trending)
     # Every request: a failed impression write (record_served) degrades no answer.
     metrics.sync_process_counters(app_state())
 

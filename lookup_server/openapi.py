@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from lookup_server.config import ServerConfig
 from lookup_server.recommend import (
-    CATEGORY_POPULAR, GLOBAL_POPULAR, UNKNOWN_PRODUCT, UNKNOWN_USER,
+    CATEGORY_POPULAR, GLOBAL_POPULAR, PROFILE_SEGMENT, UNKNOWN_PRODUCT, UNKNOWN_USER,
 )
 from lookup_server.realtime import NEW_USER_RECENT_EVENTS, RECENT_NEIGHBOURS
 from lookup_server.request_params import MAX_PRODUCT_ID, MAX_USER_ID
@@ -182,12 +182,16 @@ def openapi_document(config: ServerConfig) -> dict:
                     "properties": {
                         "user_id": user_id,
                         **answer_fields,
-                        "fallback": {"enum": [None, UNKNOWN_USER, NEW_USER_RECENT_EVENTS],
+                        "fallback": {"enum": [None, NEW_USER_RECENT_EVENTS, PROFILE_SEGMENT, UNKNOWN_USER],
                                      "description": "null when the user's own list answered; "
                                                     f"{NEW_USER_RECENT_EVENTS}: a user without a list, "
                                                     "answered from neighbours of their events since the "
                                                     f"snapshot (algorithm {RECENT_NEIGHBOURS}); "
-                                                    f"{UNKNOWN_USER}: the global popular list."},
+                                                    f"{PROFILE_SEGMENT}: a user with a profile but no list "
+                                                    "or recent events, answered from the popular list of "
+                                                    "the users who share their profile features; "
+                                                    f"{UNKNOWN_USER}: the global popular list, fused with "
+                                                    "what is trending now."},
                         "degraded": {"type": "boolean",
                                      "description": "true when the real-time delta could not be read: "
                                                     "the answer comes from the snapshot alone."},
@@ -196,7 +200,7 @@ def openapi_document(config: ServerConfig) -> dict:
                 },
                 "RealtimeMerge": {
                     "type": "object",
-                    "required": ["recent_events", "removed", "explored"],
+                    "required": ["recent_events", "removed", "explored", "trending"],
                     "additionalProperties": False,
                     "description": "What the real-time delta changed in the snapshot's answer.",
                     "properties": {
@@ -206,6 +210,9 @@ def openapi_document(config: ServerConfig) -> dict:
                                     "description": "Products dropped: bought or deactivated since."},
                         "explored": {"type": "array", "items": product_id,
                                      "description": "New products given an exploration slot."},
+                        "trending": {"type": "integer", "minimum": 0,
+                                     "description": "Products of the answer that are trending now "
+                                                    "(global fallback answers only)."},
                     },
                 },
                 "SimilarProducts": {

@@ -15,6 +15,11 @@ since. For one user request:
 4. **Exploration**: ``exploration_share`` of the k slots (at least one when the share
    is positive) go to products that appeared since the snapshot in the categories of
    the user's seeds and list, so new products earn events before the nightly run.
+5. **Trending**: an answer from the global popular list (a user the snapshot knows
+   nothing of and who has no events yet) is fused, by reciprocal rank, with the
+   products most engaged with in the last ``trending_hours`` (the delta's hourly
+   counts, read at most every ``trending_cache_seconds`` per worker), so the
+   cold-start list follows the day rather than last night.
 
 Every delta read goes through the circuit breaker: if the backend is down or slow
 the answer is the snapshot's alone, flagged ``degraded``.
@@ -53,6 +58,10 @@ class MergeSettings:
     neighbours_per_seed: int = 20
     max_seeds: int = 5
     exploration_share: float = 0.1
+    trending_hours: int = 3
+    trending_weight: float = 1.0     # the trending list against the global list (weight 1), by rank
+    trending_size: int = 50
+    trending_cache_seconds: float = 10.0
     seed_weights: Mapping[str, float] = field(default_factory=lambda: {
         "view": 1.0, "click": 1.0, "wishlist": 2.0, "add_to_cart": 3.0})
 
@@ -61,6 +70,8 @@ class MergeSettings:
         settings = cls(**conf)
         if not 0 <= settings.exploration_share < 1 or settings.rrf_k < 0 or settings.max_seeds < 0:
             raise ValueError("realtime: exploration_share must be in [0, 1), rrf_k and max_seeds >= 0")
+        if settings.trending_hours < 1 or settings.trending_size < 0 or settings.trending_weight < 0:
+            raise ValueError("realtime: trending_hours must be >= 1, trending_size and trending_weight >= 0")
         return settings
 
 
@@ -71,6 +82,7 @@ class MergedAnswer:
     recent_events: int    # events since the snapshot that shaped the answer
     removed: int          # products dropped: bought or deactivated since the snapshot
     explored: tuple[int, ...]  # new products given an exploration slot
+    trending: int = 0     # products of the answer that came in or rose as trending now
 
 
 @dataclass
@@ -82,6 +94,22 @@ class DeltaContext:
     settings: MergeSettings
     bandit: Bandit | None = None
     clock: Callable[[], float] = time.time
+    _trending_cache: tuple[float, list[tuple[int, float]]] | None = None
+
+    def trending(self) -> tuple[list[tuple[int, float]], bool]:
+        """``((product_id, count), ...)`` trending now, and whether the store failed.
+        Cached per worker for ``trending_cache_seconds``: it is the same for every user,
+        and a Redis backend sums ``trending_hours`` buckets to answer it."""
+        now = time.monotonic()
+        cached = self._trending_cache
+        if cached is not None and now - cached[0] < self.settings.trending_cache_seconds:
+            return cached[1], False
+        found, failed = self.breaker.call(
+            lambda: self.store.trending(self.settings.trending_hours, self.settings.trending_size), None)
+        if failed or found is None:
+            return (cached[1] if cached is not None else []), True
+        self._trending_cache = (now, found)
+        return found, False
 
     def record_served(self, request_id: str, algorithm: str, segment: str, user_id: int) -> bool:
         """Count an impression for ``algorithm`` in ``segment`` so a later click on
@@ -177,11 +205,21 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
     answer = base
     if seeds:
         neighbours = seed_neighbours(reader, seeds, similar_algorithms, settings)
-        if base.fallback == UNKNOWN_USER:
+        if base.fallback is not None:  # no list of the user's own: the fresh events know them better
             answer = Recommendation(*_ranked(neighbours), algorithm=RECENT_NEIGHBOURS,
                                     fallback=NEW_USER_RECENT_EVENTS) if neighbours else base
         else:
             answer = fuse(base, neighbours, settings)
+
+    trending_ids: frozenset[int] = frozenset()
+    if answer.fallback == UNKNOWN_USER and settings.trending_size and settings.trending_weight and not degraded:
+        trending, failed = delta.trending()
+        degraded = degraded or failed
+        trending_ids = frozenset(_active_in_snapshot(reader, (p for p, _ in trending)))
+        if trending_ids:
+            ranked = [p for p, _ in trending if p in trending_ids]
+            answer = fuse(answer, {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(ranked)},
+                          settings, settings.trending_weight)
 
     slots = exploration_slots(k, settings.exploration_share)
     categories = _categories(reader, [e.product_id for e in seeds] + list(answer.product_ids[:5]))
@@ -203,7 +241,8 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
     merged = kept[:k - len(explore)] + [(p, 0.0) for p in explore]
     ids, scores = (tuple(x) for x in zip(*merged)) if merged else ((), ())
     recommendation = Recommendation(ids, scores, answer.algorithm, answer.fallback)
-    return MergedAnswer(recommendation, degraded, len(recent), removed, tuple(explore))
+    return MergedAnswer(recommendation, degraded, len(recent), removed, tuple(explore),
+                        sum(1 for p in ids if p in trending_ids))
 
 
 def similar_with_delta(reader: SnapshotReader, delta: DeltaContext | None, product_id: int, k: int,
@@ -250,11 +289,15 @@ def seed_neighbours(reader: SnapshotReader, seeds: Sequence[RecentEvent], algori
     return scores
 
 
-def fuse(base: Recommendation, neighbours: Mapping[int, float], settings: MergeSettings) -> Recommendation:
-    """The snapshot list and the seeds' neighbours by reciprocal rank; same algorithm label."""
+def fuse(base: Recommendation, neighbours: Mapping[int, float], settings: MergeSettings,
+         weight: float | None = None) -> Recommendation:
+    """The snapshot list and reciprocal-rank ``neighbours`` (the seeds' neighbours, or
+    the trending products), ``weight`` (default ``boost_weight``) against the list's 1;
+    same algorithm label."""
+    weight = settings.boost_weight if weight is None else weight
     scores = {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(base.product_ids)}
     for product, score in neighbours.items():
-        scores[product] = scores.get(product, 0.0) + settings.boost_weight * score
+        scores[product] = scores.get(product, 0.0) + weight * score
     ids, fused = _ranked(scores)
     return Recommendation(ids, fused, base.algorithm, base.fallback)
 
@@ -269,6 +312,17 @@ def exploration_slots(k: int, share: float) -> int:
 def _ranked(scores: Mapping[int, float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
     ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     return tuple(p for p, _ in ordered), tuple(s for _, s in ordered)
+
+
+def _active_in_snapshot(reader: SnapshotReader, product_ids) -> list[int]:
+    """The products the snapshot's catalog has, active: trending counts come from raw
+    events, which may name products nobody catalogued."""
+    kept = []
+    for product_id in product_ids:
+        product = reader.product(product_id)
+        if product is not None and product.active:
+            kept.append(product_id)
+    return kept
 
 
 def _categories(reader: SnapshotReader, product_ids: Sequence[int]) -> set[str]:

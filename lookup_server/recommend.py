@@ -14,11 +14,12 @@ POPULAR = "popular"  # the algorithm whose global and category lists back every 
 POPULAR_FALLBACK = "popular_fallback"  # the "algorithm" reported when a fallback answered
 
 # Values of the "fallback" field: why the preferred lists did not answer.
+PROFILE_SEGMENT = "profile_segment"  # a user without lists, answered from their profile segment's list
 UNKNOWN_USER = "unknown_user"
 UNKNOWN_PRODUCT = "unknown_product"
 CATEGORY_POPULAR = "category_popular"
 GLOBAL_POPULAR = "global_popular"  # a known product whose category has no popular list
-FALLBACKS = (UNKNOWN_USER, UNKNOWN_PRODUCT, CATEGORY_POPULAR, GLOBAL_POPULAR)
+FALLBACKS = (PROFILE_SEGMENT, UNKNOWN_USER, UNKNOWN_PRODUCT, CATEGORY_POPULAR, GLOBAL_POPULAR)
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,17 @@ class Recommendation:
 
 def recommend_for_user(reader: SnapshotReader, user_id: int, k: int,
                        algorithms: Sequence[str]) -> Recommendation:
-    """The first of ``algorithms`` with a list for this user, else the global popular list."""
+    """The first of ``algorithms`` with a list for this user; else the popular list of
+    the user's profile segment, when the snapshot knows both; else the global popular list."""
     for algorithm in algorithms:
         found = reader.user_list(algorithm, user_id, k, active_only=True)
         if found is not None:
             return Recommendation(*found, algorithm=algorithm, fallback=None)
+    user = reader.user(user_id)
+    if user is not None and user.profile_segment is not None:
+        found = reader.segment_list(POPULAR, user.profile_segment, k, active_only=True)
+        if found is not None:
+            return Recommendation(*found, algorithm=POPULAR_FALLBACK, fallback=PROFILE_SEGMENT)
     return _global_popular(reader, k, UNKNOWN_USER, frozenset())
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import lmdb
 
 from schemas.snapshot import (
-    DATA_FILE, GLOBAL_KEY, PRODUCTS_DB, Manifest, ProductRecord, SnapshotFormatError,
-    parse_recs_db_name, product_key, recs_db_name, unpack_product, unpack_ranked_list, user_key,
+    DATA_FILE, GLOBAL_KEY, PRODUCTS_DB, USERS_DB, Manifest, ProductRecord, SnapshotFormatError, UserRecord,
+    parse_recs_db_name, product_key, recs_db_name, unpack_product, unpack_ranked_list, unpack_user, user_key,
     verify_snapshot_dir,
 )
 
@@ -90,6 +90,8 @@ class SnapshotReader:
                     key, value = cursor.item()
                     if name == PRODUCTS_DB:
                         unpack_product(int.from_bytes(key, "big"), value)
+                    elif name == USERS_DB:
+                        unpack_user(int.from_bytes(key, "big"), value)
                     elif parse_recs_db_name(name) is not None:
                         unpack_ranked_list(value, 1)
         return dbs
@@ -116,6 +118,11 @@ class SnapshotReader:
         return self._ranked_list(recs_db_name("category", algorithm), category.encode("utf-8"), k,
                                  active_only, exclude)
 
+    def segment_list(self, algorithm: str, segment: str, k: int, *, active_only: bool = False,
+                     exclude: frozenset[int] = frozenset()) -> RankedList | None:
+        return self._ranked_list(recs_db_name("segment", algorithm), segment.encode("utf-8"), k,
+                                 active_only, exclude)
+
     def global_list(self, algorithm: str, k: int, *, active_only: bool = False,
                     exclude: frozenset[int] = frozenset()) -> RankedList | None:
         return self._ranked_list(recs_db_name("global", algorithm), GLOBAL_KEY, k, active_only, exclude)
@@ -127,6 +134,15 @@ class SnapshotReader:
         with self._env.begin(buffers=True) as txn:
             record = txn.get(product_key(product_id), db=db)
             return None if record is None else unpack_product(product_id, record)
+
+    def user(self, user_id: int) -> UserRecord | None:
+        """The user's activity and profile segment; None when the snapshot does not know them."""
+        db = self._dbs.get(USERS_DB)
+        if db is None:
+            return None
+        with self._env.begin(buffers=True) as txn:
+            record = txn.get(user_key(user_id), db=db)
+            return None if record is None else unpack_user(user_id, record)
 
     def _ranked_list(self, db_name: str, key: bytes, k: int, active_only: bool,
                      exclude: frozenset[int]) -> RankedList | None:

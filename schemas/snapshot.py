@@ -8,9 +8,9 @@ Layout on disk::
 
 Named databases inside the environment:
 
-``recs/<kind>/<algorithm>`` (kind: user, product, category, global)
+``recs/<kind>/<algorithm>`` (kind: user, product, category, segment, global)
     key: user id as 8-byte big-endian unsigned; product id as 4-byte big-endian
-    unsigned; category as UTF-8; global as ``b"all"``.
+    unsigned; category and profile segment key as UTF-8; global as ``b"all"``.
     value: a *ranked list record*::
 
         offset 0   uint8    layout version (1)
@@ -31,6 +31,14 @@ Named databases inside the environment:
         offset 4   float32  price (NaN when unknown)
         offset 8   bytes[c] category, UTF-8
 
+``users`` (optional: snapshots built before it existed lack it)
+    key: user id (8-byte big-endian). value: a *user record*::
+
+        offset 0   uint8    layout version (1)
+        offset 1   uint8    activity: 0 new, 1 light, 2 heavy (ACTIVITY_CODES)
+        offset 2   uint16   length of the profile segment key in bytes (s; 0: no profile)
+        offset 4   bytes[s] profile segment key, UTF-8 (a key of ``recs/segment/...``)
+
 Big-endian keys keep LMDB's byte order equal to numeric order.
 """
 from __future__ import annotations
@@ -49,11 +57,15 @@ CURRENT_POINTER = "CURRENT"
 MANIFEST_FILE = "manifest.json"
 DATA_FILE = "data.mdb"
 PRODUCTS_DB = "products"
+USERS_DB = "users"
+ACTIVITY_CODES = {"new": 0, "light": 1, "heavy": 2}
+_ACTIVITY_NAMES = {code: name for name, code in ACTIVITY_CODES.items()}
 GLOBAL_KEY = b"all"
 MAX_ITEMS = 65_535  # n is a uint16
 
 _LIST_HEADER = struct.Struct("<BBH")
 _PRODUCT_HEADER = struct.Struct("<BBHf")
+_USER_HEADER = struct.Struct("<BBH")
 _USER_KEY = struct.Struct(">Q")
 _PRODUCT_KEY = struct.Struct(">I")
 
@@ -91,7 +103,7 @@ def subject_key(kind: str, subject_id: str) -> bytes:
         return user_key(int(subject_id))
     if kind == "product":
         return product_key(int(subject_id))
-    if kind in ("category", "global"):
+    if kind in ("category", "segment", "global"):
         return subject_id.encode("utf-8")
     raise SnapshotFormatError(f"unknown subject kind {kind!r}")
 
@@ -155,6 +167,34 @@ def unpack_product(product_id: int, buf) -> ProductRecord:
         raise SnapshotFormatError("malformed product record")
     category = bytes(buf[_PRODUCT_HEADER.size:]).decode("utf-8")
     return ProductRecord(product_id, category, None if math.isnan(price) else price, bool(flags & 1))
+
+
+# --- user records ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class UserRecord:
+    user_id: int
+    activity: str                 # new, light or heavy
+    profile_segment: str | None   # None: the user has no profile
+
+
+def pack_user(activity: str, profile_segment: str | None) -> bytes:
+    if activity not in ACTIVITY_CODES:
+        raise SnapshotFormatError(f"unknown activity segment {activity!r}")
+    segment = (profile_segment or "").encode("utf-8")
+    if len(segment) > 65_535:
+        raise SnapshotFormatError("profile segment key longer than 65535 bytes")
+    return _USER_HEADER.pack(LAYOUT_VERSION, ACTIVITY_CODES[activity], len(segment)) + segment
+
+
+def unpack_user(user_id: int, buf) -> UserRecord:
+    if len(buf) < _USER_HEADER.size:
+        raise SnapshotFormatError("user record shorter than its header")
+    layout, code, length = _USER_HEADER.unpack_from(buf, 0)
+    if layout != LAYOUT_VERSION or code not in _ACTIVITY_NAMES or len(buf) != _USER_HEADER.size + length:
+        raise SnapshotFormatError("malformed user record")
+    segment = bytes(buf[_USER_HEADER.size:]).decode("utf-8") if length else None
+    return UserRecord(user_id, _ACTIVITY_NAMES[code], segment)
 
 
 # --- manifest -------------------------------------------------------------

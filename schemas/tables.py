@@ -150,13 +150,14 @@ ITEM_FACTORS = Table(
 )
 
 
-SUBJECT_KINDS = ("user", "product", "category", "global")
+SUBJECT_KINDS = ("user", "product", "category", "segment", "global")
 
 CANDIDATES = Table(
     name="candidates",
     fields=(
         Field("subject_kind", "string", allowed=SUBJECT_KINDS),
-        Field("subject_id", "string", doc="user or product id in decimal, a category, or 'all' for global"),
+        Field("subject_id", "string", doc="user or product id in decimal, a category, a profile segment "
+                                          "key (see USER_SEGMENTS), or 'all' for global"),
         Field("algorithm", "string", doc="popular, als, content, hybrid, ..."),
         Field("product_ids", "array<int64>", doc="ranked best first, unique"),
         Field("scores", "array<float32>", doc="same length as product_ids, non-increasing"),
@@ -169,3 +170,21 @@ CANDIDATES = Table(
 )
 
 GLOBAL_SUBJECT = "all"
+
+ACTIVITY_SEGMENTS = ("new", "light", "heavy")
+
+USER_SEGMENTS = Table(
+    name="user_segments",
+    fields=(
+        USER_ID,
+        Field("activity", "string", allowed=ACTIVITY_SEGMENTS,
+              doc="by interactions up to the run's as-of: none, at most light_max_interactions, more "
+                  "(the offline evaluation's segments, so the server's bandit reads their priors)"),
+        Field("profile_segment", "string", required=False,
+              doc="key of the user's profile segment, 'country=DE|age_band=25-34' over the configured "
+                  "profile features ('?' for a missing value); null without a profile"),
+    ),
+    key=("user_id",),
+    doc="Every user with a profile or an interaction: what the server needs to answer a user without "
+        "a personal list, and to pick the bandit's segment. Replaced by each popularity run.",
+)

@@ -22,8 +22,8 @@ import requests
 from jobs.snapshot_writer import SnapshotWriter, publish
 from schemas.settings import PROJECT_ROOT
 from schemas.snapshot import (
-    CURRENT_POINTER, DATA_FILE, GLOBAL_KEY, MANIFEST_FILE, PRODUCTS_DB, Manifest,
-    pack_product, pack_ranked_list, product_key, recs_db_name, user_key,
+    CURRENT_POINTER, DATA_FILE, GLOBAL_KEY, MANIFEST_FILE, PRODUCTS_DB, USERS_DB, Manifest,
+    pack_product, pack_ranked_list, pack_user, product_key, recs_db_name, user_key,
 )
 
 from lookup_server import app_state, create_app
@@ -54,6 +54,15 @@ class SnapshotContent:
     })
     global_popular: Ranked | None = field(default_factory=lambda: [
         (20, 50.0), (13, 40.0), (10, 30.0), (21, 20.0), (11, 10.0)])
+    # profile segment key -> its popular list
+    segment_lists: dict[str, Ranked] = field(default_factory=lambda: {
+        "country=DE": [(31, 3.0), (13, 2.5), (30, 2.0), (15, 1.0)],
+    })
+    # user id -> (activity, profile segment): 5 has a profile in a segment with a list,
+    # 6 in one without; 2 has lists and no profile
+    users: dict[int, tuple[str, str | None]] = field(default_factory=lambda: {
+        1: ("heavy", "country=DE"), 2: ("light", None), 5: ("new", "country=DE"), 6: ("new", "country=FR"),
+    })
     # product id -> (category, price, active)
     products: dict[int, tuple[str, float | None, bool]] = field(default_factory=lambda: {
         10: ("shoes", 59.0, True), 11: ("shoes", 45.5, True), 12: ("shoes", None, True),
@@ -82,6 +91,10 @@ def build_snapshot(root: Path, version: str, content: SnapshotContent | None = N
             writer.put(recs_db_name("category", "popular"), category.encode("utf-8"), _pack(items))
         if content.global_popular is not None:
             writer.put(recs_db_name("global", "popular"), GLOBAL_KEY, _pack(content.global_popular))
+        for segment, items in content.segment_lists.items():
+            writer.put(recs_db_name("segment", "popular"), segment.encode("utf-8"), _pack(items))
+        for user_id, (activity, segment) in content.users.items():
+            writer.put(USERS_DB, user_key(user_id), pack_user(activity, segment))
         for product_id, (category, price, active) in content.products.items():
             writer.put(PRODUCTS_DB, product_key(product_id), pack_product(category, price, active))
         return writer.finish(Manifest(version="", created_at="2026-01-01T00:00:00Z",

@@ -11,7 +11,9 @@ import pytest
 import requests
 
 from lookup_server import app_state
-from lookup_server.bandit import KNOWN, Bandit, BanditSettings, PolicyPriors, prior_rates
+from lookup_server.bandit import (
+    HEAVY, KNOWN, LIGHT, NEW, Bandit, BanditSettings, PolicyPriors, prior_rates, serving_segment,
+)
 from lookup_server.delta import Served
 
 from tests.collector_fixtures import TOKEN, running_collector
@@ -68,6 +70,7 @@ def test_policy_priors_follow_the_file(tmp_path):
 
 
 def test_every_answer_counts_an_impression_a_reward_counts_once(make_app, snapshot_root):
+    """User 2 has lists and the snapshot records them as light: the light segment counts."""
     publish_snapshot(snapshot_root, "v1")
     app = make_app(bandit={"enabled": True, "refresh_seconds": 0})
     assert app_state(app).snapshot.refresh()
@@ -76,11 +79,34 @@ def test_every_answer_counts_an_impression_a_reward_counts_once(make_app, snapsh
     assert {a["algorithm"] for a in answers} <= {"als", "popular"}
     store = app_state(app).delta.context().store
     counts = store.bandit_counts()
-    assert sum(i for (segment, _), (i, _) in counts.items() if segment == KNOWN) == 20
+    assert sum(i for (segment, _), (i, _) in counts.items() if segment == LIGHT) == 20
     first = answers[0]
-    assert store.reward(first["request_id"], 4.0) == Served(first["algorithm"], KNOWN, 2)
+    assert store.reward(first["request_id"], 4.0) == Served(first["algorithm"], LIGHT, 2)
     assert store.reward(first["request_id"], 4.0) is None
-    assert store.bandit_counts()[(KNOWN, first["algorithm"])][1] == 4.0
+    assert store.bandit_counts()[(LIGHT, first["algorithm"])][1] == 4.0
+
+
+@pytest.mark.parametrize("activity, personalised, expected", [
+    ("light", True, LIGHT), ("heavy", True, HEAVY), ("new", True, KNOWN), (None, True, KNOWN),
+    ("heavy", False, NEW), (None, False, NEW),
+])
+def test_serving_segment(activity, personalised, expected):
+    assert serving_segment(activity, personalised) == expected
+
+
+def test_each_activity_segment_draws_on_its_own_priors_and_counts(tmp_path):
+    """Heavy users' evidence says content, light users' priors say ALS: each segment
+    follows its own, so the same chooser answers them differently."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"priors": {"light": {"als": 0.4, "content": 0.02},
+                                             "heavy": {"als": 0.3, "content": 0.3}}}))
+    counts = {(HEAVY, "als"): (4000.0, 40.0), (HEAVY, "content"): (4000.0, 800.0)}
+    chooser = Bandit(BanditSettings(prior_impressions=200.0), PolicyPriors(policy), lambda: counts,
+                     lambda: None, rng=random.Random(3))
+    light = Counter(chooser.segment_and_order(lambda a: True, ["als", "content"], "light")[1][0] for _ in range(300))
+    heavy = Counter(chooser.segment_and_order(lambda a: True, ["als", "content"], "heavy")[1][0] for _ in range(300))
+    assert light["als"] > 270 and heavy["content"] > 270
+    assert chooser.segment_and_order(lambda a: False, ["als", "content"], "heavy") == (NEW, ("als", "content"))
 
 
 def test_admin_pin_needs_the_token_and_pins(make_app, snapshot_root, monkeypatch):

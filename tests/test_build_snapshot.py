@@ -12,9 +12,10 @@ from jobs.delta_tables import ensure_table
 from jobs.paths import DataPaths
 from schemas import CANDIDATES, PRODUCTS_STORED, spark_schema
 from schemas.snapshot import (
-    PRODUCTS_DB, product_key, read_current_version, recs_db_name, unpack_product, unpack_ranked_list,
-    user_key, verify_snapshot_dir,
+    PRODUCTS_DB, USERS_DB, UserRecord, product_key, read_current_version, recs_db_name, unpack_product,
+    unpack_ranked_list, unpack_user, user_key, verify_snapshot_dir,
 )
+from schemas.tables import USER_SEGMENTS
 
 pytestmark = pytest.mark.spark
 
@@ -69,6 +70,26 @@ def test_builds_publishes_and_reads_back(spark, lake):
         record = unpack_product(2, txn.get(product_key(2), db=products))
         assert (record.category, record.price, record.active) == ("a.b", None, False)
         assert unpack_product(3, txn.get(product_key(3), db=products)).category == "bücher"
+    env.close()
+
+
+def test_user_segments_and_segment_lists_are_packed(spark, lake):
+    """With a user_segments table, every user gets a record; segment lists get their database."""
+    segments = spark.createDataFrame([(7, "heavy", "country=DE"), (9, "new", None)], spark_schema(USER_SEGMENTS))
+    ensure_table(spark, lake.table("user_segments"), USER_SEGMENTS)
+    segments.write.format("delta").mode("overwrite").save(lake.table("user_segments"))
+    with_segment = candidate_rows() + [("segment", "country=DE", "popular", [3, 1], [2.0, 1.0], "popular-v1")]
+    replace_algorithm_candidates(spark, lake.table("candidates"), "popular",
+                                 spark.createDataFrame(with_segment, spark_schema(CANDIDATES)))
+    manifest = build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
+    assert manifest.databases[USERS_DB] == 2 and manifest.databases["recs/segment/popular"] == 1
+    assert "user_segments" in manifest.delta_versions
+    env, users = open_db(lake.snapshots / "v1", USERS_DB)
+    segment_lists = env.open_db(recs_db_name("segment", "popular").encode())
+    with env.begin(buffers=True) as txn:
+        assert unpack_user(7, txn.get(user_key(7), db=users)) == UserRecord(7, "heavy", "country=DE")
+        assert unpack_user(9, txn.get(user_key(9), db=users)) == UserRecord(9, "new", None)
+        assert unpack_ranked_list(txn.get(b"country=DE", db=segment_lists))[0] == (3, 1)
     env.close()
 
 

@@ -70,8 +70,11 @@ def test_unknown_user_gets_global_popular(client):
 
 
 def test_requested_algorithm_without_row_falls_back(client):
-    """User 1 has no als row: asking for als answers global popular."""
+    """User 1 has no als row: asking for als answers the popular list of their profile
+    segment; user 778 has no row and no profile: the global popular list."""
     body = client.get("/v1/users/1/recommendations?algorithm=als").get_json()
+    assert (body["algorithm"], body["fallback"]) == ("popular_fallback", "profile_segment")
+    body = client.get("/v1/users/778/recommendations?algorithm=als").get_json()
     assert (body["algorithm"], body["fallback"]) == ("popular_fallback", "unknown_user")
 
 

@@ -22,7 +22,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from jobs.popularity import PopularityParams
-from schemas import EVENTS_STORED, PRODUCTS_STORED, spark_schema
+from schemas import EVENTS_STORED, PRODUCTS_STORED, PROFILES_STORED, spark_schema
+from schemas.tables import USER_SEGMENTS
 from tests.candidate_contract import assert_candidate_rows, assert_candidates_contract, assert_candidates_schema
 
 AS_OF = datetime(2026, 10, 1, tzinfo=timezone.utc)
@@ -172,6 +173,56 @@ def test_popularity_honours_the_candidates_contract(run):
     assert {r["model_version"][:len("popular-20261001T000000Z-")] for r in rows} == {"popular-20261001T000000Z-"}
 
 
+# --- profile segments and activity (jobs.segments) ------------------------------
+
+SEGMENTED = PopularityParams(top_n=10, user_top_n=10, user_top_categories=2, half_life_days=7.0,
+                             event_weights=WEIGHTS, segment_features=("country", "age_band"),
+                             segment_min_users=2, light_max_interactions=2)
+PROFILE_FEATURES = {  # user 5 has a profile and no events; user 3 lacks an age band; user 4 no profile
+    1: {"country": "DE", "age_band": "adult"}, 2: {"country": "DE", "age_band": "adult", "device": "ios"},
+    3: {"country": "FR"}, 5: {"country": "DE", "age_band": "adult"},
+}
+
+
+@pytest.fixture(scope="module")
+def segmented(spark, inputs):
+    """(user_segments rows by user, candidates by subject) of the SEGMENTED run."""
+    from jobs.popularity import popularity_candidates
+    from jobs.segments import user_segments
+
+    events, products = inputs
+    profiles = spark.createDataFrame([(u, [], [], features, AS_OF) for u, features in PROFILE_FEATURES.items()],
+                                     spark_schema(PROFILES_STORED))
+    rows = events.select("user_id", "product_id", "event_type", "timestamp")
+    segments = user_segments(rows, profiles, AS_OF, SEGMENTED.segment_features, SEGMENTED.light_max_interactions)
+    assert segments.columns == USER_SEGMENTS.names
+    candidates = assert_candidates_contract(popularity_candidates(rows, products, AS_OF, SEGMENTED, segments))
+    return {r["user_id"]: (r["activity"], r["profile_segment"]) for r in segments.collect()}, _by_subject(candidates)
+
+
+@pytest.mark.spark
+def test_user_segments_label_activity_and_profile(segmented):
+    """Interactions up to as-of (user 1's later purchase does not count): 2 -> light,
+    4 -> heavy, none -> new; a missing feature is '?'; no profile, no segment."""
+    users, _ = segmented
+    assert users == {
+        1: ("light", "country=DE|age_band=adult"), 2: ("light", "country=DE|age_band=adult"),
+        3: ("heavy", "country=FR|age_band=?"), 4: ("light", None), 5: ("new", "country=DE|age_band=adult"),
+    }
+
+
+@pytest.mark.spark
+def test_segment_lists_rank_what_the_segments_users_engaged_with(segmented, lists):
+    """DE/adult: users 1 and 2 (5 has no events). Active products only, decayed weights
+    summed: 4 and 5 at 2.0 (the smaller id first), 1 at 1.0, 2 at 0.5. FR has one active
+    user, below segment_min_users: no list."""
+    segment_lists = {subject: value for (kind, subject), value in segmented[1].items() if kind == "segment"}
+    assert list(segment_lists) == ["country=DE|age_band=adult"]
+    _assert_list(segment_lists["country=DE|age_band=adult"], [4, 5, 1, 2], [2.0, 2.0, 1.0, 0.5])
+    # The other lists are those of a run without segments.
+    assert {key: value for key, value in segmented[1].items() if key[0] != "segment"} == lists
+
+
 def _row(**changes) -> dict:
     return {"subject_kind": "user", "subject_id": "1", "algorithm": "popular", "model_version": "v",
             "product_ids": [3, 1], "scores": [0.9, 0.1], **changes}
@@ -201,7 +252,7 @@ def test_contract_rejects_repeated_subjects():
 
 
 @pytest.mark.parametrize("bad", [
-    {"top_n": 0}, {"user_top_n": 0}, {"user_top_categories": 0}, {"half_life_days": 0.0},
+    {"top_n": 0}, {"user_top_n": 0}, {"user_top_categories": 0}, {"segment_min_users": 0}, {"half_life_days": 0.0},
     {"half_life_days": -1.0}, {"half_life_days": float("nan")},
     {"event_weights": {"purchse": 8.0}}, {"event_weights": {"view": -1.0}},
 ])
@@ -209,3 +260,13 @@ def test_params_reject_bad_values(bad):
     """Non-positive sizes or half-life, unknown event types and negative weights raise ValueError."""
     with pytest.raises(ValueError):
         PopularityParams(**bad)
+
+
+def test_shipped_conf_agrees_with_the_evaluation_on_activity_segments():
+    """The server's bandit reads the evaluation's light/heavy priors for the users the
+    popularity job labels light/heavy: both must draw the line at the same count."""
+    from schemas.settings import load_conf
+
+    settings = load_conf("jobs")
+    assert settings["popularity"]["light_max_interactions"] == settings["evaluation"]["light_max_interactions"]
+    assert PopularityParams(**settings["popularity"]).segment_features == ("country", "age_band")

@@ -32,7 +32,8 @@ def events(user_id, *pairs, at=None):
 def test_without_delta_activity_the_snapshot_answers_unchanged(client):
     body = client.get("/v1/users/1/recommendations").get_json()
     assert _ids(body) == [10, 11, 12, 14, 15, 99]
-    assert body["degraded"] is False and body["realtime"] == {"recent_events": 0, "removed": 0, "explored": []}
+    assert body["degraded"] is False and body["realtime"] == {"recent_events": 0, "removed": 0, "explored": [],
+                                                                    "trending": 0}
 
 
 def test_new_user_with_an_event_gets_its_neighbours_at_once(client, store):
@@ -48,6 +49,36 @@ def test_new_user_without_events_gets_the_global_list(client):
     body = client.get("/v1/users/778/recommendations?k=3").get_json()
     assert body["algorithm"] == "popular_fallback" and body["fallback"] == "unknown_user"
     assert _ids(body) == [20, 10, 21]
+
+
+def test_a_user_with_a_profile_but_no_list_gets_their_segments_popular_list(client):
+    """User 5 has a profile in segment country=DE, which has a list (inactive 13 skipped)."""
+    body = client.get("/v1/users/5/recommendations?k=3").get_json()
+    assert body["algorithm"] == "popular_fallback" and body["fallback"] == "profile_segment"
+    assert _ids(body) == [31, 30, 15]
+
+
+def test_a_segment_without_a_list_falls_back_to_the_global_list(client):
+    body = client.get("/v1/users/6/recommendations?k=3").get_json()
+    assert body["fallback"] == "unknown_user" and _ids(body) == [20, 10, 21]
+
+
+def test_fresh_events_outrank_the_profile_segment(client, store):
+    store.add_events(events(5, (10, "view")))
+    body = client.get("/v1/users/5/recommendations").get_json()
+    assert body["algorithm"] == RECENT_NEIGHBOURS and _ids(body) == [11, 12, 14]
+
+
+def test_the_global_fallback_follows_what_is_trending_now(client, store):
+    """Global list 20, 10, 21, 11 (13 inactive); trending now 999 (not catalogued:
+    ignored), 21, 40. Fused by rank (rrf_k 20): 21 rises to the top, 40 comes in and
+    ties with 10 (1/22 each; the smaller id first)."""
+    store.add_events(events(901, *[(999, "view")] * 5, *[(21, "view")] * 3, *[(40, "view")] * 2))
+    body = client.get("/v1/users/778/recommendations?k=5").get_json()
+    assert body["fallback"] == "unknown_user" and body["degraded"] is False
+    assert _ids(body) == [21, 20, 10, 40, 11] and body["realtime"]["trending"] == 2
+    # A user with a list of their own is not touched by trending.
+    assert _ids(client.get("/v1/users/1/recommendations?k=3").get_json()) == [10, 11, 12]
 
 
 def test_a_fresh_view_lifts_the_viewed_products_neighbours(client, store):

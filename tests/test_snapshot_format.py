@@ -13,9 +13,9 @@ from jobs.snapshot_writer import (
     SnapshotWriter, list_versions, new_version, prune, publish, remove_abandoned_builds,
 )
 from schemas.snapshot import (
-    DATA_FILE, GLOBAL_KEY, MANIFEST_FILE, MAX_ITEMS, PRODUCTS_DB, Manifest, ProductRecord,
-    SnapshotFormatError, pack_product, pack_ranked_list, parse_recs_db_name, product_key,
-    read_current_version, recs_db_name, subject_key, unpack_product, unpack_ranked_list, user_key,
+    ACTIVITY_CODES, DATA_FILE, GLOBAL_KEY, MANIFEST_FILE, MAX_ITEMS, PRODUCTS_DB, Manifest, ProductRecord,
+    SnapshotFormatError, UserRecord, pack_product, pack_ranked_list, pack_user, parse_recs_db_name, product_key,
+    read_current_version, recs_db_name, subject_key, unpack_product, unpack_ranked_list, unpack_user, user_key,
     verify_snapshot_dir,
 )
 
@@ -100,6 +100,33 @@ def test_malformed_product_rejected(buf):
         unpack_product(1, buf)
 
 
+# --- user records -----------------------------------------------------------------
+
+@pytest.mark.parametrize("activity, segment", [("heavy", "country=DE|age_band=25-34"), ("new", None),
+                                               ("light", "pays=Côte d'Ivoire")])
+def test_user_round_trip(activity, segment):
+    buf = pack_user(activity, segment)
+    assert buf[1] == ACTIVITY_CODES[activity]
+    assert len(buf) == 4 + len((segment or "").encode("utf-8"))
+    assert unpack_user(3, buf) == UserRecord(3, activity, segment)
+
+
+@pytest.mark.parametrize("buf", [
+    bytes([2]) + pack_user("light", "a")[1:],
+    bytes([1, 7]) + pack_user("light", "a")[2:],
+    pack_user("light", "ab")[:-1],
+    b"\x01",
+], ids=["layout", "activity code", "truncated", "header"])
+def test_malformed_user_rejected(buf):
+    with pytest.raises(SnapshotFormatError):
+        unpack_user(1, buf)
+
+
+def test_unknown_activity_cannot_be_packed():
+    with pytest.raises(SnapshotFormatError, match="activity"):
+        pack_user("dormant", None)
+
+
 # --- keys and names ---------------------------------------------------------------
 
 def test_keys_sort_numerically():
@@ -117,6 +144,7 @@ def test_subject_keys_and_db_names():
     assert subject_key("product", "7") == product_key(7)
     assert subject_key("category", "électronique") == "électronique".encode("utf-8")
     assert subject_key("global", "all") == GLOBAL_KEY
+    assert subject_key("segment", "country=DE|age_band=?") == b"country=DE|age_band=?"
     with pytest.raises(SnapshotFormatError):
         subject_key("shop", "1")
     assert parse_recs_db_name(recs_db_name("user", "als")) == ("user", "als")

@@ -230,5 +230,5 @@ def test_status_page_in_headless_chromium(tmp_path):
         mix, ctr = view.charts
         assert mix["legend"] == ["popular", "popular_fallback"]
         assert ctr["legend"] == ["popular", "popular_fallback"]
-        assert "known popular 3 1 0.3333" in view.text
+        assert "heavy popular 3 1 0.3333" in view.text  # user 1 is heavy
         assert view.active == []
