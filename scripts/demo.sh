@@ -75,7 +75,7 @@ print(json.loads(first.open().readline())["user_id"]) if first.suffix == ".jsonl
 PY
 )
 say "ready in $(( $(date +%s) - started )) s. Try:"
-product=$(curl -s "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=1" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["product_id"])')
+product=$(curl -s "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=1&algorithm=popular" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["product_id"])')
 for url in "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=5" \
            "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=3&algorithm=als" \
            "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=3&algorithm=content" \
@@ -95,9 +95,17 @@ curl -s -X POST -H "Authorization: Bearer $COLLECTOR_TOKEN" -H 'Content-Type: ap
   "http://127.0.0.1:$COLLECTOR_PORT/v1/events"; echo
 echo "after:  $(curl -s "http://127.0.0.1:$PORT/v1/users/$new_user/recommendations?k=3")"
 
+say "catalog: product $product is deactivated; it leaves every answer at once, no rebuild"
+ids() { "$PY" -c 'import json,sys; print([i["product_id"] for i in json.load(sys.stdin)["items"]])'; }
+echo "user $user before: $(curl -s "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=5&algorithm=popular" | ids)"
+echo "curl -s -X DELETE -H 'Authorization: Bearer \$(cat $DEMO_DIR/collector.token)' http://127.0.0.1:$COLLECTOR_PORT/v1/products/$product"
+curl -s -X DELETE -H "Authorization: Bearer $COLLECTOR_TOKEN" "http://127.0.0.1:$COLLECTOR_PORT/v1/products/$product"; echo
+echo "user $user after:  $(curl -s "http://127.0.0.1:$PORT/v1/users/$user/recommendations?k=5&algorithm=popular" | ids)"
+
 echo
 if [ -f "$DEMO_DIR/evaluation/report/report.html" ]; then
   echo "offline evaluation: $DEMO_DIR/evaluation/report/report.html (best per segment: $("$PY" -c \
     'import json,sys; print(json.load(open(sys.argv[1]))["best"])' "$DEMO_DIR/evaluation/policy.json"))"
 fi
-echo "OpenAPI: curl -s http://127.0.0.1:$PORT/openapi.json    status: http://127.0.0.1:$PORT/status    stop: make stop"
+echo "OpenAPI: curl -s http://127.0.0.1:$PORT/openapi.json    metrics: curl -s http://127.0.0.1:$PORT/metrics"
+echo "status page: http://127.0.0.1:$PORT/status    stop: make stop"

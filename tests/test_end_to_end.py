@@ -19,6 +19,10 @@ from tests.lookup_fixtures import running_gunicorn
 pytestmark = [pytest.mark.spark, pytest.mark.e2e]
 
 AS_OF = "2026-10-31T00:00:00Z"
+# A user who signed up (profile, no history) and has done nothing yet, in the most
+# common profile segment of the generated users.
+NEW_PROFILE_USER = 990_001
+NEW_PROFILE_FEATURES = {"country": "US", "age_band": "25-34", "device": "android"}
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +30,8 @@ def pipeline(tmp_path_factory, spark):
     """Data generated, ingested, scored and published once for the module."""
     root = tmp_path_factory.mktemp("e2e")
     generate(root / "landing", users=300, products=80, events=6000, seed=7, start="2026-10-01", days=30)
+    (root / "landing" / "profiles" / "signed-up-today.jsonl").write_text(
+        json.dumps({"user_id": NEW_PROFILE_USER, "other_features": NEW_PROFILE_FEATURES}) + "\n")
     return root
 
 
@@ -79,6 +85,14 @@ def test_gunicorn_serves_the_snapshot(spark, pipeline):
             answer = requests.get(f"{server.base_url}/v1/users/{user_row.subject_id}/recommendations",
                                   params={"k": 5, "algorithm": algorithm}, timeout=5).json()
             assert answer["algorithm"] == algorithm and len(answer["items"]) == 5
+
+        segment = lists.where("subject_kind = 'segment' and subject_id = 'country=US|age_band=25-34'").first()
+        assert segment is not None, "the most common profile segment should have a popular list"
+        signed_up = requests.get(f"{server.base_url}/v1/users/{NEW_PROFILE_USER}/recommendations?k=5",
+                                 timeout=5).json()
+        assert (signed_up["algorithm"], signed_up["fallback"]) == ("popular_fallback", "profile_segment")
+        assert [i["product_id"] for i in signed_up["items"]] == [
+            p for p in segment.product_ids if p not in inactive][:5]
 
         unknown = requests.get(f"{server.base_url}/v1/users/987654321/recommendations?k=3", timeout=5).json()
         assert unknown["algorithm"] == "popular_fallback" and unknown["fallback"] == "unknown_user"
