@@ -20,7 +20,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test bench-quality clean dist-jobs
+.PHONY: help setup venv jars system-packages demo stop test bench-quality clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -66,7 +66,7 @@ stop:  ## stop the demo's lookup server and collector
 	  if [ -f $(DEMO_DIR)/$$name.pid ] && kill $$(cat $(DEMO_DIR)/$$name.pid) 2>/dev/null; then echo "stopped $$name"; \
 	  else echo "$$name not running"; fi; rm -f $(DEMO_DIR)/$$name.pid; done
 
-test: setup  ## the whole pytest suite (pytest's "no tests collected" counts as success)
+test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 bench-quality: setup  ## offline quality on the real samples in ../shared/data, `implicit` ALS side by side
@@ -76,6 +76,20 @@ bench-quality: setup  ## offline quality on the real samples in ../shared/data, 
 dist-jobs:  ## dist/recsys_jobs.zip for spark-submit --py-files on a cluster
 	mkdir -p dist && rm -f dist/recsys_jobs.zip && zip -qr dist/recsys_jobs.zip jobs schemas -x '*__pycache__*'
 	@echo dist/recsys_jobs.zip
+
+# --- Airflow (issue 5): its own virtualenv (its pins clash with the jobs'), state in var/airflow
+AIRFLOW_VENV := .venv-airflow
+
+airflow-venv: $(AIRFLOW_VENV)/.installed  ## Airflow 3.3.2 + the Apache Spark provider in .venv-airflow (pins: airflow_dags/requirements.txt)
+
+$(AIRFLOW_VENV)/.installed: airflow_dags/requirements.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -r airflow_dags/requirements.txt
+	touch $@
+
+airflow: setup airflow-venv  ## local Airflow (standalone, SQLite in var/airflow) with the nightly and hourly DAGs on :8080; a lookup server on :$(PORT) serves what they publish
+	PORT=$(PORT) airflow_dags/standalone.sh
 
 clean:  ## remove generated data, snapshots and caches (keeps .venv and .jars)
 	rm -rf var dist .pytest_cache spark-warehouse
