@@ -61,6 +61,9 @@ class SnapshotReader:
         except Exception as exc:  # whatever the contents got wrong, this version is not served
             self._env.close()
             raise SnapshotOpenError(f"{self.version}: {type(exc).__name__}: {exc}") from exc
+        # Inactive products, read once: a request then skips them with a set lookup
+        # instead of an LMDB read per listed item (catalogs hold few inactive products).
+        self._inactive = self._read_inactive()
         self._algorithms: dict[str, tuple[str, ...]] = {}
         for name in sorted(self._dbs):
             parsed = parse_recs_db_name(name)
@@ -95,6 +98,17 @@ class SnapshotReader:
                     elif parse_recs_db_name(name) is not None:
                         unpack_ranked_list(value, 1)
         return dbs
+
+    def _read_inactive(self) -> frozenset[int]:
+        db = self._dbs.get(PRODUCTS_DB)
+        if db is None:
+            return frozenset()
+        inactive = []
+        with self._env.begin(buffers=True) as txn, txn.cursor(db=db) as cursor:
+            for key, value in cursor:
+                if not value[1] & 1:  # the product record's flags byte: bit 0 = active
+                    inactive.append(int.from_bytes(key, "big"))
+        return frozenset(inactive)
 
     # --- what the snapshot holds ------------------------------------------
 
@@ -155,34 +169,30 @@ class SnapshotReader:
         db = self._dbs.get(db_name)
         if db is None:
             return None
+        inactive = self._inactive if active_only else frozenset()
         with self._env.begin(buffers=True) as txn:
             record = txn.get(key, db=db)
             if record is None:
                 return None
-            products = self._dbs.get(PRODUCTS_DB) if active_only else None
-            if products is None and not exclude:
+            if not inactive and not exclude:
                 return unpack_ranked_list(record, k)
             wanted = k + len(exclude) + SKIP_SLACK
             ids, scores = unpack_ranked_list(record, wanted)
-            kept = _keep(txn, products, ids, scores, k, exclude)
+            kept = _keep(ids, scores, k, exclude, inactive)
             if len(kept[0]) < k and len(ids) == wanted:
-                kept = _keep(txn, products, *unpack_ranked_list(record), k, exclude)
+                kept = _keep(*unpack_ranked_list(record), k, exclude, inactive)
             return kept
 
     def __repr__(self) -> str:
         return f"SnapshotReader({str(self.path)!r})"
 
 
-def _keep(txn, products, ids, scores, k: int, exclude: frozenset[int]) -> RankedList:
+def _keep(ids, scores, k: int, exclude: frozenset[int], inactive: frozenset[int]) -> RankedList:
     kept_ids: list[int] = []
     kept_scores: list[float] = []
     for product_id, score in zip(ids, scores):
-        if product_id in exclude:
+        if product_id in exclude or product_id in inactive:
             continue
-        if products is not None:
-            record = txn.get(product_key(product_id), db=products)
-            if record is not None and not unpack_product(product_id, record).active:
-                continue
         kept_ids.append(product_id)
         kept_scores.append(score)
         if len(kept_ids) == k:

@@ -438,13 +438,14 @@ def test_factory_defaults_to_lmdb_under_data_dir(tmp_path):
         assert store.path == tmp_path / "realtime"
         assert store.limits == DeltaLimits()
         assert store.map_size == 1024 << 20
+        assert store.fsync is False and store._env.flags()["sync"] is False  # see the store's docstring
     finally:
         store.close()
     absolute = tmp_path / "elsewhere"
     store = open_delta_store({"redis_url": "", "path": str(absolute), "map_size_mb": 8,
-                              "max_events_per_user": 7, "user_ttl_seconds": 60}, tmp_path / "data")
+                              "max_events_per_user": 7, "user_ttl_seconds": 60, "fsync": True}, tmp_path / "data")
     try:
-        assert store.path == absolute and store.map_size == 8 << 20
+        assert store.path == absolute and store.map_size == 8 << 20 and store._env.flags()["sync"] is True
         assert store.limits == DeltaLimits(max_events_per_user=7, user_ttl_seconds=60.0)
     finally:
         store.close()
@@ -468,6 +469,7 @@ def test_factory_picks_redis_when_a_url_is_set(redis_server, tmp_path):
     ("map_size_mb", -1), ("key_prefix", None), ("max_events_per_user", 0),
     ("max_events_per_user", 2.5), ("trending_hours", "24"), ("user_ttl_seconds", -1.0),
     ("catalog_ttl_seconds", float("inf")), ("impression_ttl_seconds", float("nan")),
+    ("fsync", "yes"), ("fsync", 1),
 ])
 def test_factory_rejects_bad_values(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):

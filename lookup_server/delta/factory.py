@@ -7,6 +7,7 @@ Keys (all optional):
 - ``path``: the LMDB folder, relative to ``data_dir`` unless absolute ("realtime");
 - ``timeout_ms``: Redis connect and reply timeout (50);
 - ``map_size_mb``: the LMDB map size, i.e. its maximum size on disk (1024);
+- ``fsync``: whether each LMDB commit waits for the disk (false; see LmdbDeltaStore);
 - ``key_prefix``: prefix of every Redis key ("recsys:");
 - the fields of ``DeltaLimits`` (``max_events_per_user``, ``user_ttl_seconds``, ...).
 
@@ -35,6 +36,9 @@ def open_delta_store(settings: Mapping, data_dir: Path) -> DeltaStore:
     key_prefix = settings.get("key_prefix", "recsys:")
     if not isinstance(key_prefix, str):
         raise ValueError(f"key_prefix must be a string, got {key_prefix!r}")
+    fsync = settings.get("fsync", False)
+    if not isinstance(fsync, bool):
+        raise ValueError(f"fsync must be true or false, got {fsync!r}")
     path = settings.get("path", "realtime")
     if not isinstance(path, str) or not path:
         raise ValueError(f"path must be a non-empty folder name, got {path!r}")
@@ -44,7 +48,7 @@ def open_delta_store(settings: Mapping, data_dir: Path) -> DeltaStore:
         return RedisDeltaStore(redis_url, limits, timeout_ms=timeout_ms, key_prefix=key_prefix)
     from lookup_server.delta.lmdb_store import LmdbDeltaStore
     folder = Path(path) if Path(path).is_absolute() else Path(data_dir) / path
-    return LmdbDeltaStore(folder, limits, map_size=map_size_mb << 20)
+    return LmdbDeltaStore(folder, limits, map_size=map_size_mb << 20, fsync=fsync)
 
 
 def delta_limits(settings: Mapping) -> DeltaLimits:

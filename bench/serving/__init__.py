@@ -1,0 +1,1 @@
+"""Lookup serving under load: our server against the Flask floor, side by side."""
