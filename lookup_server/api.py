@@ -34,8 +34,8 @@ def user_recommendations(user_id: str):
     user = reader.user(uid) if delta is not None else None
     activity = user.activity if user is not None else None
     if algorithm is None and delta is not None and delta.bandit is not None:
-        _, algorithms = delta.bandit.segment_and_order(
-            lambda name: reader.user_list(name, uid, 1) is not None, config.algorithm_preference, activity)
+        available = reader.user_algorithms(uid, config.algorithm_preference)
+        _, algorithms = delta.bandit.segment_and_order(available, config.algorithm_preference, activity)
     merged = recommend_with_delta(reader, delta, uid, k, algorithms, config.similar_preference)
     request_id = uuid.uuid4().hex
     if delta is not None:  # the impression a click on request_id will reward

@@ -146,15 +146,15 @@ class Bandit:
                 best, best_draw = algorithm, draw
         return best
 
-    def segment_and_order(self, has_list: Callable[[str], bool], preference: Sequence[str],
+    def segment_and_order(self, available: Sequence[str], preference: Sequence[str],
                           activity: str | None = None) -> tuple[str, tuple[str, ...]]:
-        """The user's segment and the algorithms to try in order: the sampled one first,
-        then the rest of ``preference`` (so the fallback chain still holds)."""
-        available = [a for a in preference if has_list(a)]
+        """The user's segment and the algorithms to try in order: the one sampled among
+        ``available`` (those of ``preference`` the user has lists in) first, then the
+        rest of ``preference`` (so the fallback chain still holds)."""
         segment = serving_segment(activity, bool(available))
         if not available:
             return segment, tuple(preference)
-        chosen = self.choose(segment, available)
+        chosen = self.choose(segment, list(available))
         return segment, (chosen, *(a for a in preference if a != chosen))
 
     def _shared(self) -> tuple[dict, str | None]:

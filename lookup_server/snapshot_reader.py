@@ -13,6 +13,7 @@ import threading
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import lmdb
 
@@ -121,6 +122,15 @@ class SnapshotReader:
     def user_list(self, algorithm: str, user_id: int, k: int, *, active_only: bool = False,
                   exclude: frozenset[int] = frozenset()) -> RankedList | None:
         return self._ranked_list(recs_db_name("user", algorithm), user_key(user_id), k, active_only, exclude)
+
+    def user_algorithms(self, user_id: int, algorithms: Sequence[str]) -> tuple[str, ...]:
+        """Those of ``algorithms`` with a list for this user, in the given order (one
+        read transaction, nothing decoded)."""
+        key = user_key(user_id)
+        with self._env.begin(buffers=True) as txn:
+            return tuple(a for a in algorithms
+                         if (db := self._dbs.get(recs_db_name("user", a))) is not None
+                         and txn.get(key, db=db) is not None)
 
     def product_list(self, algorithm: str, product_id: int, k: int, *, active_only: bool = False,
                      exclude: frozenset[int] = frozenset()) -> RankedList | None:

@@ -103,10 +103,10 @@ def test_each_activity_segment_draws_on_its_own_priors_and_counts(tmp_path):
     counts = {(HEAVY, "als"): (4000.0, 40.0), (HEAVY, "content"): (4000.0, 800.0)}
     chooser = Bandit(BanditSettings(prior_impressions=200.0), PolicyPriors(policy), lambda: counts,
                      lambda: None, rng=random.Random(3))
-    light = Counter(chooser.segment_and_order(lambda a: True, ["als", "content"], "light")[1][0] for _ in range(300))
-    heavy = Counter(chooser.segment_and_order(lambda a: True, ["als", "content"], "heavy")[1][0] for _ in range(300))
+    light = Counter(chooser.segment_and_order(["als", "content"], ["als", "content"], "light")[1][0] for _ in range(300))
+    heavy = Counter(chooser.segment_and_order(["als", "content"], ["als", "content"], "heavy")[1][0] for _ in range(300))
     assert light["als"] > 270 and heavy["content"] > 270
-    assert chooser.segment_and_order(lambda a: False, ["als", "content"], "heavy") == (NEW, ("als", "content"))
+    assert chooser.segment_and_order([], ["als", "content"], "heavy") == (NEW, ("als", "content"))
 
 
 def test_admin_pin_needs_the_token_and_pins(make_app, snapshot_root, monkeypatch):

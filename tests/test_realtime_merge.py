@@ -203,7 +203,9 @@ def test_redis_outage_under_gunicorn_degrades_and_recovers(tmp_path, redis_serve
     with running_gunicorn(tmp_path, extra_env=env) as server:
         server.wait_all_workers_on("v1")
         url = f"{server.base_url}/v1/users/1/recommendations"
-        assert requests.get(url, timeout=5).json()["degraded"] is False
+        # A busy machine can push one call past the 50 ms timeout: wait for a full answer.
+        wait_until(lambda: requests.get(url, timeout=5).json()["degraded"] is False, timeout=10,
+                   message="a full answer before the outage")
         redis_server.stop()
         try:
             answers = [requests.get(url, timeout=5) for _ in range(30)]
