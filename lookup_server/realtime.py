@@ -215,14 +215,15 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
     if answer.fallback == UNKNOWN_USER and settings.trending_size and settings.trending_weight and not degraded:
         trending, failed = delta.trending()
         degraded = degraded or failed
-        trending_ids = frozenset(_active_in_snapshot(reader, (p for p, _ in trending)))
+        # Trending counts come from raw events, which may name products nobody catalogued.
+        trending_ids = frozenset(reader.active_in_catalog([p for p, _ in trending]))
         if trending_ids:
             ranked = [p for p, _ in trending if p in trending_ids]
             answer = fuse(answer, {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(ranked)},
                           settings, settings.trending_weight)
 
     slots = exploration_slots(k, settings.exploration_share)
-    categories = _categories(reader, [e.product_id for e in seeds] + list(answer.product_ids[:5]))
+    categories = reader.categories([e.product_id for e in seeds] + list(answer.product_ids[:5]))
     fresh: list[tuple[int, str]] = []
     if slots and categories and not degraded:
         fresh, failed = breaker.call(lambda: delta.store.new_products(sorted(categories), since, slots * 3), [])
@@ -312,26 +313,6 @@ def exploration_slots(k: int, share: float) -> int:
 def _ranked(scores: Mapping[int, float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
     ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
     return tuple(p for p, _ in ordered), tuple(s for _, s in ordered)
-
-
-def _active_in_snapshot(reader: SnapshotReader, product_ids) -> list[int]:
-    """The products the snapshot's catalog has, active: trending counts come from raw
-    events, which may name products nobody catalogued."""
-    kept = []
-    for product_id in product_ids:
-        product = reader.product(product_id)
-        if product is not None and product.active:
-            kept.append(product_id)
-    return kept
-
-
-def _categories(reader: SnapshotReader, product_ids: Sequence[int]) -> set[str]:
-    categories = set()
-    for product_id in product_ids:
-        product = reader.product(product_id)
-        if product is not None and product.category:
-            categories.add(product.category)
-    return categories
 
 
 def _cut(recommendation: Recommendation, k: int) -> Recommendation:

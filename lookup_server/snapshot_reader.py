@@ -18,7 +18,7 @@ from typing import Sequence
 import lmdb
 
 from schemas.snapshot import (
-    DATA_FILE, GLOBAL_KEY, PRODUCTS_DB, USERS_DB, Manifest, ProductRecord, SnapshotFormatError, UserRecord,
+    DATA_FILE, GLOBAL_KEY, PRODUCT_HEADER_SIZE, PRODUCTS_DB, USERS_DB, Manifest, ProductRecord, SnapshotFormatError, UserRecord,
     parse_recs_db_name, product_key, recs_db_name, unpack_product, unpack_ranked_list, unpack_user, user_key,
     verify_snapshot_dir,
 )
@@ -158,6 +158,28 @@ class SnapshotReader:
         with self._env.begin(buffers=True) as txn:
             record = txn.get(product_key(product_id), db=db)
             return None if record is None else unpack_product(product_id, record)
+
+    def categories(self, product_ids: Sequence[int]) -> set[str]:
+        """The categories of those of ``product_ids`` the catalog has (one transaction)."""
+        db = self._dbs.get(PRODUCTS_DB)
+        if db is None:
+            return set()
+        found = set()
+        with self._env.begin(buffers=True) as txn:
+            for product_id in product_ids:
+                record = txn.get(product_key(product_id), db=db)
+                if record is not None and len(record) > PRODUCT_HEADER_SIZE:
+                    found.add(bytes(record[PRODUCT_HEADER_SIZE:]).decode("utf-8"))
+        return found
+
+    def active_in_catalog(self, product_ids: Sequence[int]) -> list[int]:
+        """Those of ``product_ids`` the catalog has, active, in the given order (one transaction)."""
+        db = self._dbs.get(PRODUCTS_DB)
+        if db is None:
+            return []
+        with self._env.begin(buffers=True) as txn:
+            return [p for p in product_ids
+                    if p not in self._inactive and txn.get(product_key(p), db=db) is not None]
 
     def user(self, user_id: int) -> UserRecord | None:
         """The user's activity and profile segment; None when the snapshot does not know them."""

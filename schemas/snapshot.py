@@ -65,6 +65,7 @@ MAX_ITEMS = 65_535  # n is a uint16
 
 _LIST_HEADER = struct.Struct("<BBH")
 _PRODUCT_HEADER = struct.Struct("<BBHf")
+PRODUCT_HEADER_SIZE = _PRODUCT_HEADER.size  # the category's UTF-8 bytes follow it
 _USER_HEADER = struct.Struct("<BBH")
 _USER_KEY = struct.Struct(">Q")
 _PRODUCT_KEY = struct.Struct(">I")

@@ -40,3 +40,13 @@ def test_users_and_segment_lists(reader):
     assert reader.user(778) is None
     assert reader.segment_list("popular", "country=DE", 2, active_only=True)[0] == (31, 30)
     assert reader.segment_list("popular", "country=FR", 2) is None
+
+
+def test_categories_of_catalogued_products(reader):
+    """99 has no product record; 13 is inactive but still has its category."""
+    assert reader.categories([10, 15, 13, 99]) == {"shoes", "hats"}
+    assert reader.categories([]) == set()
+
+
+def test_active_in_catalog_keeps_order_and_drops_unknown_and_inactive(reader):
+    assert reader.active_in_catalog([21, 99, 13, 10]) == [21, 10]
