@@ -95,21 +95,36 @@ class DeltaContext:
     bandit: Bandit | None = None
     clock: Callable[[], float] = time.time
     _trending_cache: tuple[float, list[tuple[int, float]]] | None = None
+    _trending_failed: bool = False
+    _trending_refreshing: bool = False
 
     def trending(self) -> tuple[list[tuple[int, float]], bool]:
-        """``((product_id, count), ...)`` trending now, and whether the store failed.
-        Cached per worker for ``trending_cache_seconds``: it is the same for every user,
-        and a Redis backend sums ``trending_hours`` buckets to answer it."""
-        now = time.monotonic()
+        """``((product_id, count), ...)`` trending now, and whether the last read failed.
+
+        The same for every user, so each worker keeps one copy. Summing the hourly
+        buckets takes the store tens or hundreds of milliseconds on a busy day, so
+        only the first read waits for it: once the copy is ``trending_cache_seconds``
+        old, a background thread reads a new one while requests go on with the old."""
         cached = self._trending_cache
-        if cached is not None and now - cached[0] < self.settings.trending_cache_seconds:
-            return cached[1], False
-        found, failed = self.breaker.call(
-            lambda: self.store.trending(self.settings.trending_hours, self.settings.trending_size), None)
-        if failed or found is None:
-            return (cached[1] if cached is not None else []), True
-        self._trending_cache = (now, found)
-        return found, False
+        if cached is None:
+            return self._refresh_trending()
+        if time.monotonic() - cached[0] >= self.settings.trending_cache_seconds and not self._trending_refreshing:
+            self._trending_refreshing = True
+            threading.Thread(target=self._refresh_trending, name="trending-refresh", daemon=True).start()
+        return cached[1], self._trending_failed
+
+    def _refresh_trending(self) -> tuple[list[tuple[int, float]], bool]:
+        try:
+            found, failed = self.breaker.call(
+                lambda: self.store.trending(self.settings.trending_hours, self.settings.trending_size), None)
+            failed = failed or found is None
+            if failed:  # keep the last copy; try again after trending_cache_seconds
+                found = self._trending_cache[1] if self._trending_cache is not None else []
+            self._trending_failed = failed
+            self._trending_cache = (time.monotonic(), found)
+            return found, failed
+        finally:
+            self._trending_refreshing = False
 
     def record_served(self, request_id: str, algorithm: str, segment: str, user_id: int) -> bool:
         """Count an impression for ``algorithm`` in ``segment`` so a later click on

@@ -3,6 +3,7 @@ a real snapshot and the real embedded LMDB delta store (the default backend)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -216,3 +217,17 @@ def test_redis_outage_under_gunicorn_degrades_and_recovers(tmp_path, redis_serve
             redis_server.start()
         wait_until(lambda: all(not requests.get(url, timeout=5).json()["degraded"] for _ in range(6)),
                    timeout=10, message="full answers after Redis is back")
+
+
+def test_trending_is_read_once_then_refreshed_in_the_background(app, store):
+    """The first read waits for the store; a stale copy is served while a background
+    thread reads the new one, which later requests then get."""
+    from tests.lookup_fixtures import wait_until
+
+    context = app_state(app).delta.context()
+    context.settings = replace(context.settings, trending_cache_seconds=0.0)
+    store.add_events(events(901, (21, "view")))
+    assert context.trending() == ([(21, 1.0)], False)
+    store.add_events(events(902, (40, "view"), (40, "click")))
+    assert context.trending()[0] == [(21, 1.0)]  # the stale copy, at once
+    wait_until(lambda: context.trending()[0][:1] == [(40, 2.0)], timeout=5, message="the refreshed copy")
