@@ -22,6 +22,7 @@ from lookup_server.state import AppState, app_state, attach_state
 from lookup_server.config import ServerConfig
 from lookup_server.current_snapshot import CurrentSnapshot
 from lookup_server.errors import json_error
+from lookup_server.json_provider import OrjsonProvider
 from lookup_server.realtime import ProcessDelta
 
 __all__ = ["create_app", "start_snapshot_watcher", "start_status_sampler", "app_state", "ServerConfig",
@@ -33,6 +34,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     conf = load_conf("server", overrides=test_config)
     config = ServerConfig.from_conf(conf)
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)
     snapshot = CurrentSnapshot(config.snapshot_root, config.reload_interval_seconds,
                                config.verify_checksums)
     delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf), conf.get("bandit", {}))
