@@ -25,9 +25,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(os.environ.get("RECSYS_PROJECT_ROOT") or Path(__file__).resolve().parents[1])
-DATA_DIR = Path(os.environ.get("RECSYS_DATA_DIR") or PROJECT_ROOT / "var")
-if not DATA_DIR.is_absolute():
-    DATA_DIR = PROJECT_ROOT / DATA_DIR
+# A URL (s3a://…, hdfs://…) is passed as it is; a relative folder is under the project root.
+DATA_DIR = os.environ.get("RECSYS_DATA_DIR") or str(PROJECT_ROOT / "var")
+if "://" not in DATA_DIR and not Path(DATA_DIR).is_absolute():
+    DATA_DIR = str(PROJECT_ROOT / DATA_DIR)
 JOBS_PYTHON = os.environ.get("RECSYS_JOBS_PYTHON") or str(PROJECT_ROOT / ".venv" / "bin" / "python")
 JARS_DIR = Path(os.environ.get("RECSYS_JARS_DIR") or PROJECT_ROOT / ".jars")
 PY_FILES = os.environ.get("RECSYS_PY_FILES") or None
@@ -48,7 +49,7 @@ def _spark_toml() -> dict:
 
 def job_args(*extra: str) -> list[str]:
     """The arguments every job takes, for this run's interval."""
-    return ["--data-dir", str(DATA_DIR), "--as-of", AS_OF, *extra]
+    return ["--data-dir", DATA_DIR, "--as-of", AS_OF, *extra]
 
 
 def submit_args(job: str, *extra: str) -> dict:
@@ -76,9 +77,9 @@ def served_version() -> str:
     with open(PROJECT_ROOT / "conf" / "jobs.toml", "rb") as fh:
         target = tomllib.load(fh).get("publish", {}).get("target", "serving/snapshots")
     target = os.environ.get("RECSYS__JOBS__PUBLISH__TARGET", target).strip('"')
-    if "://" in target:
-        return f"(see {target}/CURRENT)"
-    path = Path(target) if Path(target).is_absolute() else DATA_DIR / target
+    if "://" in target or "://" in DATA_DIR:
+        return f"(see CURRENT in {target})"
+    path = Path(target) if Path(target).is_absolute() else Path(DATA_DIR) / target
     try:
         return (path / "CURRENT").read_text().strip() or "none"
     except OSError:

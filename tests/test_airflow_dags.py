@@ -25,7 +25,8 @@ from airflow.dag_processing.dagbag import BundleDagBag
 
 folder = Path(sys.argv[1])
 bag = BundleDagBag(dag_folder=folder, bundle_path=folder)
-out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
+out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {},
+       "files": sorted(Path(p).name for p in bag.file_last_changed)}
 for dag_id, dag in bag.dags.items():
     tasks = {}
     for task in dag.tasks:
@@ -77,8 +78,9 @@ def edges(dag: dict) -> set[tuple[str, str]]:
 
 
 def test_no_import_errors_and_both_dags(dagbag):
-    """Both DAG files load; the support module is not mistaken for a DAG file."""
+    """Both DAG files load; the support module is not parsed as a DAG file (.airflowignore)."""
     assert dagbag["import_errors"] == {}
+    assert dagbag["files"] == ["hourly.py", "nightly.py"]
     assert set(dagbag["dags"]) == {"nightly", "hourly"}
 
 
