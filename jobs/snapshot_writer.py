@@ -53,6 +53,7 @@ class SnapshotWriter:
         self._env = lmdb.open(str(self.tmp_dir), map_size=map_size_bytes, max_dbs=256,
                               subdir=True, sync=False, metasync=False, readahead=False)
         self._dbs: dict[str, object] = {}
+        self._last_keys: dict[str, bytes] = {}  # per database, the greatest key put so far
         self.row_counts: Counter[str] = Counter()
         self._txn = self._env.begin(write=True)
         self._pending = 0
@@ -67,12 +68,25 @@ class SnapshotWriter:
     def put(self, db_name: str, key: bytes, value: bytes) -> None:
         """Store one record; a repeated key in the same database replaces the earlier one."""
         db = self._db(db_name)
+        last = self._last_keys.get(db_name)
+        if last is None or key > last:
+            # Above every key stored: MDB_APPEND fills each page, where an ordinary put
+            # splits a full page in half (records arriving in key order then leave every
+            # page half empty: ~1.4 KB instead of ~1 KB per 100-item list).
+            self._txn.put(key, value, db=db, append=True)
+            self._last_keys[db_name] = key
+            self.row_counts[db_name] += 1
+            self._commit_every()
+            return
         # put(overwrite=True) answers True for a replacement too, which would count a
         # repeated key twice in the manifest; only a new key adds a row.
         if self._txn.put(key, value, db=db, overwrite=False):
             self.row_counts[db_name] += 1
         else:
             self._txn.put(key, value, db=db, overwrite=True)
+        self._commit_every()
+
+    def _commit_every(self) -> None:
         self._pending += 1
         if self._pending >= COMMIT_EVERY:
             self._txn.commit()
