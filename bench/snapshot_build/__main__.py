@@ -39,6 +39,7 @@ from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
 
 from bench.quality.environment import environment
+from bench.snapshot_build.baseline import builder_at
 from bench.snapshot_build.peak_rss import PeakRss, jvm_pid
 from bench.snapshot_build.synthetic import LakeShape, write_lake
 
@@ -63,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
                    help="algorithm counts to build, in order (default: 1 4)")
     p.add_argument("--partitions", type=int, default=8, help="partitions of the generated tables (default 8)")
     p.add_argument("--no-profile", action="store_true", help="skip the pack-only and pack+stream runs")
+    p.add_argument("--compare-with", metavar="REV", default=None,
+                   help="also build the 1-algorithm snapshot with jobs/build_snapshot.py and "
+                        "jobs/snapshot_writer.py as they were at git revision REV, in the same session")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="where the synthetic lake and snapshots go (default var/bench/snapshot_build[-quick])")
     p.add_argument("--out", type=Path, default=None,
@@ -88,11 +92,11 @@ def lmdb_layout(data_dir: Path) -> dict:
         env.close()
 
 
-def timed_build(spark, paths: DataPaths, version: str) -> dict:
+def timed_build(spark, paths: DataPaths, version: str, module=builder) -> dict:
     pid = jvm_pid(spark)
     with PeakRss(pid) as memory:
         started = time.perf_counter()
-        manifest = builder.build_snapshot(spark, paths, AS_OF, {"keep_versions": 1, "map_size_gb": 64},
+        manifest = module.build_snapshot(spark, paths, AS_OF, {"keep_versions": 1, "map_size_gb": 64},
                                           version=version, do_publish=False)
         seconds = time.perf_counter() - started
     folder = paths.snapshots / version
@@ -150,6 +154,14 @@ def run(args: argparse.Namespace) -> dict:
             log.info("profiling: pack only, then pack + stream ...")
             entry["profile"] = profile_build(spark, paths)
             log.info("profile: %s", entry["profile"])
+        if count == 1 and args.compare_with:
+            before = builder_at(args.compare_with)
+            log.info("building with the builder of %s ...", before.COMMIT[:10])
+            old = timed_build(spark, paths, version + "-before", before)
+            entry["before"] = {"commit": before.COMMIT, **old,
+                               "bytes_per_user_per_algorithm": round(old["data_mdb_bytes"] / users / count, 1)}
+            log.info("before (%s): %.1f s, %.0f bytes per user per algorithm, peak RSS %s", before.COMMIT[:10],
+                     old["seconds"], entry["before"]["bytes_per_user_per_algorithm"], old["peak_rss_mb"])
         result["runs"].append(entry)
         for folder in paths.snapshots.glob("bench-*"):  # a 4-algorithm snapshot is ~4 GB
             shutil.rmtree(folder, ignore_errors=True)
@@ -171,6 +183,15 @@ def markdown(result: dict) -> str:
             f"| {run_['bytes_per_user_per_algorithm']:.0f} | <= {targets['bytes_per_user_per_algorithm']} "
             f"| {run_['data_mdb_bytes'] / 1e6:.0f} | {rss.get('driver_python', 0):.0f} "
             f"| {rss.get('driver_jvm', 0):.0f} | {rss.get('python_workers', 0):.0f} |")
+    for run_ in result["runs"]:
+        if "before" in run_:
+            b, rss = run_["before"], run_["before"]["peak_rss_mb"]
+            lines.append(
+                f"| {len(run_['algorithms'])}, builder of {b['commit'][:10]} (before) | {b['seconds']:.1f} "
+                f"| <= {targets['seconds']:.0f} | {b['bytes_per_user_per_algorithm']:.0f} "
+                f"| <= {targets['bytes_per_user_per_algorithm']} | {b['data_mdb_bytes'] / 1e6:.0f} "
+                f"| {rss.get('driver_python', 0):.0f} | {rss.get('driver_jvm', 0):.0f} "
+                f"| {rss.get('python_workers', 0):.0f} |")
     lines.append("")
     for run_ in result["runs"]:
         if "profile" in run_:

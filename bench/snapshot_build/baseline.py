@@ -1,0 +1,35 @@
+"""The builder as it was at an earlier commit, loaded from git, to time it side by
+side with the current one in the same session (``--compare-with REV``).
+
+``jobs/build_snapshot.py`` and ``jobs/snapshot_writer.py`` are read with ``git show
+REV:path`` and executed as fresh modules (not registered in ``sys.modules``, so
+cloudpickle ships their functions to the Python workers by value); the old builder
+is wired to the old writer. Everything else (schemas, Delta helpers) is today's.
+"""
+from __future__ import annotations
+
+import subprocess
+import types
+
+from schemas.settings import PROJECT_ROOT
+
+
+def _module_at(rev: str, path: str, name: str, **replace) -> types.ModuleType:
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    module = types.ModuleType(name)
+    module.__file__ = f"{rev}:{path}"
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    module.__dict__.update(replace)
+    return module
+
+
+def builder_at(rev: str) -> types.ModuleType:
+    """The ``jobs.build_snapshot`` module of ``rev``, using that revision's SnapshotWriter."""
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    writer = _module_at(commit, "jobs/snapshot_writer.py", f"baseline_snapshot_writer_{commit[:10]}")
+    builder = _module_at(commit, "jobs/build_snapshot.py", f"baseline_build_snapshot_{commit[:10]}",
+                         SnapshotWriter=writer.SnapshotWriter)
+    builder.COMMIT = commit
+    return builder
