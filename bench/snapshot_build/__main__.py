@@ -9,10 +9,12 @@ user_segments row per user.
 Per algorithm count: the build's wall time (the real builder, unpublished), the
 data.mdb size per user and algorithm, and the peak RSS of the driver's Python
 process, the Spark JVM and the Python workers (``bench.snapshot_build.peak_rss``).
-With one algorithm the build is also taken apart (``--no-profile`` skips it): the
-same records packed by Spark and dropped (``noop`` write), then packed and streamed
-to the driver without LMDB; the rest of the build is LMDB puts and the final
-fsync and checksum. The lake is written by Spark (``bench.snapshot_build.synthetic``)
+With one algorithm the build is first taken apart (``--no-profile`` skips it; it
+also warms the JVM and the Python workers for the timed builds): the same records
+packed by Spark and dropped (``noop`` write), then packed and streamed to the
+driver without LMDB; the rest of the build is LMDB puts, the final fsync and
+checksum, and the builder's own Delta look-ups. ``--compare-with REV`` also builds
+the 1-algorithm snapshot with the builder of an older commit, after the current one. The lake is written by Spark (``bench.snapshot_build.synthetic``)
 and reused by the next run of the same shape. Results: ``<out>/snapshot_build.json``
 and ``<out>/snapshot_build.md``.
 """
@@ -63,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithms", type=int, nargs="+", default=[1, 4], choices=[1, 2, 3, 4],
                    help="algorithm counts to build, in order (default: 1 4)")
     p.add_argument("--partitions", type=int, default=8, help="partitions of the generated tables (default 8)")
+    p.add_argument("--driver-memory", default=None,
+                   help="spark.driver.memory for this run (default: conf/spark.toml's, 4g; at 1M users the "
+                        "driver JVM ran out of heap with it while streaming records: see bench/README.md)")
     p.add_argument("--no-profile", action="store_true", help="skip the pack-only and pack+stream runs")
     p.add_argument("--compare-with", metavar="REV", default=None,
                    help="also build the 1-algorithm snapshot with jobs/build_snapshot.py and "
@@ -116,9 +121,9 @@ def profile_build(spark, paths: DataPaths) -> dict:
     pack = time.perf_counter() - started
     started = time.perf_counter()
     count = 0
-    for row in records.toLocalIterator(prefetchPartitions=True):
-        bytes(row["key"]), bytes(row["value"])
-        count += 1
+    for chunk in records.toLocalIterator(prefetchPartitions=True):
+        for _ in builder.unchunk(chunk):
+            count += 1
     stream = time.perf_counter() - started
     return {"pack_seconds": round(pack, 2), "pack_and_stream_seconds": round(stream, 2), "records": count}
 
@@ -129,9 +134,11 @@ def run(args: argparse.Namespace) -> dict:
     data_dir = args.data_dir or PROJECT_ROOT / "var" / "bench" / ("snapshot_build-quick" if args.quick
                                                                  else "snapshot_build")
     paths = DataPaths(data_dir)
-    spark = get_spark("bench-snapshot-build")
+    overrides = {"conf": {"spark.driver.memory": args.driver_memory}} if args.driver_memory else None
+    spark = get_spark("bench-snapshot-build", overrides)
     result = {"benchmark": "snapshot_build", "quick": args.quick, **environment(spark.version),
               "shape": {"users": users, "products": products, "items": args.items},
+              "driver_memory": spark.sparkContext.getConf().get("spark.driver.memory"),
               "targets": {"seconds": TARGET_SECONDS, "bytes_per_user_per_algorithm": TARGET_BYTES_PER_USER_ALGORITHM},
               "runs": []}
     for count in args.algorithms:
@@ -140,6 +147,11 @@ def run(args: argparse.Namespace) -> dict:
         written = write_lake(spark, paths, shape, AS_OF, args.partitions)
         log.info("lake with %d algorithm(s): %s written in %.1f s", count, written or "nothing",
                  time.perf_counter() - started)
+        profile = None
+        if count == 1 and not args.no_profile:  # first: it also warms the JVM and the Python workers
+            log.info("profiling: pack only, then pack + stream ...")
+            profile = profile_build(spark, paths)
+            log.info("profile: %s", profile)
         version = f"bench-{count}alg-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
         log.info("building %s ...", version)
         built = timed_build(spark, paths, version)
@@ -148,12 +160,10 @@ def run(args: argparse.Namespace) -> dict:
         entry = {"algorithms": list(shape.names), **built,
                  "bytes_per_user_per_algorithm": round(per, 1),
                  "list_db_bytes_per_list": round(lists_db.get("bytes", 0) / max(lists_db.get("entries", 1), 1), 1)}
+        if profile:
+            entry["profile"] = profile
         log.info("%d algorithm(s): %.1f s, %.0f bytes per user per algorithm, peak RSS %s", count,
                  built["seconds"], per, built["peak_rss_mb"])
-        if count == 1 and not args.no_profile:
-            log.info("profiling: pack only, then pack + stream ...")
-            entry["profile"] = profile_build(spark, paths)
-            log.info("profile: %s", entry["profile"])
         if count == 1 and args.compare_with:
             before = builder_at(args.compare_with)
             log.info("building with the builder of %s ...", before.COMMIT[:10])
@@ -203,9 +213,14 @@ def markdown(result: dict) -> str:
                       f"| + streams them to the driver (toLocalIterator) | {p['pack_and_stream_seconds']:.1f} |",
                       f"| the whole build (+ LMDB puts, fsync, SHA-256) | {run_['seconds']:.1f} |", ""]
     machine = result["machine"]
+    per_list = ", ".join(f"{len(r['algorithms'])} algorithm(s) {r['list_db_bytes_per_list']:.0f}"
+                         for r in result["runs"])
     lines += [f"Bytes per user per algorithm: data.mdb size / users / algorithms (the products and users "
-              f"databases included). A 100-item list record is 804 bytes + an 8-byte key; LMDB fits 4 "
-              f"such nodes in a 4 KB page.",
+              f"databases included). A 100-item list record is 804 bytes + an 8-byte key + LMDB's 10 bytes "
+              f"of node header and pointer: 4 fit in a 4 KB page, so 1,024 bytes per list is the floor of "
+              f"this layout, reached only when keys arrive in ascending order (the writer then appends and "
+              f"fills each page; a key out of order splits a page in half). Bytes per list in the first "
+              f"algorithm's user database alone: {per_list}.",
               f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, load average "
               f"{machine['load_average']} at the start, {machine.get('load_average_end')} at the end (other work shared the cores). Spark "
               f"{result['versions']['spark']}, commit {str(result['git']['commit'])[:10]}"
