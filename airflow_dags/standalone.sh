@@ -23,7 +23,8 @@ export AIRFLOW_CONN_SPARK_DEFAULT=${AIRFLOW_CONN_SPARK_DEFAULT:-'{"conn_type": "
 # The Spark provider needs spark-submit on PATH: the jobs' own pyspark has it (Airflow's
 # environment only has pyspark-client, which does not).
 SPARK_HOME=$("$py" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')
-export SPARK_HOME PATH=$SPARK_HOME/bin:$PATH
+# `airflow standalone` starts its components as `airflow ...` from PATH.
+export SPARK_HOME PATH=$SPARK_HOME/bin:$root/.venv-airflow/bin:$PATH
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
 mkdir -p "$AIRFLOW_HOME" "$RECSYS_DATA_DIR"
