@@ -128,7 +128,7 @@ def profile_build(spark, paths: DataPaths) -> dict:
     return {"pack_seconds": round(pack, 2), "pack_and_stream_seconds": round(stream, 2), "records": count}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, out: Path) -> dict:
     size = QUICK if args.quick else FULL
     users, products = args.users or size["users"], args.products or size["products"]
     data_dir = args.data_dir or PROJECT_ROOT / "var" / "bench" / ("snapshot_build-quick" if args.quick
@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> dict:
             log.info("before (%s): %.1f s, %.0f bytes per user per algorithm, peak RSS %s", before.COMMIT[:10],
                      old["seconds"], entry["before"]["bytes_per_user_per_algorithm"], old["peak_rss_mb"])
         result["runs"].append(entry)
+        write_results(out, result)  # after every build: a later one may fail (the JVM's heap, at 1M users)
         for folder in paths.snapshots.glob("bench-*"):  # a 4-algorithm snapshot is ~4 GB
             shutil.rmtree(folder, ignore_errors=True)
     spark.stop()
@@ -228,15 +229,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    configure_logging(args.log_level)
-    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
-    result = run(args)
+def write_results(out: Path, result: dict) -> None:
     result["machine"]["load_average_end"] = environment(result["versions"]["spark"])["machine"]["load_average"]
     out.mkdir(parents=True, exist_ok=True)
     (out / "snapshot_build.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "snapshot_build.md").write_text(markdown(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure_logging(args.log_level)
+    out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
+    result = run(args, out)
+    write_results(out, result)
     print(markdown(result))
     log.info("written %s and %s", out / "snapshot_build.json", out / "snapshot_build.md")
     return 0
