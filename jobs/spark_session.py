@@ -55,6 +55,13 @@ def get_spark(app_name: str | None = None, overrides: Mapping | None = None):
         return active
 
     settings = load_conf("spark", overrides)
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Under spark-submit the JVM is already up: attach to it first. Before that,
+        # SparkConf() cannot see what spark-submit set, and conf/spark.toml's master
+        # would replace --master (a job meant for a cluster would run locally).
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()
     existing = SparkConf()  # holds whatever spark-submit already set
     builder = SparkSession.builder.appName(app_name or settings["app_name"])
     if not existing.contains("spark.master"):

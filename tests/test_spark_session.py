@@ -19,3 +19,25 @@ def test_session_reads_and_writes_delta(spark, tmp_path: Path):
     spark.range(5).write.format("delta").save(path)
     assert spark.read.format("delta").load(path).count() == 5
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+
+
+@pytest.mark.spark
+def test_spark_submit_settings_win_over_conf(tmp_path: Path):
+    """`scripts/submit --master local[1]`: the job's session runs on local[1], not on
+    conf/spark.toml's local[*] (a cluster's --master must reach the session)."""
+    import os
+    import subprocess
+
+    from schemas.settings import PROJECT_ROOT
+
+    probe = tmp_path / "probe.py"
+    probe.write_text("from jobs.spark_session import get_spark\n"
+                     "spark = get_spark('probe')\n"
+                     "print('MASTER=' + spark.sparkContext.master)\n"
+                     "print('PARTITIONS=' + spark.conf.get('spark.sql.shuffle.partitions'))\n")
+    done = subprocess.run([str(PROJECT_ROOT / "scripts" / "submit"), "--master", "local[1]",
+                           "--conf", "spark.sql.shuffle.partitions=7", str(probe)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MASTER=local[1]" in done.stdout and "PARTITIONS=7" in done.stdout, done.stdout
