@@ -1,7 +1,7 @@
 """Write an LMDB snapshot in a hidden folder, then publish it atomically.
 
-No Spark here: the builder (jobs/build_snapshot.py) streams packed records in,
-and tests write small snapshots directly.
+No Spark here: the builder (jobs/build_snapshot.py) appends packed records in
+key order, and tests write small snapshots directly.
 
 Publishing is two renames: ``.building-<v>`` -> ``<v>`` once everything in it is
 fsynced, then ``CURRENT.tmp`` -> ``CURRENT``. A reader that follows CURRENT
@@ -84,6 +84,23 @@ class SnapshotWriter:
             self.row_counts[db_name] += 1
         else:
             self._txn.put(key, value, db=db, overwrite=True)
+        self._commit_every()
+
+    def append_sorted(self, db_name: str, keys: list[bytes], values: list[bytes]) -> None:
+        """Store records whose keys are strictly increasing (``jobs.snapshot_packing``
+        gives them so): one C-level ``putmulti`` appends them all when they all sort
+        after the database's greatest key, else each goes through ``put``."""
+        if not keys:
+            return
+        last = self._last_keys.get(db_name)
+        if last is not None and keys[0] <= last:
+            for key, value in zip(keys, values):
+                self.put(db_name, key, value)
+            return
+        _consumed, added = self._txn.cursor(db=self._db(db_name)).putmulti(zip(keys, values), append=True)
+        self._last_keys[db_name] = keys[-1]
+        self.row_counts[db_name] += added
+        self._pending += len(keys) - 1
         self._commit_every()
 
     def _commit_every(self) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from jobs.build_snapshot import build_snapshot
 from jobs.candidates import replace_algorithm_candidates
+from jobs.delta_files import UnsupportedDeltaTable, partition_values
 from jobs.delta_tables import ensure_table
 from jobs.paths import DataPaths
 from schemas import CANDIDATES, PRODUCTS_STORED, spark_schema
@@ -110,3 +111,48 @@ def test_keeps_only_the_newest_versions(spark, lake):
         build_snapshot(spark, lake, AS_OF, SETTINGS, version=version)
     assert sorted(p.name for p in lake.snapshots.iterdir() if p.is_dir()) == ["v2", "v3"]
     assert read_current_version(lake.snapshots) == "v3"
+
+
+def snapshot_records(path) -> dict[str, dict[bytes, bytes]]:
+    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=64)
+    with env.begin() as txn:
+        names = [bytes(k) for k, _ in txn.cursor()]
+        content = {n.decode(): dict(txn.cursor(db=env.open_db(n, txn=txn, create=False)).iternext()) for n in names}
+    env.close()
+    return content
+
+
+def test_a_partition_over_the_read_budget_is_read_in_key_ranges(spark, lake):
+    """With a budget far below the data, the lists come in several key ranges, one pass
+    over the files each: the snapshot holds the same records as with one read."""
+    many = [("user", str(u), "popular", [u % 3 + 1, 2], [1.0, 0.5], "popular-v1") for u in range(10, 3000, 7)]
+    replace_algorithm_candidates(spark, lake.table("candidates"), "popular",
+                                 spark.createDataFrame(candidate_rows() + many, spark_schema(CANDIDATES)))
+    build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
+    build_snapshot(spark, lake, AS_OF, {**SETTINGS, "read_budget_mb": 0.001}, version="v2")
+    one_read, in_ranges = (snapshot_records(lake.snapshots / v) for v in ("v1", "v2"))
+    assert len(one_read["recs/user/popular"]) == 2 + len(many)
+    assert in_ranges == one_read
+
+
+def test_a_table_with_deletion_vectors_is_refused(spark, lake):
+    """Reading its Parquet files directly would bring deleted rows back: a clear error instead."""
+    spark.sql(f"ALTER TABLE delta.`{lake.table('products')}` "
+              "SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+    with pytest.raises(UnsupportedDeltaTable, match="deletionVectors"):
+        build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
+    assert not lake.snapshots.exists() or read_current_version(lake.snapshots) is None
+
+
+@pytest.mark.parametrize("uri, values", [
+    ("file:/lake/candidates/algorithm=als/subject_kind=user/part-0.parquet", (("algorithm", "als"),
+                                                                              ("subject_kind", "user"))),
+    ("s3a://b/t/algorithm=a%2520b/subject_kind=user/part-0.parquet", (("algorithm", "a b"), ("subject_kind", "user"))),
+])
+def test_partition_values_come_from_hive_style_folders(uri, values):
+    assert partition_values(uri, ["algorithm", "subject_kind"]) == values
+
+
+def test_a_file_outside_partition_folders_is_refused():
+    with pytest.raises(UnsupportedDeltaTable):
+        partition_values("file:/lake/candidates/part-0.parquet", ["algorithm"])

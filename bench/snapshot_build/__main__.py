@@ -10,10 +10,10 @@ Per algorithm count: the build's wall time (the real builder, unpublished), the
 data.mdb size per user and algorithm, and the peak RSS of the driver's Python
 process, the Spark JVM and the Python workers (``bench.snapshot_build.peak_rss``).
 With one algorithm the build is first taken apart (``--no-profile`` skips it; it
-also warms the JVM and the Python workers for the timed builds): the same records
-packed by Spark and dropped (``noop`` write), then packed and streamed to the
-driver without LMDB; the rest of the build is LMDB puts, the final fsync and
-checksum, and the builder's own Delta look-ups. ``--compare-with REV`` also builds
+also warms the JVM and the page cache for the timed builds): Spark pinning the
+tables and listing their files, then pyarrow reading and NumPy packing every
+record without storing it; the rest of the build is LMDB appends, the final
+fsync and the checksum. ``--compare-with REV`` also builds
 the 1-algorithm snapshot with the builder of an older commit, after the current one. The lake is written by Spark (``bench.snapshot_build.synthetic``)
 and reused by the next run of the same shape. Results: ``<out>/snapshot_build.json``
 and ``<out>/snapshot_build.md``.
@@ -66,9 +66,9 @@ def parser() -> argparse.ArgumentParser:
                    help="algorithm counts to build, in order (default: 1 4)")
     p.add_argument("--partitions", type=int, default=8, help="partitions of the generated tables (default 8)")
     p.add_argument("--driver-memory", default=None,
-                   help="spark.driver.memory for this run (default: conf/spark.toml's, 4g; at 1M users the "
-                        "driver JVM ran out of heap with it while streaming records: see bench/README.md)")
-    p.add_argument("--no-profile", action="store_true", help="skip the pack-only and pack+stream runs")
+                   help="spark.driver.memory for this run (default: conf/spark.toml's; the build itself "
+                        "reads with pyarrow outside the JVM, the synthetic lake is written by Spark)")
+    p.add_argument("--no-profile", action="store_true", help="skip the pin-only and read-and-pack-only runs")
     p.add_argument("--compare-with", metavar="REV", default=None,
                    help="also build the 1-algorithm snapshot with jobs/build_snapshot.py and "
                         "jobs/snapshot_writer.py as they were at git revision REV, in the same session")
@@ -110,22 +110,23 @@ def timed_build(spark, paths: DataPaths, version: str, module=builder) -> dict:
 
 
 def profile_build(spark, paths: DataPaths) -> dict:
-    """Seconds to pack the records in Spark (dropped), and to pack and stream them to
-    the driver (touched, not stored): the build minus these is LMDB and the final sync."""
-    candidates, _ = builder._pinned(spark, paths.table("candidates"))
-    products, _ = builder._pinned(spark, paths.table("products"))
-    users, _ = builder._pinned(spark, paths.table("user_segments"))
-    records = builder.snapshot_records(candidates, products, users)
+    """Seconds to pin the tables and list their files, then to read and pack every
+    record without storing it: the build minus these is LMDB appends, the final
+    fsync and the checksum."""
     started = time.perf_counter()
-    records.write.format("noop").mode("overwrite").save()
-    pack = time.perf_counter() - started
+    candidates = builder._pinned(spark, paths.table("candidates"))
+    products = builder._pinned(spark, paths.table("products"))
+    users = builder._pinned(spark, paths.table("user_segments"))
+    pin = time.perf_counter() - started
     started = time.perf_counter()
     count = 0
-    for chunk in records.toLocalIterator(prefetchPartitions=True):
-        for _ in builder.unchunk(chunk):
-            count += 1
-    stream = time.perf_counter() - started
-    return {"pack_seconds": round(pack, 2), "pack_and_stream_seconds": round(stream, 2), "records": count}
+    sources = (builder.candidate_databases(candidates, builder.DEFAULT_READ_BUDGET_MB << 20),
+               builder.product_databases(products), builder.user_databases(users))
+    for source in sources:
+        for _db, records in source:
+            count += len(records)
+    return {"pin_seconds": round(pin, 2), "read_and_pack_seconds": round(time.perf_counter() - started, 2),
+            "records": count}
 
 
 def run(args: argparse.Namespace, out: Path) -> dict:
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
                  time.perf_counter() - started)
         profile = None
         if count == 1 and not args.no_profile:  # first: it also warms the JVM and the Python workers
-            log.info("profiling: pack only, then pack + stream ...")
+            log.info("profiling: pin the tables, then read and pack without LMDB ...")
             profile = profile_build(spark, paths)
             log.info("profile: %s", profile)
         version = f"bench-{count}alg-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
@@ -210,9 +211,9 @@ def markdown(result: dict) -> str:
             lines += [f"Where the time goes (1 algorithm, {p['records']:,} records; separate runs, "
                       "so the shares are approximate):", "",
                       "| step | seconds |", "|---|---|",
-                      f"| Spark reads and packs the records (noop write) | {p['pack_seconds']:.1f} |",
-                      f"| + streams them to the driver (toLocalIterator) | {p['pack_and_stream_seconds']:.1f} |",
-                      f"| the whole build (+ LMDB puts, fsync, SHA-256) | {run_['seconds']:.1f} |", ""]
+                      f"| Spark pins the three tables and lists their files | {p['pin_seconds']:.1f} |",
+                      f"| pyarrow reads, NumPy packs every record (not stored) | {p['read_and_pack_seconds']:.1f} |",
+                      f"| the whole build (+ LMDB appends, fsync, SHA-256) | {run_['seconds']:.1f} |", ""]
     machine = result["machine"]
     per_list = ", ".join(f"{len(r['algorithms'])} algorithm(s) {r['list_db_bytes_per_list']:.0f}"
                          for r in result["runs"])
