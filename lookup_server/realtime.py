@@ -38,6 +38,7 @@ from typing import Callable, Mapping, Sequence
 from lookup_server.bandit import Bandit, BanditSettings, PolicyPriors
 from lookup_server.delta import DeltaStore, DeltaUnavailable, RecentEvent, Served
 from lookup_server.delta.breaker import CircuitBreaker
+from lookup_server.impressions import ImpressionQueue
 from lookup_server.recommend import UNKNOWN_USER, Recommendation, recommend_for_user, similar_products
 from lookup_server.snapshot_reader import SnapshotReader
 
@@ -94,6 +95,7 @@ class DeltaContext:
     settings: MergeSettings
     bandit: Bandit | None = None
     clock: Callable[[], float] = time.time
+    impressions: ImpressionQueue | None = None  # None: each impression written on the request path
     _trending_cache: tuple[float, list[tuple[int, float]]] | None = None
     _trending_failed: bool = False
     _trending_refreshing: bool = False
@@ -130,12 +132,17 @@ class DeltaContext:
         """Count an impression for ``algorithm`` in ``segment`` so a later click on
         ``request_id`` can reward it; False when the store could not take it."""
         served = Served(algorithm, segment, user_id)
-        _, failed = self.breaker.call(lambda: self.store.record_served(request_id, served), None)
+        if self.impressions is not None:
+            return self.impressions.add(request_id, served)
+        return self.write_impressions([(request_id, served)])
+
+    def write_impressions(self, impressions: Sequence[tuple[str, Served]]) -> bool:
+        _, failed = self.breaker.call(lambda: self.store.record_served_many(impressions), None)
         return not failed
 
 
 # Keys of [delta] that are the breaker's or this module's, not the store factory's.
-_NOT_STORE_KEYS = ("enabled", "breaker_failures", "breaker_reset_seconds")
+_NOT_STORE_KEYS = ("enabled", "breaker_failures", "breaker_reset_seconds", "impression_flush_seconds")
 
 
 class ProcessDelta:
@@ -152,6 +159,7 @@ class ProcessDelta:
         self._store_conf = {k: v for k, v in delta_conf.items() if k not in _NOT_STORE_KEYS}
         self._breaker_args = (int(delta_conf.get("breaker_failures", 3)),
                               float(delta_conf.get("breaker_reset_seconds", 2.0)))
+        self._impression_flush_seconds = float(delta_conf.get("impression_flush_seconds", 0.0))
         self.settings = MergeSettings.from_conf(realtime_conf)
         self._data_dir = data_dir
         self._lock = threading.Lock()
@@ -188,7 +196,10 @@ class ProcessDelta:
             bandit = Bandit(self.bandit_settings, self._policy,
                             read_counts=lambda: breaker.call(store.bandit_counts, None)[0],
                             read_pinned=lambda: breaker.call(store.pinned, None)[0])
-        return DeltaContext(store, breaker, self.settings, bandit)
+        context = DeltaContext(store, breaker, self.settings, bandit)
+        if self._impression_flush_seconds > 0:
+            context.impressions = ImpressionQueue(context.write_impressions, self._impression_flush_seconds)
+        return context
 
 
 class _Unavailable:

@@ -175,7 +175,10 @@ def make_app(tmp_path, monkeypatch):
 
     def factory(**overrides):
         # The bandit off unless a test turns it on: the fixed preference order is what
-        # most tests check (tests/test_bandit.py covers the switching).
+        # most tests check (tests/test_bandit.py covers the switching). Impressions are
+        # written on the request path, since tests click right after an answer
+        # (tests/test_impressions.py covers the batched writer).
+        overrides["delta"] = {"impression_flush_seconds": 0, **overrides.get("delta", {})}
         app = create_app({"data_dir": str(tmp_path), "reload_interval_seconds": 0.02,
                           "bandit": {"enabled": False}, **overrides})
         app.config["TESTING"] = True
@@ -278,7 +281,7 @@ def gunicorn_process(config: str, env: dict[str, str], log_path: Path, base_url:
             try:
                 if requests.get(f"{base_url}/healthz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or workers still booting
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gunicorn did not answer within {start_timeout}s:\n"

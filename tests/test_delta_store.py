@@ -212,6 +212,17 @@ def test_reward_credits_at_most_once(store, clock):
     assert store.bandit_counts()[("new", "als")] == (2.0, 1.0)
 
 
+def test_a_batch_of_impressions_counts_each_and_each_can_be_rewarded(store):
+    """What a worker's impression queue flushes: one write, the same as one call each."""
+    store.record_served_many([("r1", Served("als", "new", 7)), ("r2", Served("als", "new", 8)),
+                              ("r3", Served("popular", "heavy", 9))])
+    store.record_served_many([])
+    assert store.bandit_counts() == {("new", "als"): (2.0, 0.0), ("heavy", "popular"): (1.0, 0.0)}
+    assert store.reward("r2") == Served("als", "new", 8)
+    assert store.reward("r3") == Served("popular", "heavy", 9)
+    assert store.bandit_counts() == {("new", "als"): (2.0, 1.0), ("heavy", "popular"): (1.0, 1.0)}
+
+
 def test_bandit_names_with_separators(store):
     store.record_served("x" * 600, Served("als", "seg|with|bars", 1))  # long ids work too
     assert store.reward("x" * 600) == Served("als", "seg|with|bars", 1)

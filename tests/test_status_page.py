@@ -216,8 +216,11 @@ def test_status_page_in_headless_chromium(tmp_path):
         bodies = [requests.get(f"{server.base_url}/v1/users/{user}/recommendations", timeout=5).json()
                   for user in (1, 1, 1, 5555)]
         store = open_delta_store({}, tmp_path)  # this test's own process: its own environment
-        try:
-            assert store.reward(bodies[0]["request_id"]) is not None
+        try:  # a click is credited once the worker has written its impression (a batch every 0.25 s)
+            deadline = time.monotonic() + 10
+            while store.reward(bodies[0]["request_id"]) is None:
+                assert time.monotonic() < deadline, "the impression was never written"
+                time.sleep(0.05)
         finally:
             store.close()
         time.sleep(0.5)  # a sample or two after the traffic

@@ -114,6 +114,9 @@ class DeltaStore(Protocol):
     def record_served(self, request_id: str, served: Served) -> None:
         """Remember who answered ``request_id`` and count one impression for it."""
 
+    def record_served_many(self, impressions: Sequence[tuple[str, Served]]) -> None:
+        """``record_served`` for each ``(request_id, served)``, in one write."""
+
     def reward(self, request_id: str, amount: float = 1.0) -> Served | None:
         """Credit ``amount`` to whoever answered ``request_id``, at most once per
         request id; None if the id is unknown, expired or already rewarded."""

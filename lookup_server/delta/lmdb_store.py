@@ -340,16 +340,24 @@ class LmdbDeltaStore:
     # --- the bandit ---------------------------------------------------------------
 
     def record_served(self, request_id: str, served: Served) -> None:
+        self.record_served_many([(request_id, served)])
+
+    def record_served_many(self, impressions: Sequence[tuple[str, Served]]) -> None:
+        if not impressions:
+            return
         now = self._clock()
-        key = _request_key(request_id)
+        counts: Counter[tuple[str, str]] = Counter()
         with self._txn(write=True) as txn:
-            raw = txn.get(key, db=self._served)
-            txn.put(key, _dumps([served.algorithm, served.segment, served.user_id, now]),
-                    db=self._served)
-            self._reindex(txn, _SERVED, key,
-                          json.loads(raw)[3] + self.limits.impression_ttl_seconds if raw else None,
-                          now + self.limits.impression_ttl_seconds)
-            self._add_counts(txn, served.segment, served.algorithm, 1.0, 0.0)
+            for request_id, served in impressions:
+                key = _request_key(request_id)
+                raw = txn.get(key, db=self._served)
+                txn.put(key, _dumps([served.algorithm, served.segment, served.user_id, now]), db=self._served)
+                self._reindex(txn, _SERVED, key,
+                              json.loads(raw)[3] + self.limits.impression_ttl_seconds if raw else None,
+                              now + self.limits.impression_ttl_seconds)
+                counts[served.segment, served.algorithm] += 1
+            for (segment, algorithm), shown in counts.items():
+                self._add_counts(txn, segment, algorithm, float(shown), 0.0)
             self._sweep(txn, now)
 
     def reward(self, request_id: str, amount: float = 1.0) -> Served | None:

@@ -287,11 +287,20 @@ class RedisDeltaStore:
     # --- the bandit ---------------------------------------------------------------
 
     def record_served(self, request_id: str, served: Served) -> None:
-        record = json.dumps([served.algorithm, served.segment, served.user_id, self._clock()])
+        self.record_served_many([(request_id, served)])
+
+    def record_served_many(self, impressions: Sequence[tuple[str, Served]]) -> None:
+        if not impressions:
+            return
+        now, ttl = self._clock(), _seconds(self.limits.impression_ttl_seconds)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(self._key(f"served:{request_id}"), record,
-                 ex=_seconds(self.limits.impression_ttl_seconds))
-        pipe.hincrbyfloat(self._key("bandit"), f"{served.segment}|{served.algorithm}|imp", 1)
+        counts: Counter[tuple[str, str]] = Counter()
+        for request_id, served in impressions:
+            pipe.set(self._key(f"served:{request_id}"),
+                     json.dumps([served.algorithm, served.segment, served.user_id, now]), ex=ttl)
+            counts[served.segment, served.algorithm] += 1
+        for (segment, algorithm), shown in counts.items():
+            pipe.hincrbyfloat(self._key("bandit"), f"{segment}|{algorithm}|imp", shown)
         with self._errors():
             pipe.execute()
 
