@@ -122,7 +122,7 @@ def snapshot_records(path) -> dict[str, dict[bytes, bytes]]:
     return content
 
 
-def test_a_partition_over_the_read_budget_is_read_in_key_ranges(spark, lake):
+def test_equal_tables_give_an_equal_snapshot_whatever_the_read_budget(spark, lake):
     """With a budget far below the data, the lists come in several key ranges, one pass
     over the files each: the snapshot holds the same records as with one read."""
     many = [("user", str(u), "popular", [u % 3 + 1, 2], [1.0, 0.5], "popular-v1") for u in range(10, 3000, 7)]
