@@ -45,12 +45,13 @@ $(STORAGE_JAR):
 	mkdir -p $(JARS_DIR)
 	mvn -q -U dependency:copy -Dartifact=io.delta:delta-storage:$(DELTA_VERSION) -DoutputDirectory=$(JARS_DIR)
 
-system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS, Redis for the real-time delta, Chromium for the /status page test, wrk for bench/serving (Debian; needs root)
+system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS, Redis for the real-time delta, Chromium for the /status page test, wrk for bench/serving, nginx for the sharding test and bench (Debian; needs root)
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	dpkg -s libopenblas0-pthread >/dev/null 2>&1 || missing="$$missing libopenblas0-pthread"; \
 	if [ -n "$$missing" ]; then \
