@@ -20,7 +20,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test bench bench-quick bench-serving bench-quality bench-snapshot bench-als clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-als clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -71,13 +71,16 @@ stop:  ## stop the demo's lookup server and collector
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-bench: bench-serving bench-quality bench-snapshot bench-als  ## every benchmark; results in bench/results/ (serving needs wrk: make system-packages)
+bench: bench-serving bench-sharding bench-quality bench-snapshot bench-als  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 
 bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
 	$(PY) -m bench.serving --quick $(BENCH_ARGS)
 
 bench-serving: setup  ## lookup serving at 1M users against the Flask floor (wrk, gunicorn, ~10 min)
 	$(PY) -m bench.serving $(BENCH_ARGS)
+
+bench-sharding: setup  ## 1, 2 and 4 snapshot shards behind nginx: throughput, latency, memory per server (~6 min; --quick: BENCH_ARGS=--quick)
+	$(PY) -m bench.sharding $(BENCH_ARGS)
 
 bench-quality: setup  ## offline quality on the real samples in ../shared/data, `implicit` ALS side by side
 	$(PY) -m pip install -q -e ".[test,bench]"
