@@ -26,9 +26,12 @@ import logging
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import requests
 
 from bench.quality.environment import environment, load_average
 # The serving benchmark's process and load helpers: same gunicorn start-up, same wrk script.
@@ -54,6 +57,20 @@ def nginx_memory(master_pid: int) -> dict:
     """The nginx master's and its workers' RSS and PSS, MB."""
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     return {"master": process_memory(master_pid), "workers": [process_memory(int(c)) for c in children]}
+
+
+def group_answers(base_url: str) -> dict:
+    """The group's recommendation answers so far, from its /metrics (all workers summed):
+    how many, and how many were fallbacks (a misrouted user would be one)."""
+    text = requests.get(base_url + "/metrics", timeout=10).text
+    total = fallbacks = 0.0
+    for line in text.splitlines():
+        if line.startswith("recsys_lookup_answers_total{"):
+            value = float(line.rsplit(" ", 1)[1])
+            total += value
+            if 'fallback=""' not in line and 'fallback="none"' not in line:
+                fallbacks += value
+    return {"answers": int(total), "fallback_answers": int(fallbacks)}
 
 
 def tool_versions() -> dict[str, str | None]:
@@ -110,20 +127,22 @@ def measure(shards: int, root: Path, args) -> dict:
                               root, worker_processes=args.nginx_workers)
         nginx = stack.enter_context(running_nginx(config, root, router))
         run_wrk(router, 8, 2, all_users)  # warm-up: imports, first pages, connection set-up
+        # At one shard, the router's overhead: the same load through nginx and straight at
+        # the group, alternated ``--repeats`` times, as other work on the machine varies.
+        targets = [("nginx", router)] + ([("direct", groups[0]["url"])] if shards == 1 else [])
         runs = []
         for connections in args.connections:
-            run = {"target": "nginx", **run_wrk(router, connections, args.seconds, all_users)}
-            runs.append(run)
-            log.info("%d shard(s), through nginx, %d connections: %.0f req/s, p50 %.2f ms, p99 %.2f ms",
-                     shards, connections, run["rps"], run["p50_ms"], run["p99_ms"])
-            if shards == 1:  # the router's overhead: the same load straight at the one group
-                direct = {"target": "direct", **run_wrk(groups[0]["url"], connections, args.seconds, all_users)}
-                runs.append(direct)
-                log.info("1 shard, direct, %d connections: %.0f req/s, p50 %.2f ms, p99 %.2f ms",
-                         connections, direct["rps"], direct["p50_ms"], direct["p99_ms"])
+            for repeat in range(args.repeats if shards == 1 else 1):
+                for target, url in targets:
+                    run = {"target": target, "repeat": repeat, **run_wrk(url, connections, args.seconds, all_users)}
+                    runs.append(run)
+                    log.info("%d shard(s), %s, %d connections: %.0f req/s, p50 %.2f ms, p99 %.2f ms",
+                             shards, target, connections, run["rps"], run["p50_ms"], run["p99_ms"])
+        served = [group_answers(g["url"]) for g in groups]
         memory = [worker_memory(g["process"].pid)["workers"] for g in groups]
         router_memory = nginx_memory(nginx.pid)
-    return {"runs": runs, "group_workers_memory": memory, "nginx_memory": router_memory}
+    return {"runs": runs, "group_workers_memory": memory, "nginx_memory": router_memory,
+            "group_requests": served}
 
 
 def summarise(shards: int, shard_info: list[dict], measured: dict) -> dict:
@@ -144,25 +163,30 @@ def summarise(shards: int, shard_info: list[dict], measured: dict) -> dict:
         "worker_rss_mb": round(sum(w.get("rss_mb", 0) for w in workers) / len(workers), 1),
         "all_groups_pss_mb": round(sum(per_group_pss), 1),
         "nginx_rss_mb": round(nginx["master"].get("rss_mb", 0) + sum(w.get("rss_mb", 0) for w in nginx["workers"]), 1),
+        "answers_per_group": round(sum(g["answers"] for g in measured["group_requests"]) / shards),
+        "fallback_answers": sum(g["fallback_answers"] for g in measured["group_requests"]),
     }
 
 
 def markdown(result: dict) -> str:
     setup, machine = result["setup"], result["environment"]["machine"]
     rows = ["| shards | users per shard | snapshot per shard (MB) | req/s via nginx | p50 ms | p99 ms | errors "
-            "| RSS per group (MB) | PSS per group (MB) | RSS per worker (MB) | PSS all groups (MB) | nginx RSS (MB) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| answers per group (fallbacks, all groups) | RSS per group (MB) | PSS per group (MB) "
+            "| RSS per worker (MB) | PSS all groups (MB) | nginx RSS (MB) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["summary"]:
         rows.append(f"| {row['shards']} | {row['users_per_shard']:,} | {row['snapshot_mb_per_shard']:,.0f} | "
                     f"{row['rps']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} | "
+                    f"{row['answers_per_group']:,} ({row['fallback_answers']}) | "
                     f"{row['group_rss_mb']:,.0f} | {row['group_pss_mb']:,.0f} | {row['worker_rss_mb']:,.0f} | "
                     f"{row['all_groups_pss_mb']:,.0f} | {row['nginx_rss_mb']:.1f} |")
     overhead = result["router_overhead"]
     overhead_line = (
-        f"- Router overhead (1 shard, {overhead['connections']} connections): direct {overhead['direct_rps']:,.0f} "
-        f"req/s, p50 {overhead['direct_p50_ms']:.2f} ms, p99 {overhead['direct_p99_ms']:.2f} ms; through nginx "
-        f"{overhead['nginx_rps']:,.0f} req/s ({overhead['ratio']:.2f}×), p50 {overhead['nginx_p50_ms']:.2f} ms, "
-        f"p99 {overhead['nginx_p99_ms']:.2f} ms." if overhead else "- Router overhead: not measured (no 1-shard run).")
+        f"- Router overhead (1 shard, {overhead['connections']} connections, medians of {overhead['repeats']} "
+        f"alternated runs each): direct {overhead['direct_rps']:,.0f} req/s, p50 {overhead['direct_p50_ms']:.2f} ms, "
+        f"p99 {overhead['direct_p99_ms']:.2f} ms; through nginx {overhead['nginx_rps']:,.0f} req/s "
+        f"({overhead['ratio']:.2f}×), p50 {overhead['nginx_p50_ms']:.2f} ms, p99 {overhead['nginx_p99_ms']:.2f} ms."
+        if overhead else "- Router overhead: not measured (no 1-shard run).")
     versions = result["environment"]["versions"]
     return "\n".join([
         "# Snapshot sharding behind nginx",
@@ -178,12 +202,17 @@ def markdown(result: dict) -> str:
         *rows,
         "",
         overhead_line,
-        f"- All groups run on the same {machine['cores']} cores as nginx and wrk, so throughput cannot grow with "
-        "the number of shards here: each added group only adds processes competing for them. On separate hosts "
-        "each group would bring its own cores and page cache.",
+        f"- All groups run on the same {machine['cores']} cores as nginx and wrk, so sharding cannot add "
+        "throughput here: each added group only adds processes competing for the same cores. Where req/s rises "
+        "with the shard count on a shared machine, the likely cause is that more worker processes "
+        f"({setup['workers']} per group) take a larger share of the cores from the other jobs running; on "
+        "separate hosts each group brings its own cores and page cache, and throughput adds up.",
         "- What sharding changes per server: the snapshot it maps (its users' lists; products and the global, "
         "category and segment lists are in every shard) and so the memory its workers touch. RSS counts every "
-        "snapshot page a worker has touched; PSS splits pages shared between the workers of a group.",
+        "snapshot page a worker has touched, so it grows with the answers served until it reaches the shard's "
+        "size (the ceiling: snapshot per shard); PSS splits pages shared between the workers of a group.",
+        "- Fallbacks: every request asks for a user with lists, so any fallback answer would be a user sent to "
+        "a group whose shard lacks them.",
         "",
         f"Command: `{result['environment']['command']}`; commit {result['environment']['git']['commit']}"
         f"{' (dirty tree)' if result['environment']['git']['dirty'] else ''}.",
@@ -201,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="+", default=[16])
     parser.add_argument("--seconds", type=float, default=15.0, help="per wrk run")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="gunicorn workers per group")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternated runs through nginx and direct at one shard (the router's overhead)")
     parser.add_argument("--nginx-workers", type=int, default=1, help="nginx worker_processes")
     parser.add_argument("--quick", action="store_true", help="50k users, 10k products, 4 s runs")
     parser.add_argument("--work-dir", type=Path, default=PROJECT_ROOT / "var" / "bench" / "sharding",
@@ -228,18 +259,22 @@ def main(argv: list[str] | None = None) -> int:
     one = next((p for p in per_shards if p["shards"] == 1), None)
     overhead = {}
     if one:
-        nginx_run = next(r for r in one["runs"] if r["target"] == "nginx")
-        direct_run = next(r for r in one["runs"] if r["target"] == "direct")
-        overhead = {"connections": nginx_run["connections"], "nginx_rps": nginx_run["rps"],
-                    "direct_rps": direct_run["rps"], "ratio": round(nginx_run["rps"] / direct_run["rps"], 3),
-                    **{f"{t}_{p}_ms": r[f"{p}_ms"] for t, r in (("nginx", nginx_run), ("direct", direct_run))
-                       for p in ("p50", "p99")}}
+        connections = args.connections[0]
+        medians = {target: {key: statistics.median(r[key] for r in one["runs"]
+                                                   if r["target"] == target and r["connections"] == connections)
+                            for key in ("rps", "p50_ms", "p99_ms")}
+                   for target in ("nginx", "direct")}
+        overhead = {"connections": connections, "repeats": args.repeats,
+                    "ratio": round(medians["nginx"]["rps"] / medians["direct"]["rps"], 3),
+                    **{f"{target}_{key}": round(value, 3) for target, values in medians.items()
+                       for key, value in values.items()}}
     result = {
         "environment": env_info,
         "load_average_start": env_info["machine"]["load_average"], "load_average_end": load_average(),
         "setup": {"users": args.users, "products": args.products, "list_length": args.list_length,
                   "algorithms": len(ALGORITHMS), "shards": args.shards, "connections": args.connections,
-                  "seconds": args.seconds, "workers": args.workers, "nginx_workers": args.nginx_workers},
+                  "seconds": args.seconds, "repeats": args.repeats, "workers": args.workers,
+                  "nginx_workers": args.nginx_workers},
         "summary": summary,
         "router_overhead": overhead,
         "per_shard_count": per_shards,
