@@ -130,7 +130,7 @@ def measure(shards: int, root: Path, args) -> dict:
         # At one shard, the router's overhead: the same load through nginx and straight at
         # the group, alternated ``--repeats`` times, as other work on the machine varies.
         targets = [("nginx", router)] + ([("direct", groups[0]["url"])] if shards == 1 else [])
-        runs = []
+        runs, memory = [], None
         for connections in args.connections:
             for repeat in range(args.repeats if shards == 1 else 1):
                 for target, url in targets:
@@ -138,11 +138,12 @@ def measure(shards: int, root: Path, args) -> dict:
                     runs.append(run)
                     log.info("%d shard(s), %s, %d connections: %.0f req/s, p50 %.2f ms, p99 %.2f ms",
                              shards, target, connections, run["rps"], run["p50_ms"], run["p99_ms"])
-        served = [group_answers(g["url"]) for g in groups]
-        memory = [worker_memory(g["process"].pid)["workers"] for g in groups]
-        router_memory = nginx_memory(nginx.pid)
-    return {"runs": runs, "group_workers_memory": memory, "nginx_memory": router_memory,
-            "group_requests": served}
+                    if memory is None:  # after the same traffic (warm-up + one run) at every shard count
+                        memory = {"group_workers_memory": [worker_memory(g["process"].pid)["workers"] for g in groups],
+                                  "nginx_memory": nginx_memory(nginx.pid),
+                                  "group_requests": [group_answers(g["url"]) for g in groups]}
+        after_all = [group_answers(g["url"]) for g in groups]
+    return {"runs": runs, **memory, "group_requests_after_all_runs": after_all}
 
 
 def summarise(shards: int, shard_info: list[dict], measured: dict) -> dict:
@@ -164,22 +165,22 @@ def summarise(shards: int, shard_info: list[dict], measured: dict) -> dict:
         "all_groups_pss_mb": round(sum(per_group_pss), 1),
         "nginx_rss_mb": round(nginx["master"].get("rss_mb", 0) + sum(w.get("rss_mb", 0) for w in nginx["workers"]), 1),
         "answers_per_group": round(sum(g["answers"] for g in measured["group_requests"]) / shards),
-        "fallback_answers": sum(g["fallback_answers"] for g in measured["group_requests"]),
+        "fallback_answers": sum(g["fallback_answers"] for g in measured["group_requests_after_all_runs"]),
     }
 
 
 def markdown(result: dict) -> str:
     setup, machine = result["setup"], result["environment"]["machine"]
     rows = ["| shards | users per shard | snapshot per shard (MB) | req/s via nginx | p50 ms | p99 ms | errors "
-            "| answers per group (fallbacks, all groups) | RSS per group (MB) | PSS per group (MB) "
-            "| RSS per worker (MB) | PSS all groups (MB) | nginx RSS (MB) |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| answers per group | RSS per group (MB) | PSS per group (MB) "
+            "| RSS per worker (MB) | PSS all groups (MB) | nginx RSS (MB) | fallbacks |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["summary"]:
         rows.append(f"| {row['shards']} | {row['users_per_shard']:,} | {row['snapshot_mb_per_shard']:,.0f} | "
                     f"{row['rps']:,.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} | "
-                    f"{row['answers_per_group']:,} ({row['fallback_answers']}) | "
+                    f"{row['answers_per_group']:,} | "
                     f"{row['group_rss_mb']:,.0f} | {row['group_pss_mb']:,.0f} | {row['worker_rss_mb']:,.0f} | "
-                    f"{row['all_groups_pss_mb']:,.0f} | {row['nginx_rss_mb']:.1f} |")
+                    f"{row['all_groups_pss_mb']:,.0f} | {row['nginx_rss_mb']:.1f} | {row['fallback_answers']} |")
     overhead = result["router_overhead"]
     overhead_line = (
         f"- Router overhead (1 shard, {overhead['connections']} connections, medians of {overhead['repeats']} "
@@ -208,11 +209,13 @@ def markdown(result: dict) -> str:
         f"({setup['workers']} per group) take a larger share of the cores from the other jobs running; on "
         "separate hosts each group brings its own cores and page cache, and throughput adds up.",
         "- What sharding changes per server: the snapshot it maps (its users' lists; products and the global, "
-        "category and segment lists are in every shard) and so the memory its workers touch. RSS counts every "
-        "snapshot page a worker has touched, so it grows with the answers served until it reaches the shard's "
-        "size (the ceiling: snapshot per shard); PSS splits pages shared between the workers of a group.",
-        "- Fallbacks: every request asks for a user with lists, so any fallback answer would be a user sent to "
-        "a group whose shard lacks them.",
+        "category and segment lists are in every shard) and so the memory its workers touch. Memory is taken "
+        "after the warm-up and the first run through nginx (the same duration at every shard count, its "
+        "answers split between the groups: answers per group). RSS counts every snapshot page a worker has touched, so it "
+        "grows with the answers served until it reaches the shard's size, the ceiling (snapshot per shard); "
+        "PSS splits pages shared between the workers of a group.",
+        "- Fallbacks (all groups, all runs): every request asks for a user with lists, so any fallback answer "
+        "would be a user sent to a group whose shard lacks them.",
         "",
         f"Command: `{result['environment']['command']}`; commit {result['environment']['git']['commit']}"
         f"{' (dirty tree)' if result['environment']['git']['dirty'] else ''}.",
