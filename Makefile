@@ -20,7 +20,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test bench bench-quick bench-serving bench-quality bench-snapshot bench-als clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-als clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -45,12 +45,13 @@ $(STORAGE_JAR):
 	mkdir -p $(JARS_DIR)
 	mvn -q -U dependency:copy -Dartifact=io.delta:delta-storage:$(DELTA_VERSION) -DoutputDirectory=$(JARS_DIR)
 
-system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS, Redis for the real-time delta, Chromium for the /status page test, wrk for bench/serving (Debian; needs root)
+system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS, Redis for the real-time delta, Chromium for the /status page test, wrk for bench/serving, nginx for the sharding test and bench (Debian; needs root)
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	dpkg -s libopenblas0-pthread >/dev/null 2>&1 || missing="$$missing libopenblas0-pthread"; \
 	if [ -n "$$missing" ]; then \
@@ -70,13 +71,16 @@ stop:  ## stop the demo's lookup server and collector
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-bench: bench-serving bench-quality bench-snapshot bench-als  ## every benchmark; results in bench/results/ (serving needs wrk: make system-packages)
+bench: bench-serving bench-sharding bench-quality bench-snapshot bench-als  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 
 bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
 	$(PY) -m bench.serving --quick $(BENCH_ARGS)
 
 bench-serving: setup  ## lookup serving at 1M users against the Flask floor (wrk, gunicorn, ~10 min)
 	$(PY) -m bench.serving $(BENCH_ARGS)
+
+bench-sharding: setup  ## 1, 2 and 4 snapshot shards behind nginx: throughput, latency, memory per server (~6 min; --quick: BENCH_ARGS=--quick)
+	$(PY) -m bench.sharding $(BENCH_ARGS)
 
 bench-quality: setup  ## offline quality on the real samples in ../shared/data, `implicit` ALS side by side
 	$(PY) -m pip install -q -e ".[test,bench]"

@@ -1,11 +1,11 @@
 """A snapshot of the production shape at any size, written without Spark.
 
-Every user ``0 .. users-1`` gets a list of ``list_length`` products per algorithm and
-a ``users`` record; every product a catalog record, an ALS neighbour list and a
-category; every category and profile segment a popular list; one global list. Ids
-are drawn with a Zipf-like skew, as real traffic concentrates on few products. The
-records are packed with NumPy a block at a time, in the layout of
-``schemas.snapshot``, and written with the real ``SnapshotWriter``.
+Every user ``0 .. users-1`` (or each of ``user_ids``: one shard's users) gets a list
+of ``list_length`` products per algorithm and a ``users`` record; every product a
+catalog record, an ALS neighbour list and a category; every category and profile
+segment a popular list; one global list. Ids are drawn with a Zipf-like skew, as real
+traffic concentrates on few products. The records are packed with NumPy a block at a
+time, in the layout of ``schemas.snapshot``, and written with the real ``SnapshotWriter``.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 import struct
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -56,14 +57,18 @@ def _packed_lists(ids: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in body]
 
 
-def _user_keys(start: int, stop: int) -> list[bytes]:
-    return [user_key(u) for u in range(start, stop)]
+def _user_keys(user_ids: np.ndarray) -> list[bytes]:
+    return [user_key(u) for u in user_ids.tolist()]
 
 
 def write_snapshot(root: Path, version: str, users: int, products: int, list_length: int = 100,
-                   algorithms: tuple[str, ...] = ALGORITHMS, seed: int = 1, as_of: str | None = None) -> dict:
-    """Write and publish ``root/<version>``; return its size and how long it took."""
+                   algorithms: tuple[str, ...] = ALGORITHMS, seed: int = 1, as_of: str | None = None,
+                   user_ids: Sequence[int] | None = None) -> dict:
+    """Write and publish ``root/<version>``; return its size and how long it took.
+    ``user_ids``, when given, replaces ``0 .. users-1`` (a shard holds only its users)."""
     rng = np.random.default_rng(seed)
+    ids = np.arange(users, dtype=np.int64) if user_ids is None else np.asarray(user_ids, dtype=np.int64)
+    users = len(ids)
     started = time.perf_counter()
     as_of = as_of or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
     with SnapshotWriter(root, version, map_size_bytes=1 << 40) as writer:
@@ -71,14 +76,14 @@ def write_snapshot(root: Path, version: str, users: int, products: int, list_len
             db = recs_db_name("user", algorithm)
             for start in range(0, users, BLOCK):
                 stop = min(users, start + BLOCK)
-                ids = _skewed_ids(rng, (stop - start, list_length), products)
-                for key, value in zip(_user_keys(start, stop), _packed_lists(ids)):
+                lists = _skewed_ids(rng, (stop - start, list_length), products)
+                for key, value in zip(_user_keys(ids[start:stop]), _packed_lists(lists)):
                     writer.put(db, key, value)
             log.info("user lists of %s written (%.0f s)", algorithm, time.perf_counter() - started)
         activity = np.where(rng.random(users) < 0.3, "light", "heavy")
         for start in range(0, users, BLOCK):
             stop = min(users, start + BLOCK)
-            for key, a, u in zip(_user_keys(start, stop), activity[start:stop], range(start, stop)):
+            for key, a, u in zip(_user_keys(ids[start:stop]), activity[start:stop], ids[start:stop].tolist()):
                 writer.put(USERS_DB, key, pack_user(str(a), SEGMENTS[u % len(SEGMENTS)]))
         similar_db = recs_db_name("product", "als")
         for start in range(0, products, BLOCK):
