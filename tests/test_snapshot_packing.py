@@ -87,6 +87,17 @@ def test_products_and_users_in_key_order():
     assert flat(users) == [(user_key(7), pack_user("heavy", "country=DE")), (user_key(9), pack_user("new", None))]
 
 
+def finished(writer: SnapshotWriter) -> tuple[dict[str, int], list[tuple[bytes, bytes]]]:
+    """Finish ``writer``'s snapshot; its manifest's row counts and database ``x``'s records in order."""
+    manifest = Manifest(version=writer.version, created_at="t", as_of="t", delta_versions={}, model_versions={},
+                        config_digest="0")
+    env = lmdb.open(str(writer.finish(manifest)), readonly=True, lock=False, max_dbs=4)
+    with env.begin(db=env.open_db(b"x")) as txn:
+        records = [(bytes(k), bytes(v)) for k, v in txn.cursor()]
+    env.close()
+    return manifest.databases, records
+
+
 def test_writer_appends_sorted_records_and_falls_back_to_puts(tmp_path):
     """A slice above the greatest key is appended in one go; one that is not still lands
     (through put), replacing repeated keys; the manifest counts each key once."""
@@ -94,15 +105,9 @@ def test_writer_appends_sorted_records_and_falls_back_to_puts(tmp_path):
         writer.append_sorted("x", [b"b", b"d"], [b"1", b"2"])
         writer.append_sorted("x", [b"e", b"f"], [b"6", b"7"])
         writer.append_sorted("x", [b"a", b"d"], [b"3", b"4"])
-        manifest = Manifest(version="v1", created_at="t", as_of="t", delta_versions={}, model_versions={},
-                            config_digest="0")
-        final = writer.finish(manifest)
-    assert manifest.databases == {"x": 5}
-    env = lmdb.open(str(final), readonly=True, lock=False, max_dbs=4)
-    with env.begin(db=env.open_db(b"x")) as txn:
-        assert [(bytes(k), bytes(v)) for k, v in txn.cursor()] == [
-            (b"a", b"3"), (b"b", b"1"), (b"d", b"4"), (b"e", b"6"), (b"f", b"7")]
-    env.close()
+        counts, records = finished(writer)
+    assert counts == {"x": 5}
+    assert records == [(b"a", b"3"), (b"b", b"1"), (b"d", b"4"), (b"e", b"6"), (b"f", b"7")]
 
 
 def test_writer_appends_in_key_order_and_still_replaces(tmp_path):
@@ -111,12 +116,6 @@ def test_writer_appends_in_key_order_and_still_replaces(tmp_path):
     with SnapshotWriter(tmp_path, "v1", 1 << 26) as writer:
         for key, value in ((b"b", b"1"), (b"d", b"2"), (b"a", b"3"), (b"d", b"4"), (b"c", b"5"), (b"e", b"6")):
             writer.put("x", key, value)
-        manifest = Manifest(version="v1", created_at="t", as_of="t", delta_versions={}, model_versions={},
-                            config_digest="0")
-        final = writer.finish(manifest)
-    assert manifest.databases == {"x": 5}
-    env = lmdb.open(str(final), readonly=True, lock=False, max_dbs=4)
-    with env.begin(db=env.open_db(b"x")) as txn:
-        assert [(bytes(k), bytes(v)) for k, v in txn.cursor()] == [
-            (b"a", b"3"), (b"b", b"1"), (b"c", b"5"), (b"d", b"4"), (b"e", b"6")]
-    env.close()
+        counts, records = finished(writer)
+    assert counts == {"x": 5}
+    assert records == [(b"a", b"3"), (b"b", b"1"), (b"c", b"5"), (b"d", b"4"), (b"e", b"6")]
