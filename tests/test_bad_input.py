@@ -8,7 +8,7 @@ import io
 import json
 
 import pytest
-from werkzeug.test import EnvironBuilder
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from lookup_server import app_state
 from lookup_server.admin import MAX_BODY_BYTES
@@ -31,15 +31,17 @@ def _error(response, code: int) -> str:
 
 def _send(app, method: str, path: str, body: bytes, headers: dict, streamed: bool):
     """``body`` with a Content-Length, or streamed as gunicorn passes on a chunked body
-    (``wsgi.input_terminated``, no length)."""
-    builder = EnvironBuilder(path=path, method=method, headers=headers, content_type="application/json",
-                             input_stream=io.BytesIO(body) if streamed else None,
-                             data=None if streamed else body)
-    environ = builder.get_environ()
-    if streamed:
-        environ.pop("CONTENT_LENGTH", None)
-        environ["wsgi.input_terminated"] = True
-    return app.test_client().open(environ)
+    (``wsgi.input_terminated``, no length). Streamed requests go straight to the WSGI
+    app: Flask's test client rebuilds the environ and would bound the stream itself."""
+    if not streamed:
+        return app.test_client().open(path, method=method, data=body, headers=headers,
+                                      content_type="application/json")
+    environ = EnvironBuilder(path=path, method=method, headers=headers, content_type="application/json",
+                             input_stream=io.BytesIO(body)).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True
+    app_iter, status, response_headers = run_wsgi_app(app, environ)
+    return app.response_class(b"".join(app_iter), status=status, headers=response_headers)
 
 
 def _padded_events(size: int) -> bytes:
