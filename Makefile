@@ -20,7 +20,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-als clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-als clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -70,6 +70,18 @@ stop:  ## stop the demo's lookup server and collector
 
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# pip-audit in a virtualenv of its own, so its dependencies are not audited as ours.
+AUDIT_VENV        := .venv-audit
+PIP_AUDIT_VERSION := 2.10.1
+
+audit: venv $(AUDIT_VENV)/.installed  ## known vulnerabilities in .venv and airflow_dags/requirements.txt (pip-audit; needs pypi.org's JSON API): fails on one with a fix, or if a package could not be checked
+	$(AUDIT_VENV)/bin/python scripts/audit_dependencies.py --pip-audit $(AUDIT_VENV)/bin/pip-audit --venv-python $(PY)
+
+$(AUDIT_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install -q pip-audit==$(PIP_AUDIT_VERSION)
+	touch $@
 
 bench: bench-serving bench-sharding bench-quality bench-snapshot bench-als  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 

@@ -16,6 +16,7 @@ from flask import Flask
 from schemas.settings import data_dir, load_conf
 
 from lookup_server import metrics, status_page
+from lookup_server.admin import MAX_BODY_BYTES
 from lookup_server.admin import blueprint as admin_blueprint
 from lookup_server.api import blueprint
 from lookup_server.state import AppState, app_state, attach_state
@@ -35,6 +36,7 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     config = ServerConfig.from_conf(conf)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     snapshot = CurrentSnapshot(config.snapshot_root, config.reload_interval_seconds,
                                config.verify_checksums)
     delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf), conf.get("bandit", {}))

@@ -7,15 +7,20 @@ token configured the endpoints answer 403, so reads never need one.
 """
 from __future__ import annotations
 
+import json
 import os
 
-from flask import Blueprint, abort, request
+from flask import Blueprint, abort
 
 from lookup_server.auth import require_token
 from lookup_server.delta import DeltaUnavailable
+from lookup_server.request_body import read_body
 from lookup_server.state import app_state
 
 ADMIN_TOKEN_ENV = "LOOKUP_ADMIN_TOKEN"
+# The server's only request body is {"algorithm": "<name>"}; anything longer is refused
+# with 413 before it is read (the app's MAX_CONTENT_LENGTH).
+MAX_BODY_BYTES = 4096
 
 blueprint = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -35,7 +40,10 @@ def get_pin():
 
 @blueprint.put("/pin")
 def put_pin():
-    body = request.get_json(silent=True)
+    try:
+        body = json.loads(read_body())
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+        body = None
     algorithm = body.get("algorithm") if isinstance(body, dict) else None
     if not isinstance(algorithm, str) or not algorithm:
         abort(400, 'expected a JSON body {"algorithm": "<name>"}')

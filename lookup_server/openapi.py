@@ -5,6 +5,7 @@ Schema 2020-12 (OpenAPI 3.1), so tests validate real responses against them.
 """
 from __future__ import annotations
 
+from lookup_server.admin import MAX_BODY_BYTES
 from lookup_server.config import ServerConfig
 from lookup_server.recommend import (
     CATEGORY_POPULAR, GLOBAL_POPULAR, PROFILE_SEGMENT, UNKNOWN_PRODUCT, UNKNOWN_USER,
@@ -102,6 +103,8 @@ def openapi_document(config: ServerConfig) -> dict:
                                   "400": _ref("responses", "BadRequest"),
                                   "401": _json_response("No bearer token", "Error"),
                                   "403": _json_response("Wrong token, or admin disabled", "Error"),
+                                  **({"413": _json_response(f"Body over {MAX_BODY_BYTES} bytes", "Error")}
+                                     if method == "put" else {}),
                                   "503": _json_response("The delta store is unavailable", "Error"),
                                   "default": _ref("responses", "Error")},
                 } for method, summary in (

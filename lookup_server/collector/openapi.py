@@ -57,6 +57,9 @@ def openapi_document(config: CollectorConfig) -> dict:
     event["description"] = f"An event ({', '.join(EVENT_TYPES)}); timestamp defaults to the time received."
     product = _record_schema(PRODUCTS)
     product["description"] = "A catalog row; category is required unless active is false."
+    # PUT names the product in its path: the body may repeat the id, not contradict it.
+    product_put = _record_schema(PRODUCTS, optional=("product_id",))
+    product_put["description"] = product["description"] + " product_id, if given, must be the path's."
     batch = {"type": "array", "minItems": 1, "maxItems": config.max_batch}
     errors = {"400": _ref("responses", "BadRequest"), "401": _ref("responses", "Unauthorized"),
               "403": _ref("responses", "Forbidden"), "413": _ref("responses", "TooLarge"),
@@ -89,7 +92,7 @@ def openapi_document(config: CollectorConfig) -> dict:
             "/v1/products/{product_id}": {
                 "put": {"operationId": "putProduct", "summary": "Upsert one product",
                         "parameters": [product_id],
-                        "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("schemas", "Product")}}},
+                        "requestBody": {"required": True, "content": {_JSON: {"schema": _ref("schemas", "ProductPut")}}},
                         "responses": {"200": _json("Durable", _ref("schemas", "ProductChanged")), **errors}},
                 "delete": {"operationId": "deleteProduct", "summary": "Deactivate a product",
                            "parameters": [product_id],
@@ -115,6 +118,7 @@ def openapi_document(config: CollectorConfig) -> dict:
             "schemas": {
                 "Event": event,
                 "Product": product,
+                "ProductPut": product_put,
                 "Accepted": {"type": "object", "required": ["accepted", "realtime"], "additionalProperties": False,
                              "properties": {"accepted": {"type": "integer", "minimum": 0},
                                             "realtime": {"type": "boolean", "description":

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
-from flask import abort, request
+from flask import abort
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from schemas import EVENTS, PRODUCTS, Table, validate_record
 
 from lookup_server.delta import CatalogChange, DeltaEvent
+from lookup_server.request_body import read_body
 
 T = TypeVar("T")
 
@@ -58,12 +59,10 @@ class ProductChange:
 
 def read_json() -> Any:
     """The request body as JSON, whatever the Content-Type; 400 if it is not JSON,
-    413 beyond MAX_CONTENT_LENGTH (werkzeug raises it while reading)."""
-    data = request.get_data(cache=False)
+    413 beyond MAX_CONTENT_LENGTH, streamed or not."""
+    data = read_body()
     try:
         return json.loads(data, parse_constant=_refuse_constant)
-    except RequestEntityTooLarge:
-        raise
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         abort(400, f"body is not valid JSON: {str(exc)[:200]}")
 
