@@ -20,7 +20,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test bench bench-quick bench-serving bench-quality bench-snapshot bench-als clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test bench bench-quick bench-serving bench-quality bench-snapshot bench-als bench-pipeline clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -70,7 +70,7 @@ stop:  ## stop the demo's lookup server and collector
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
-bench: bench-serving bench-quality bench-snapshot bench-als  ## every benchmark; results in bench/results/ (serving needs wrk: make system-packages)
+bench: bench-serving bench-quality bench-snapshot bench-als bench-pipeline  ## every benchmark; results in bench/results/ (serving needs wrk: make system-packages)
 
 bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
 	$(PY) -m bench.serving --quick $(BENCH_ARGS)
@@ -88,6 +88,9 @@ bench-snapshot: setup  ## the snapshot build at 1M users x 100 candidates, 1 and
 bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) -m bench.als_topk $(BENCH_ARGS)
+
+bench-pipeline: setup  ## the nightly pipeline at 1M, 3M and 10M generated events: time and peak RSS per stage, growth plots (1 h+ on 2 cores; --quick: BENCH_ARGS=--quick)
+	$(PY) -m bench.pipeline $(BENCH_ARGS)
 
 dist-jobs:  ## dist/recsys_jobs.zip for spark-submit --py-files on a cluster
 	mkdir -p dist && rm -f dist/recsys_jobs.zip && zip -qr dist/recsys_jobs.zip jobs schemas -x '*__pycache__*'
