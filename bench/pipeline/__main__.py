@@ -78,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"folder for pipeline.json/.md and the PNGs (default bench/results; --quick {QUICK_OUT})")
     p.add_argument("--fresh", action="store_true", help="drop the scales already in pipeline.json")
     p.add_argument("--report-only", action="store_true", help="only rewrite pipeline.md and the PNGs")
+    p.add_argument("--findings", type=Path, default=None,
+                   help="with --report-only: a Markdown file of conclusions, kept in pipeline.json and shown "
+                        "at the end of pipeline.md")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -210,7 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     if args.report_only:
-        save_results(out, load_results(out))
+        result = load_results(out)
+        if args.findings:
+            result["findings"] = args.findings.read_text().strip()
+        save_results(out, result)
         growth.write_all(out)
         return 0
     try:

@@ -38,16 +38,18 @@ def scale_section(name: str, entry: dict) -> list[str]:
                   f"{generation.get('bytes', 0) / 1e9:.2f} GB of JSON lines, peak RSS "
                   f"{generation.get('peak_rss_mb', {}).get('driver_python', 0):,.0f} MB{reused}. "
                   f"SparkSession start: {entry.get('session_seconds', 0):.1f} s.", ""]
-    lines += ["| stage | status | seconds | share | peak RSS JVM (MB) | driver Python (MB) | Python workers (MB) "
-              "| load avg 1/5 min at start | at end |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| stage | status | seconds | share | CPU s (our processes) | peak RSS JVM (MB) | driver Python (MB) "
+              "| Python workers (MB) | load avg 1/5 min at start | at end |", "|---|---|---|---|---|---|---|---|---|---|"]
     total = sum(s.get("seconds", 0) for s in entry.get("stages", []))
     for stage in entry.get("stages", []):
         seconds = stage.get("seconds")
         lines.append(f"| {stage['stage']} | {stage['status']} | {seconds:,.1f} | {seconds / total:.0%} "
                      if seconds is not None else f"| {stage['stage']} | {stage['status']} (not finished) | | ")
-        lines[-1] += (f"| {_mb(stage, 'driver_jvm')} | {_mb(stage, 'driver_python')} | {_mb(stage, 'python_workers')} "
+        cpu = stage.get("cpu_seconds")
+        lines[-1] += (f"| {'' if cpu is None else f'{cpu:,.0f}'} | {_mb(stage, 'driver_jvm')} | {_mb(stage, 'driver_python')} | {_mb(stage, 'python_workers')} "
                       f"| {_load(stage.get('load_average_start'))} | {_load(stage.get('load_average_end'))} |")
-    lines.append(f"| **pipeline** | | **{total:,.1f}** | 100% | | | | | |")
+    cpu = sum(s.get("cpu_seconds", 0) for s in entry.get("stages", []))
+    lines.append(f"| **pipeline** | | **{total:,.1f}** | 100% | {cpu:,.0f} | | | | | |")
     errors = [f"- {s['stage']}: `{s['error']}`" for s in entry.get("stages", []) if s.get("error")]
     if errors:
         lines += ["", "Failures:", *errors]
@@ -90,7 +92,10 @@ def markdown(result: dict, target_seconds: float, serving: list[dict] | None = N
              f"Shapes: {rules.get('events_per_user', 10)} events per user and {rules.get('events_per_product', 100)} "
              "per product at every scale, the ratios of issue 6's point (10M events, 1M users, 100k products); "
              f"events over {rules.get('window_days', 30)} days, as of {rules.get('as_of')}. Issue 6's target: the "
-             f"whole pipeline at 10M events in <= {target_seconds / 60:.0f} min on 2 cores.", "",
+             f"whole pipeline at 10M events in <= {target_seconds / 60:.0f} min on 2 cores. CPU s: CPU time of the "
+             "driver's Python, the JVM and its Python workers during the stage (`bench/pipeline/cpu.py`); on 2 "
+             "cores a stage that had the machine to itself would show about 2 x its wall time, so a lower ratio "
+             "means it waited for cores that other work held.", "",
              *summary(result, target_seconds)]
     for name, entry in result["scales"].items():
         lines += scale_section(name, entry)
