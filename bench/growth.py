@@ -126,7 +126,7 @@ def plot_series(series: dict[str, list[tuple[int, float]]], path: Path, title: s
         ax.plot([x for x, _ in points], [y for _, y in points], "o-",
                 lw=2.5 if name == "pipeline" else 1.2, label=name + suffix)
     if target:
-        ax.axhline(target, color="red", ls="--", lw=1, label=f"target {target:g}")
+        ax.axhline(target, color="red", ls="--", lw=1, label=f"target {target:g} s (whole pipeline)")
     ax.legend(fontsize=8)
     _save(fig, path)
 
