@@ -27,6 +27,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -173,13 +174,22 @@ def run_scale(scale: Scale, args: argparse.Namespace, out: Path, data_root: Path
     record_scale(out, scale.name, entry)
     settings = load_conf("jobs")
     stages: dict[str, dict] = {}
-    for stage in run_stages(spark, DataPaths(root), AS_OF, settings):
-        stages[stage["stage"]] = stage
-        entry["stages"] = list(stages.values())
-        entry["reached"] = stage["stage"]
+    # A run stopped with SIGTERM (out of time) records the stage it was in and how long it had run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        for stage in run_stages(spark, DataPaths(root), AS_OF, settings):
+            stages[stage["stage"]] = stage
+            entry["stages"] = list(stages.values())
+            entry["reached"] = stage["stage"]
+            entry["pipeline_seconds"] = round(sum(s.get("seconds", 0) for s in entry["stages"]), 2)
+            entry["environment"]["machine"]["load_average_end"] = load_average()
+            record_scale(out, scale.name, entry)
+    except (SystemExit, KeyboardInterrupt):
+        entry["status"] = f"stopped during {entry.get('reached')} at {datetime.now(timezone.utc):%H:%M:%S}Z"
         entry["pipeline_seconds"] = round(sum(s.get("seconds", 0) for s in entry["stages"]), 2)
         entry["environment"]["machine"]["load_average_end"] = load_average()
         record_scale(out, scale.name, entry)
+        raise
     failed = [s["stage"] for s in entry["stages"] if s["status"] == "failed"]
     entry["status"] = "failed: " + ", ".join(failed) if failed else "complete"
     entry["environment"]["machine"]["load_average_end"] = load_average()

@@ -75,6 +75,12 @@ def run_stages(spark, paths: DataPaths, as_of: datetime, settings: dict,
                 log.exception("stage %s failed", name)
                 entry["status"] = "failed"
                 entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            except BaseException:  # stopped (SIGTERM, Ctrl-C): say how far the stage had got
+                entry["status"] = "stopped"
+                entry["seconds"] = round(time.perf_counter() - started, 2)
+                entry["cpu_seconds"] = round(tree_cpu_seconds(pid) - cpu, 1)
+                entry["load_average_end"] = load_average()
+                raise
         entry["seconds"] = round(time.perf_counter() - started, 2)
         # Against 2 x wall on 2 cores: how much of the machine the stage got.
         entry["cpu_seconds"] = round(tree_cpu_seconds(pid) - cpu, 1)
