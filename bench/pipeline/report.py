@@ -48,8 +48,9 @@ def scale_section(name: str, entry: dict) -> list[str]:
         cpu = stage.get("cpu_seconds")
         lines[-1] += (f"| {'' if cpu is None else f'{cpu:,.0f}'} | {_mb(stage, 'driver_jvm')} | {_mb(stage, 'driver_python')} | {_mb(stage, 'python_workers')} "
                       f"| {_load(stage.get('load_average_start'))} | {_load(stage.get('load_average_end'))} |")
-    cpu = sum(s.get("cpu_seconds", 0) for s in entry.get("stages", []))
-    lines.append(f"| **pipeline** | | **{total:,.1f}** | 100% | {cpu:,.0f} | | | | | |")
+    cpus = [s["cpu_seconds"] for s in entry.get("stages", []) if "cpu_seconds" in s]
+    cpu = f"{sum(cpus):,.0f}" if cpus else "not measured"  # runs before CPU accounting have none
+    lines.append(f"| **pipeline** | | **{total:,.1f}** | 100% | {cpu} | | | | | |")
     errors = [f"- {s['stage']}: `{s['error']}`" for s in entry.get("stages", []) if s.get("error")]
     if errors:
         lines += ["", "Failures:", *errors]
