@@ -32,6 +32,8 @@ def scale_section(name: str, entry: dict) -> list[str]:
              "", f"Status: **{entry.get('status')}**" + (f" (last stage reached: {entry['reached']})"
                                                            if entry.get("status") != "complete" and entry.get("reached")
                                                            else ""), ""]
+    if entry.get("note"):
+        lines += [entry["note"], ""]
     if generation:
         reused = " (landing files reused from an earlier run; these are that run's figures)" if generation.get("reused") else ""
         lines += [f"Generation (not part of the pipeline): {generation.get('seconds', 0):.1f} s, "
