@@ -20,7 +20,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-als clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-als bench-pipeline clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -83,7 +83,7 @@ $(AUDIT_VENV)/.installed: Makefile
 	$(AUDIT_VENV)/bin/python -m pip install -q pip-audit==$(PIP_AUDIT_VERSION)
 	touch $@
 
-bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-als  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
+bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-als bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 
 bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
 	$(PY) -m bench.serving --quick $(BENCH_ARGS)
@@ -107,6 +107,9 @@ bench-hybrid: setup  ## hybrid fusion of 100k users' lists, against the explode-
 bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) -m bench.als_topk $(BENCH_ARGS)
+
+bench-pipeline: setup  ## the nightly pipeline at 1M, 3M and 10M generated events: time and peak RSS per stage, growth plots (1 h+ on 2 cores; --quick: BENCH_ARGS=--quick)
+	$(PY) -m bench.pipeline $(BENCH_ARGS)
 
 dist-jobs:  ## dist/recsys_jobs.zip for spark-submit --py-files on a cluster
 	mkdir -p dist && rm -f dist/recsys_jobs.zip && zip -qr dist/recsys_jobs.zip jobs schemas -x '*__pycache__*'

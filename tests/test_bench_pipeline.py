@@ -1,0 +1,57 @@
+"""bench/pipeline's scales, growth fits and report: pure Python, no Spark, no timings asserted."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import growth
+from bench.pipeline.report import dominant, markdown
+from bench.pipeline.scales import Scale, label
+
+
+def test_scales_keep_the_issue_point_ratios():
+    assert Scale.of("10M").as_dict() == {"events": 10_000_000, "users": 1_000_000, "products": 100_000}
+    assert Scale.of("300k") == Scale("300k", 300_000, 30_000, 3_000)
+    assert label(1_500_000) == "1.5M" and label(50_000) == "50k" and label(123) == "123"
+    with pytest.raises(ValueError):
+        Scale.of("ten")
+
+
+def test_fit_exponent_recovers_a_power_law():
+    sizes = [1e6, 3e6, 1e7]
+    assert growth.fit_exponent(sizes, [2 * s ** 1.5 for s in sizes]) == pytest.approx(1.5)
+    assert growth.fit_exponent([1e6], [10.0]) is None
+    assert growth.fit_exponent([1e6, 1e6], [10.0, 12.0]) is None
+    assert growth.fit_exponent([1e6, 3e6], [10.0, 0.0]) is None
+
+
+def _entry(events: int, seconds: dict, status: str = "complete") -> dict:
+    stages = [{"stage": name, "status": "ok", "seconds": s, "peak_rss_mb": {"driver_jvm": 1000.0 + s}}
+              for name, s in seconds.items()]
+    return {"shape": Scale.of(str(events)).as_dict(), "status": status, "stages": stages,
+            "pipeline_seconds": sum(seconds.values()), "reached": stages[-1]["stage"]}
+
+
+def test_report_names_the_dominant_stage_and_an_unfinished_one():
+    done = _entry(1_000_000, {"ingest": 100.0, "als": 300.0})
+    cut = _entry(10_000_000, {"ingest": 900.0}, status="running")
+    cut["stages"].append({"stage": "popular", "status": "running"})
+    assert dominant(done) == ("als", 0.75)
+    text = markdown({"scales": {"1M": done, "10M": cut}}, 1800)
+    assert "als (75%)" in text and "popular | running (not finished)" in text
+    assert "last stage reached" in text
+
+
+def test_growth_writes_plots_and_states_the_exponent(tmp_path):
+    result = {"rules": {"target_seconds": 1800},
+              "scales": {"1M": _entry(1_000_000, {"ingest": 100.0}), "3M": _entry(3_000_000, {"ingest": 300.0})}}
+    (tmp_path / "pipeline.json").write_text(json.dumps(result))
+    serving = {"setup": {"users": 1_000_000}, "half_load": {"p99_ms": 11.0},
+               "runs": [{"scenario": "known", "connections": 4, "p50_ms": 2.8, "p99_ms": 5.4, "rps": 1300.0}]}
+    (tmp_path / "serving.json").write_text(json.dumps(serving))
+    text = growth.write_all(tmp_path)
+    assert "| ingest time | 2 | 1.00 | about linear |" in text
+    assert "1 snapshot size(s)" in text
+    for png in (growth.PIPELINE_PNG, growth.MEMORY_PNG, growth.SERVING_PNG):
+        assert (tmp_path / png).stat().st_size > 0
