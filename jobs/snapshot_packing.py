@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 
 from schemas.fields import UINT32_MAX
 from schemas.snapshot import (
-    LAYOUT_VERSION, MAX_ITEMS, SnapshotFormatError, pack_product, pack_ranked_list, pack_user, product_key, subject_key, user_key,
+    LAYOUT_VERSION, MAX_ITEMS, SnapshotFormatError, pack_product, pack_ranked_list, pack_user, product_key,
+    subject_key, user_key,
 )
 
 SLICE_ROWS = 50_000  # records per slice: ~40 MB of packed 100-item lists
