@@ -65,10 +65,14 @@ class ImpressionQueue:
 
     def close(self) -> None:
         """Stop the thread and write what is left (a graceful worker exit)."""
-        self._wake.set()
+        self.stop()
         if self._thread is not None:
             self._thread.join(timeout=max(1.0, 2 * self.flush_seconds))
         self.flush()
+
+    def stop(self) -> None:
+        """Let the thread end at its next wake-up, without waiting for it or writing."""
+        self._wake.set()
 
     def _start(self) -> None:
         # Started on first use, in the worker process: a thread does not survive fork().

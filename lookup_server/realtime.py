@@ -174,8 +174,11 @@ class ProcessDelta:
         if self._pid != os.getpid() or self._retry_due():
             with self._lock:
                 if self._pid != os.getpid() or self._retry_due():
+                    replaced = self._context if self._pid == os.getpid() else None
                     self._context = self._open()
                     self._pid = os.getpid()
+                    if replaced is not None and replaced.impressions is not None:
+                        replaced.impressions.stop()  # its store never opened: nothing to write
         return self._context
 
     def _retry_due(self) -> bool:

@@ -84,3 +84,12 @@ def test_batched_impressions_reach_the_store_and_can_be_rewarded(make_app, snaps
     assert store.reward(request_ids[3]) is not None
     assert store.reward(request_ids[3]) is None
     assert sum(r for _, r in store.bandit_counts().values()) == 1.0
+
+
+def test_a_stopped_queue_ends_its_thread():
+    """A worker that reopens its delta store stops the old queue's writer thread."""
+    queue = ImpressionQueue(RecordingWriter(), flush_seconds=0.01)
+    queue.add("r1", SERVED)
+    queue.stop()
+    queue._thread.join(timeout=5)
+    assert not queue._thread.is_alive()
