@@ -21,7 +21,6 @@ import logging
 import subprocess
 import sys
 import time
-import types
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from jobs.cli import configure_logging
 from jobs.spark_session import get_spark
 
 from bench.quality.environment import environment
+from bench.snapshot_build.baseline import module_at
 from bench.snapshot_build.synthetic import LakeShape, candidates_frame
 
 log = logging.getLogger("bench.hybrid")
@@ -42,19 +42,6 @@ AS_OF = datetime(2026, 10, 31, tzinfo=timezone.utc)
 BASELINE = "a18f2a2"  # the last commit with the explode-and-group fusion
 ALGORITHMS = ("als", "content", "popular")
 SAMPLE_USERS = 5_000
-
-
-def hybrid_at(commit: str) -> types.ModuleType:
-    """``jobs/hybrid.py`` as it was at ``commit``, as a fresh module. It is registered in
-    ``sys.modules`` (its dataclasses need that); the old fusion has no Python UDF, so
-    nothing of it has to reach the Python workers."""
-    source = subprocess.run(["git", "show", f"{commit}:jobs/hybrid.py"], cwd=PROJECT_ROOT, capture_output=True,
-                            text=True, check=True).stdout
-    module = types.ModuleType(f"baseline_hybrid_{commit[:10]}")
-    module.__file__ = f"{commit}:jobs/hybrid.py"
-    sys.modules[module.__name__] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    return module
 
 
 def parser() -> argparse.ArgumentParser:
@@ -86,7 +73,8 @@ def run(args: argparse.Namespace) -> dict:
     users = args.users or (20_000 if args.quick else 100_000)
     commit = subprocess.run(["git", "rev-parse", "--verify", f"{args.compare_with}^{{commit}}"], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, check=True).stdout.strip()
-    baseline = hybrid_at(commit)
+    # Registered: its dataclasses need it, and the old fusion has no Python UDF to ship.
+    baseline = module_at(commit, "jobs/hybrid.py", f"baseline_hybrid_{commit[:10]}", register=True)
     spark = get_spark("bench-hybrid")
     shape = LakeShape(users, args.products, args.items, len(ALGORITHMS))
     frames = [candidates_frame(spark, shape, a, 8) for a in ALGORITHMS]

@@ -9,16 +9,22 @@ is wired to the old writer. Everything else (schemas, Delta helpers) is today's.
 from __future__ import annotations
 
 import subprocess
+import sys
 import types
 
 from schemas.settings import PROJECT_ROOT
 
 
-def _module_at(rev: str, path: str, name: str, **replace) -> types.ModuleType:
+def module_at(rev: str, path: str, name: str, register: bool = False, **replace) -> types.ModuleType:
+    """``path`` as it was at git revision ``rev``, executed as a fresh module named
+    ``name``; ``register`` puts it in ``sys.modules`` (dataclasses need that; then
+    cloudpickle ships its functions by reference, so only for code without UDFs)."""
     source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=PROJECT_ROOT, capture_output=True,
                             text=True, check=True).stdout
     module = types.ModuleType(name)
     module.__file__ = f"{rev}:{path}"
+    if register:
+        sys.modules[name] = module
     exec(compile(source, module.__file__, "exec"), module.__dict__)
     module.__dict__.update(replace)
     return module
@@ -28,8 +34,8 @@ def builder_at(rev: str) -> types.ModuleType:
     """The ``jobs.build_snapshot`` module of ``rev``, using that revision's SnapshotWriter."""
     commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, check=True).stdout.strip()
-    writer = _module_at(commit, "jobs/snapshot_writer.py", f"baseline_snapshot_writer_{commit[:10]}")
-    builder = _module_at(commit, "jobs/build_snapshot.py", f"baseline_build_snapshot_{commit[:10]}",
+    writer = module_at(commit, "jobs/snapshot_writer.py", f"baseline_snapshot_writer_{commit[:10]}")
+    builder = module_at(commit, "jobs/build_snapshot.py", f"baseline_build_snapshot_{commit[:10]}",
                          SnapshotWriter=writer.SnapshotWriter)
     builder.COMMIT = commit
     return builder
