@@ -49,7 +49,7 @@ from jobs.spark_session import get_spark
 
 from bench.als_topk.compare import compare_lists, rfau_lists, blocked_lists
 from bench.als_topk.interactions import generate
-from bench.quality.environment import environment
+from bench.quality.environment import environment, machine_line
 from bench.quality.timing import timed
 from bench.snapshot_build.peak_rss import PeakRss, jvm_pid
 
@@ -177,11 +177,7 @@ def markdown(result: dict) -> str:
                   f"{cmp_['different_ids']:,} with different ids, of which {cmp_['different_ids_ties']:,} are "
                   f"ties (scores equal position by position within {cmp_['tolerance']}); largest score "
                   f"difference at equal positions {cmp_['max_score_difference']:.2e}.", ""]
-    machine = result["machine"]
-    lines += [f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, load average "
-              f"{machine['load_average']} at the start (other work shared the cores). Spark "
-              f"{result['versions']['spark']}, commit {str(result['git']['commit'])[:10]}"
-              f"{' (dirty tree)' if result['git']['dirty'] else ''}. Command: `{result['command']}`.", ""]
+    lines += [machine_line(result, "other work shared the cores"), ""]
     return "\n".join(lines)
 
 

@@ -32,7 +32,7 @@ from jobs import hybrid
 from jobs.cli import configure_logging
 from jobs.spark_session import get_spark
 
-from bench.quality.environment import environment
+from bench.quality.environment import environment, machine_line
 from bench.snapshot_build.baseline import module_at
 from bench.snapshot_build.synthetic import LakeShape, candidates_frame
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown(result: dict) -> str:
-    shape, machine = result["shape"], result["machine"]
+    shape = result["shape"]
     lines = [f"# Hybrid fusion: {shape['users']:,} users x {len(shape['algorithms'])} algorithms x "
              f"{shape['items']} items", "",
              "| run | implementation | seconds |", "|---|---|---|"]
@@ -110,11 +110,7 @@ def markdown(result: dict) -> str:
     sample = result["sample"]
     lines += ["", f"Current (best of its two runs) against the baseline of {result['baseline_commit'][:10]}: "
                   f"**{result['speedup']}x faster**. Lists of {sample['users']:,} sampled users compared: "
-                  f"{sample['identical']:,} identical.", "",
-              f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, load average "
-              f"{machine['load_average']} at the start (other work may share the cores). Spark "
-              f"{result['versions']['spark']}, commit {str(result['git']['commit'])[:10]}"
-              f"{' (dirty tree)' if result['git']['dirty'] else ''}. Command: `{result['command']}`.", ""]
+                  f"{sample['identical']:,} identical.", "", machine_line(result), ""]
     return "\n".join(lines)
 
 

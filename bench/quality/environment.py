@@ -62,3 +62,12 @@ def environment(spark_version: str) -> dict:
         "versions": {**versions(), "spark": spark_version},
         "git": git_state(),
     }
+
+
+def machine_line(result: dict, shared: str = "other work may share the cores") -> str:
+    """The closing line of a benchmark's Markdown: machine, load, Spark, commit, command."""
+    machine = result["machine"]
+    return (f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, load average "
+            f"{machine['load_average']} at the start ({shared}). Spark {result['versions']['spark']}, commit "
+            f"{str(result['git']['commit'])[:10]}{' (dirty tree)' if result['git']['dirty'] else ''}. "
+            f"Command: `{result['command']}`.")
