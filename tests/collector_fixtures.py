@@ -14,6 +14,20 @@ TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+@contextlib.contextmanager
+def in_process_collector(data_dir: Path, monkeypatch, **conf):
+    """A collector app writing under ``data_dir`` with TOKEN (plus ``conf``), closed at the end."""
+    from lookup_server.collector import collector_state, create_collector_app
+
+    monkeypatch.delenv("RECSYS_DATA_DIR", raising=False)  # it would win over data_dir
+    monkeypatch.delenv("COLLECTOR_TOKEN", raising=False)  # it would win over token
+    app = create_collector_app({"data_dir": str(data_dir), "token": TOKEN, **conf})
+    try:
+        yield app
+    finally:
+        collector_state(app).close()
+
+
 def landed(data_dir: Path, table: str, include_hidden: bool = True) -> list[dict]:
     """Every row in ``landing/<table>/``: visible files, then (if asked) hidden ones."""
     folder = Path(data_dir) / "landing" / table

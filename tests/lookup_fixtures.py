@@ -204,6 +204,19 @@ def client(app):
     return app.test_client()
 
 
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+
+@pytest.fixture
+def admin_app(make_app, snapshot_root, monkeypatch):
+    """An app serving ``v1`` whose admin endpoints take ADMIN_TOKEN."""
+    monkeypatch.setenv("LOOKUP_ADMIN_TOKEN", ADMIN_TOKEN)
+    publish_snapshot(snapshot_root, "v1")
+    app = make_app()
+    assert app_state(app).snapshot.refresh()
+    return app
+
+
 # --- a real gunicorn --------------------------------------------------------
 
 def free_port() -> int:

@@ -12,11 +12,10 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from lookup_server import app_state
 from lookup_server.admin import MAX_BODY_BYTES
-from lookup_server.collector import collector_state, create_collector_app
 
-from tests.collector_fixtures import AUTH, TOKEN, landed
+from tests.collector_fixtures import AUTH, in_process_collector, landed
+from tests.lookup_fixtures import ADMIN_TOKEN
 
-ADMIN_TOKEN = "admin-token-0123456789abcdef"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 COLLECTOR_LIMIT = 4096
 
@@ -52,22 +51,8 @@ def _padded_events(size: int) -> bytes:
 
 @pytest.fixture
 def collector_app(tmp_path, monkeypatch):
-    monkeypatch.delenv("RECSYS_DATA_DIR", raising=False)
-    monkeypatch.delenv("COLLECTOR_TOKEN", raising=False)
-    app = create_collector_app({"data_dir": str(tmp_path), "token": TOKEN, "max_body_bytes": COLLECTOR_LIMIT})
-    yield app
-    collector_state(app).close()
-
-
-@pytest.fixture
-def admin_app(make_app, snapshot_root, monkeypatch):
-    from tests.lookup_fixtures import publish_snapshot
-
-    monkeypatch.setenv("LOOKUP_ADMIN_TOKEN", ADMIN_TOKEN)
-    publish_snapshot(snapshot_root, "v1")
-    app = make_app()
-    assert app_state(app).snapshot.refresh()
-    return app
+    with in_process_collector(tmp_path, monkeypatch, max_body_bytes=COLLECTOR_LIMIT) as app:
+        yield app
 
 
 # --- bodies over the limit ----------------------------------------------------------

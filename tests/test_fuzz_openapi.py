@@ -26,10 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from lookup_server.collector import collector_state, create_collector_app
 
 from tests.collector_fixtures import AUTH as COLLECTOR_AUTH
-from tests.collector_fixtures import TOKEN as COLLECTOR_TOKEN
+from tests.collector_fixtures import in_process_collector
 from tests.lookup_fixtures import publish_snapshot
 from tests.openapi_checks import check_against_spec
 
@@ -166,11 +165,8 @@ def test_fuzz_lookup(lookup_app, method, path, mode, examples):
 
 @pytest.fixture
 def collector_app(tmp_path, monkeypatch):
-    monkeypatch.delenv("RECSYS_DATA_DIR", raising=False)  # it would win over data_dir
-    monkeypatch.delenv("COLLECTOR_TOKEN", raising=False)  # it would win over token
-    app = create_collector_app({"data_dir": str(tmp_path), "token": COLLECTOR_TOKEN})
-    yield app
-    collector_state(app).close()
+    with in_process_collector(tmp_path, monkeypatch) as app:
+        yield app
 
 
 def test_every_collector_operation_is_fuzzed(collector_app):

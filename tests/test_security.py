@@ -10,32 +10,18 @@ import lmdb
 import pytest
 
 from lookup_server import app_state
-from lookup_server.collector import collector_state, create_collector_app
 from schemas.settings import PROJECT_ROOT
 from schemas.snapshot import DATA_FILE
 
-from tests.collector_fixtures import AUTH, TOKEN, landed
-from tests.lookup_fixtures import publish_snapshot
+from tests.collector_fixtures import TOKEN, in_process_collector, landed
+from tests.lookup_fixtures import ADMIN_TOKEN, publish_snapshot
 
-ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
 @pytest.fixture
 def collector_app(tmp_path, monkeypatch):
-    monkeypatch.delenv("RECSYS_DATA_DIR", raising=False)
-    monkeypatch.delenv("COLLECTOR_TOKEN", raising=False)
-    app = create_collector_app({"data_dir": str(tmp_path), "token": TOKEN})
-    yield app
-    collector_state(app).close()
-
-
-@pytest.fixture
-def admin_app(make_app, snapshot_root, monkeypatch):
-    monkeypatch.setenv("LOOKUP_ADMIN_TOKEN", ADMIN_TOKEN)
-    publish_snapshot(snapshot_root, "v1")
-    app = make_app()
-    assert app_state(app).snapshot.refresh()
-    return app
+    with in_process_collector(tmp_path, monkeypatch) as app:
+        yield app
 
 
 def secured_operations(app) -> list[tuple[str, str]]:
