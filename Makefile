@@ -15,6 +15,10 @@ STORAGE_JAR   := $(JARS_DIR)/delta-storage-$(DELTA_VERSION).jar
 DEMO_DIR    ?= var/demo
 PORT        ?= 8000
 PYTEST_ARGS ?=
+# Test modules run in TEST_WORKERS processes (pytest-xdist, a whole module per process:
+# module fixtures and the SparkSession stay shared within it). Much of the suite waits on
+# JVM start-up, spark-submits and servers, so two processes finish sooner on two cores.
+TEST_WORKERS ?= 2
 BENCH_ARGS  ?=
 
 export SPARK_LOCAL_IP       ?= 127.0.0.1
@@ -69,7 +73,7 @@ stop:  ## stop the demo's lookup server and collector
 	  else echo "$$name not running"; fi; rm -f $(DEMO_DIR)/$$name.pid; done
 
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # pip-audit in a virtualenv of its own, so its dependencies are not audited as ours.
 AUDIT_VENV        := .venv-audit
