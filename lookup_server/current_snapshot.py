@@ -28,7 +28,10 @@ class CurrentSnapshot:
         self.reload_interval_seconds = reload_interval_seconds
         self.verify_checksums = verify_checksums
         self.reader: SnapshotReader | None = None
-        self.rejected_count = 0  # versions refused since start, for metrics
+        self.rejected_count = 0  # versions refused since start
+        # The same by reason (REJECTION_REASONS), for metrics. Replaced, never changed
+        # in place: other threads read it while the watcher refuses a version.
+        self.rejected_by_reason: dict[str, int] = {}
         self.last_rejection: str | None = None
         # What the last refused folder looked like: it is not retried (nor logged
         # again every interval) until CURRENT or the folder's files change.
@@ -102,14 +105,15 @@ class CurrentSnapshot:
                 return False
             try:
                 if "/" in version or version.startswith("."):
-                    raise SnapshotOpenError(f"{CURRENT_POINTER} names no version folder: {version!r}")
+                    raise SnapshotOpenError(f"{CURRENT_POINTER} names no version folder: {version!r}",
+                                            "bad_pointer")
                 reader = open_snapshot(path, self.verify_checksums)
             except SnapshotOpenError as exc:
-                self._reject(fingerprint, str(exc), serving)
+                self._reject(fingerprint, exc.reason, str(exc), serving)
                 return False
             except Exception as exc:  # an LMDB or OS failure nobody foresaw: still not fatal
                 log.debug("opening %s failed", path, exc_info=True)
-                self._reject(fingerprint, f"{version}: {type(exc).__name__}: {exc}", serving)
+                self._reject(fingerprint, "error", f"{version}: {type(exc).__name__}: {exc}", serving)
                 return False
             self.reader = reader
             self._rejected_fingerprint = None
@@ -117,12 +121,14 @@ class CurrentSnapshot:
                      serving.version if serving else "none")
             return True
 
-    def _reject(self, fingerprint: tuple, reason: str, serving: SnapshotReader | None) -> None:
+    def _reject(self, fingerprint: tuple, reason: str, message: str, serving: SnapshotReader | None) -> None:
         self.rejected_count += 1
-        self.last_rejection = reason
+        self.rejected_by_reason = {**self.rejected_by_reason,
+                                   reason: self.rejected_by_reason.get(reason, 0) + 1}
+        self.last_rejection = message
         self._rejected_fingerprint = fingerprint
-        log.warning("rejected snapshot %s, still serving %s: %s", fingerprint[0],
-                    serving.version if serving else "nothing", reason)
+        log.warning("rejected snapshot %s (%s), still serving %s: %s", fingerprint[0], reason,
+                    serving.version if serving else "nothing", message)
 
 
 def _fingerprint(path: Path) -> tuple:
