@@ -39,6 +39,7 @@ class CurrentSnapshot:
         self._refresh_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._first_check = threading.Event()  # set once this process's watcher has checked CURRENT
         self._thread: threading.Thread | None = None
         self._owner_pid: int | None = None
         self._closed = False
@@ -62,19 +63,26 @@ class CurrentSnapshot:
                 self.reader = None
                 self._refresh_lock = threading.Lock()  # may have been held by the parent's thread
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._watch, args=(self._stop,),
+            self._first_check = threading.Event()
+            self._thread = threading.Thread(target=self._watch, args=(self._stop, self._first_check),
                                             name="snapshot-watcher", daemon=True)
             self._thread.start()
             self._owner_pid = pid
 
-    def _watch(self, stop: threading.Event) -> None:
+    def _watch(self, stop: threading.Event, first_check: threading.Event) -> None:
         while True:
             try:
                 self.refresh()
             except Exception:  # the thread must outlive any one bad check
                 log.exception("checking %s for a new snapshot failed", self.root)
+            first_check.set()
             if stop.wait(self.reload_interval_seconds):
                 return
+
+    def wait_first_check(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until this process's watcher has checked
+        CURRENT once (and loaded what it names, or refused it); True if it has."""
+        return self._first_check.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the watcher and drop the reader (for tests; a worker just exits)."""

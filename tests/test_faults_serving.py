@@ -170,24 +170,28 @@ def test_redis_killed_under_load_degrades_then_recovers(tmp_path, redis_server):
           f"started {last_degraded - restarted:+.2f} s after the restart")
     assert failed(outcomes) == []
     assert wrong_answers(outcomes) == []  # degraded or not, the snapshot's list
-    assert during and [o for o in during if o.degraded is not True] == []
+    assert len(during) >= 100
+    assert [o for o in during if o.degraded is not True] == []
     assert last_degraded - restarted < RECOVERY_SECONDS
 
 
 # --- 3. a worker killed ----------------------------------------------------------------
 
-KILLS = 3  # one worker at a time; more than once so the raw count means something
+KILLS = 5  # one worker at a time; more than once so the raw count means something
+CONNECTION_FAILURES = {"ConnectionError", "ChunkedEncodingError"}  # reset or closed mid-answer
 
 
 def test_a_killed_worker_is_replaced_and_one_retry_hides_it(tmp_path, record_property):
-    """SIGKILL a worker under load (three times, one at a time): the master starts a new
-    one each time, and a client that retries an idempotent GET once loses no request.
-    The raw count (requests whose first attempt failed) is printed and recorded."""
+    """SIGKILL a worker under load (five times, one at a time): the master starts a new
+    one each time, the killed one takes at most the request it was answering with it,
+    and a client that retries an idempotent GET once loses none. The raw count
+    (requests whose first attempt failed) is printed and recorded."""
     root = tmp_path / "snapshots"
     publish_version(root, 1)
     with running_gunicorn(tmp_path, workers=WORKERS) as server:
         workers = server.wait_all_workers_on(version_name(1))
-        with LoadGenerator(server.base_url, PATHS, retry_once=True) as load:
+        # Unpaced: the workers are busy nearly all the time, so a kill takes a request with it.
+        with LoadGenerator(server.base_url, PATHS, rate=None, retry_once=True) as load:
             wait_for_answers(load, 50, 0.0, "before the first kill")
             for _ in range(KILLS):
                 victim = min(workers)
@@ -201,12 +205,17 @@ def test_a_killed_worker_is_replaced_and_one_retry_hides_it(tmp_path, record_pro
         outcomes = load.outcomes()
         log = server.log_text()
 
-    retried = [o for o in outcomes if o.attempts > 1]
-    record_property("raw_failed_requests", len(retried))
-    print(f"\n{len(outcomes)} requests, {KILLS} workers killed: {len(retried)} first attempts failed "
-          f"({sorted({o.first_failure for o in retried})}), {len(failed(outcomes))} after one retry")
+    raw_failed = [o for o in outcomes if o.attempts > 1 or not o.ok]  # as a client without retry sees it
+    record_property("raw_failed_requests", len(raw_failed))
+    print(f"\n{len(outcomes)} requests, {KILLS} workers killed: {len(raw_failed)} first attempts failed "
+          f"({sorted({o.first_failure or o.error or str(o.status) for o in raw_failed})}), "
+          f"{len(failed(outcomes))} after one retry")
     assert log.count("was sent SIGKILL") == KILLS
     assert failed(outcomes) == []
+    # A sync worker answers one request at a time; its replacement is ready before its
+    # first request (no 503 to retry).
+    assert len(raw_failed) <= KILLS
+    assert [o for o in raw_failed if o.first_failure not in CONNECTION_FAILURES] == []
     assert wrong_answers(outcomes) == []
 
 

@@ -11,7 +11,7 @@ from tests.lookup_fixtures import (
     SnapshotContent, build_snapshot, flip_data_byte, point_current_at, publish_snapshot,
     remove_manifest, truncate_data_file, wait_until, zero_data_file,
 )
-from lookup_server import app_state
+from lookup_server import app_state, start_snapshot_watcher
 from lookup_server.snapshot_reader import open_snapshot
 
 
@@ -149,6 +149,14 @@ def test_watcher_thread_started_once(make_app, snapshot_root):
     assert len(watchers()) == before + 1
     app_state(app).snapshot.close()
     assert len(watchers()) == before
+
+
+def test_start_snapshot_watcher_returns_with_the_snapshot_in_service(make_app, snapshot_root):
+    """gunicorn's post_worker_init calls it: a worker takes no request before v1 serves."""
+    publish_snapshot(snapshot_root, "v1")
+    app = make_app()
+    start_snapshot_watcher(app)
+    assert app_state(app).snapshot.reader.version == "v1"
 
 
 def test_malformed_record_rejected_at_open(make_app, snapshot_root):
