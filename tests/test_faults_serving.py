@@ -100,7 +100,7 @@ def test_a_new_snapshot_every_second_under_load(tmp_path):
     publish_version(root, 1)
     last = 1 + ROTATION_SECONDS
     with running_gunicorn(tmp_path, workers=WORKERS) as server:
-        server.wait_all_workers_on(version_name(1))
+        server.wait_all_workers_on(version_name(1), WORKERS)
         with LoadGenerator(server.base_url, PATHS) as load:
             wait_for_answers(load, 50, 0.0, "before the first publish")
             next_publish = time.monotonic()
@@ -108,7 +108,7 @@ def test_a_new_snapshot_every_second_under_load(tmp_path):
                 next_publish += 1.0  # the fault's own clock: one version per second
                 time.sleep(max(0.0, next_publish - time.monotonic()))
                 publish_version(root, n)
-            server.wait_all_workers_on(version_name(last))
+            server.wait_all_workers_on(version_name(last), WORKERS)
             wait_for_answers(load, 100, time.monotonic(), "on the last version")
         outcomes = load.outcomes()
 
@@ -140,7 +140,7 @@ def test_redis_killed_under_load_degrades_then_recovers(tmp_path, redis_server):
            # machine from marking answers degraded while Redis is up.
            "RECSYS__SERVER__DELTA__TIMEOUT_MS": "1000"}
     with running_gunicorn(tmp_path, workers=WORKERS, extra_env=env) as server:
-        server.wait_all_workers_on(version_name(1))
+        server.wait_all_workers_on(version_name(1), WORKERS)
         with LoadGenerator(server.base_url, PATHS) as load:
             wait_until(lambda: sum(o.degraded is False for o in load.outcomes()) >= 50, timeout=30,
                        message="full answers before the outage")
@@ -189,7 +189,7 @@ def test_a_killed_worker_is_replaced_and_one_retry_hides_it(tmp_path, record_pro
     root = tmp_path / "snapshots"
     publish_version(root, 1)
     with running_gunicorn(tmp_path, workers=WORKERS) as server:
-        workers = server.wait_all_workers_on(version_name(1))
+        workers = server.wait_all_workers_on(version_name(1), WORKERS)
         # Unpaced: the workers are busy nearly all the time, so a kill takes a request with it.
         with LoadGenerator(server.base_url, PATHS, rate=None, retry_once=True) as load:
             wait_for_answers(load, 50, 0.0, "before the first kill")
@@ -198,7 +198,7 @@ def test_a_killed_worker_is_replaced_and_one_retry_hides_it(tmp_path, record_pro
                 os.kill(victim, signal.SIGKILL)
                 wait_until(lambda: len(server.worker_pids()) == WORKERS and victim not in server.worker_pids(),
                            timeout=60, message=f"a worker in place of {victim}")
-                replaced = server.wait_all_workers_on(version_name(1))
+                replaced = server.wait_all_workers_on(version_name(1), WORKERS)
                 assert victim not in replaced
                 workers = replaced
                 wait_for_answers(load, 100, time.monotonic(), "from the new worker set")
@@ -256,7 +256,7 @@ def test_corrupt_snapshots_are_rejected_under_load_and_the_previous_keeps_servin
     publish_version(root, 1)
     expected: dict[str, float] = {}
     with running_gunicorn(tmp_path, workers=WORKERS) as server:
-        server.wait_all_workers_on(version_name(1))
+        server.wait_all_workers_on(version_name(1), WORKERS)
         with LoadGenerator(server.base_url, PATHS) as load:
             wait_for_answers(load, 50, 0.0, "before the first broken version")
             for n, (case, (make, reason, says)) in enumerate(CORRUPTIONS.items(), start=2):
@@ -268,7 +268,7 @@ def test_corrupt_snapshots_are_rejected_under_load_and_the_previous_keeps_servin
                 wait_for_answers(load, 50, time.monotonic(), f"after the {case}")
             good = time.monotonic()
             publish_version(root, 6)
-            server.wait_all_workers_on(version_name(6))
+            server.wait_all_workers_on(version_name(6), WORKERS)
         outcomes = load.outcomes()
         rejected = rejected_by_reason(server.base_url)
         log_lines = server.log_text().splitlines()
