@@ -74,8 +74,8 @@ def on_exit(server):
 
 def post_worker_init(worker):
     """Route the app's log to gunicorn's error log, then start following the snapshot
-    (and sampling for /status) as soon as the worker has its app, so it is ready
-    before its first request."""
+    (and sampling for /status) as soon as the worker has its app, and load the
+    snapshot before the worker accepts its first request."""
     import logging
 
     from lookup_server import start_snapshot_watcher, start_status_sampler
@@ -84,5 +84,6 @@ def post_worker_init(worker):
     app_log.handlers = list(worker.log.error_log.handlers)
     app_log.setLevel(worker.log.error_log.level)
     app_log.propagate = False
-    start_snapshot_watcher(worker.wsgi)
+    # Half the timeout at most: the master counts the boot against it (no heartbeat yet).
+    start_snapshot_watcher(worker.wsgi, first_check_seconds=worker.cfg.timeout / 2)
     start_status_sampler(worker.wsgi)

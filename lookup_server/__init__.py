@@ -9,6 +9,7 @@ Never import pyspark or jobs here: this package must start in milliseconds.
 """
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 from flask import Flask
@@ -25,6 +26,8 @@ from lookup_server.current_snapshot import CurrentSnapshot
 from lookup_server.errors import json_error
 from lookup_server.json_provider import OrjsonProvider
 from lookup_server.realtime import ProcessDelta
+
+log = logging.getLogger(__name__)
 
 __all__ = ["create_app", "start_snapshot_watcher", "start_status_sampler", "app_state", "ServerConfig",
            "CurrentSnapshot"]
@@ -52,10 +55,18 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     return app
 
 
-def start_snapshot_watcher(app: Flask) -> None:
+def start_snapshot_watcher(app: Flask, first_check_seconds: float = 10.0) -> None:
     """Start following CURRENT now instead of on the first request (gunicorn's
-    post_worker_init), so a worker becomes ready without traffic."""
-    app_state(app).snapshot.ensure_started()
+    post_worker_init), so a worker becomes ready without traffic, and wait for the
+    first check, at most ``first_check_seconds``: a worker started under load (one
+    replacing a worker that died) then takes no request before its snapshot is in
+    service, where it would answer 503 until the check is done (checksums take ~1 s
+    per GB). Past the bound it starts anyway, not ready, rather than not at all."""
+    snapshot = app_state(app).snapshot
+    snapshot.ensure_started()
+    if not snapshot.wait_first_check(first_check_seconds):
+        log.warning("no snapshot check within %.0f s: taking requests before one is in service",
+                    first_check_seconds)
 
 
 def start_status_sampler(app: Flask) -> None:

@@ -28,7 +28,10 @@ class CurrentSnapshot:
         self.reload_interval_seconds = reload_interval_seconds
         self.verify_checksums = verify_checksums
         self.reader: SnapshotReader | None = None
-        self.rejected_count = 0  # versions refused since start, for metrics
+        self.rejected_count = 0  # versions refused since start
+        # The same by reason (REJECTION_REASONS), for metrics. Replaced, never changed
+        # in place: other threads read it while the watcher refuses a version.
+        self.rejected_by_reason: dict[str, int] = {}
         self.last_rejection: str | None = None
         # What the last refused folder looked like: it is not retried (nor logged
         # again every interval) until CURRENT or the folder's files change.
@@ -36,6 +39,7 @@ class CurrentSnapshot:
         self._refresh_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._first_check = threading.Event()  # set once this process's watcher has checked CURRENT
         self._thread: threading.Thread | None = None
         self._owner_pid: int | None = None
         self._closed = False
@@ -59,19 +63,26 @@ class CurrentSnapshot:
                 self.reader = None
                 self._refresh_lock = threading.Lock()  # may have been held by the parent's thread
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._watch, args=(self._stop,),
+            self._first_check = threading.Event()
+            self._thread = threading.Thread(target=self._watch, args=(self._stop, self._first_check),
                                             name="snapshot-watcher", daemon=True)
             self._thread.start()
             self._owner_pid = pid
 
-    def _watch(self, stop: threading.Event) -> None:
+    def _watch(self, stop: threading.Event, first_check: threading.Event) -> None:
         while True:
             try:
                 self.refresh()
             except Exception:  # the thread must outlive any one bad check
                 log.exception("checking %s for a new snapshot failed", self.root)
+            first_check.set()
             if stop.wait(self.reload_interval_seconds):
                 return
+
+    def wait_first_check(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until this process's watcher has checked
+        CURRENT once (and loaded what it names, or refused it); True if it has."""
+        return self._first_check.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the watcher and drop the reader (for tests; a worker just exits)."""
@@ -102,14 +113,15 @@ class CurrentSnapshot:
                 return False
             try:
                 if "/" in version or version.startswith("."):
-                    raise SnapshotOpenError(f"{CURRENT_POINTER} names no version folder: {version!r}")
+                    raise SnapshotOpenError(f"{CURRENT_POINTER} names no version folder: {version!r}",
+                                            "bad_pointer")
                 reader = open_snapshot(path, self.verify_checksums)
             except SnapshotOpenError as exc:
-                self._reject(fingerprint, str(exc), serving)
+                self._reject(fingerprint, exc.reason, str(exc), serving)
                 return False
             except Exception as exc:  # an LMDB or OS failure nobody foresaw: still not fatal
                 log.debug("opening %s failed", path, exc_info=True)
-                self._reject(fingerprint, f"{version}: {type(exc).__name__}: {exc}", serving)
+                self._reject(fingerprint, "error", f"{version}: {type(exc).__name__}: {exc}", serving)
                 return False
             self.reader = reader
             self._rejected_fingerprint = None
@@ -117,12 +129,14 @@ class CurrentSnapshot:
                      serving.version if serving else "none")
             return True
 
-    def _reject(self, fingerprint: tuple, reason: str, serving: SnapshotReader | None) -> None:
+    def _reject(self, fingerprint: tuple, reason: str, message: str, serving: SnapshotReader | None) -> None:
         self.rejected_count += 1
-        self.last_rejection = reason
+        self.rejected_by_reason = {**self.rejected_by_reason,
+                                   reason: self.rejected_by_reason.get(reason, 0) + 1}
+        self.last_rejection = message
         self._rejected_fingerprint = fingerprint
-        log.warning("rejected snapshot %s, still serving %s: %s", fingerprint[0],
-                    serving.version if serving else "nothing", reason)
+        log.warning("rejected snapshot %s (%s), still serving %s: %s", fingerprint[0], reason,
+                    serving.version if serving else "nothing", message)
 
 
 def _fingerprint(path: Path) -> tuple:

@@ -18,7 +18,9 @@ Counted per request, a few increments each:
 - ``recsys_lookup_trending_items_total``: trending products in global-fallback answers;
 - ``recsys_lookup_delta_failures_total`` / ``recsys_lookup_delta_skipped_total``: the
   worker's circuit breaker counts, carried into the shared counters by difference;
-- ``recsys_lookup_snapshots_rejected_total``: versions a worker refused to serve;
+- ``recsys_lookup_snapshots_rejected_total{reason}``: versions a worker refused to
+  serve, by why (``lookup_server.snapshot_reader.REJECTION_REASONS``, each exported
+  from 0; the worker's log says which version and the details);
 - ``recsys_lookup_scrape_errors_total{source}``: a scrape could not read the delta.
 
 Read at scrape time, never stored in the multiprocess files:
@@ -47,6 +49,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from lookup_server.delta import DeltaUnavailable
 from lookup_server.realtime import MergedAnswer
+from lookup_server.snapshot_reader import REJECTION_REASONS
 from lookup_server.state import AppState, app_state
 
 log = logging.getLogger(__name__)
@@ -94,23 +97,28 @@ class LookupMetrics:
         self.delta_skipped = Counter(PREFIX + "delta_skipped",
                                      "Delta store calls skipped while the breaker was open.", registry=r)
         self.snapshots_rejected = Counter(PREFIX + "snapshots_rejected",
-                                          "Snapshot versions a worker refused to serve.", registry=r)
+                                          "Snapshot versions a worker refused to serve, by why.",
+                                          ("reason",), registry=r)
+        for reason in REJECTION_REASONS:  # from 0: an alert on increase() sees the first one
+            self.snapshots_rejected.labels(reason)
         self.scrape_errors = Counter(PREFIX + "scrape_errors",
                                      "Scrape-time reads that failed, by source.", ("source",), registry=r)
         self._sync_lock = threading.Lock()
         self._breaker = None            # the breaker whose counts were carried last
         self._breaker_seen = (0, 0)     # its (failed, skipped) then
-        self._rejected_seen = 0
+        self._rejected_seen: dict[str, int] = {}  # by reason
 
     def sync_process_counters(self, state: AppState) -> None:
         """Carry what this process counted in plain ints (breaker, snapshot watcher) into
         the shared counters, by difference since the last call: each worker adds its
         own increments once, so the sum over workers is right."""
         with self._sync_lock:
-            rejected = state.snapshot.rejected_count
-            if rejected > self._rejected_seen:
-                self.snapshots_rejected.inc(rejected - self._rejected_seen)
-                self._rejected_seen = rejected
+            rejected = state.snapshot.rejected_by_reason
+            for reason, count in rejected.items():
+                seen = self._rejected_seen.get(reason, 0)
+                if count > seen:
+                    self.snapshots_rejected.labels(reason).inc(count - seen)
+            self._rejected_seen = rejected
             context = state.delta.context()
             if context is None:
                 return

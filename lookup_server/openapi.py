@@ -122,8 +122,9 @@ def openapi_document(config: ServerConfig) -> dict:
                 "operationId": "metrics",
                 "summary": "Prometheus metrics, summed over every worker",
                 "description": "Latency per endpoint, answers by algorithm/fallback/degraded, hit "
-                               "rate, delta failures, snapshot version and age, and the shared "
-                               "bandit counts and CTR per (segment, algorithm). Text exposition "
+                               "rate, delta failures, snapshot version and age, snapshots refused "
+                               "by reason, and the shared bandit counts and CTR per (segment, "
+                               "algorithm). Text exposition "
                                "format 0.0.4, or OpenMetrics when the Accept header asks for it.",
                 "responses": {"200": {"description": "Metrics",
                                       "content": {"text/plain": {"schema": {"type": "string"}},

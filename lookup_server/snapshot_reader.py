@@ -32,8 +32,28 @@ SKIP_SLACK = 10
 RankedList = tuple[tuple[int, ...], tuple[float, ...]]
 
 
+# Why a version was refused, in one word: the ``reason`` label of the rejection metric.
+REJECTION_REASONS = (
+    "bad_pointer",        # CURRENT names no version folder
+    "no_manifest",        # e.g. a folder moved into place before its writer finished
+    "bad_manifest",       # unreadable, another format, or naming another version
+    "file_missing",       # data.mdb, or a file the manifest lists, is not there
+    "size_mismatch",      # a file's size is not the manifest's (truncated, half-copied)
+    "checksum_mismatch",  # same size, other bytes
+    "not_lmdb",           # LMDB cannot open the data file
+    "bad_contents",       # a listed database missing or empty, a record off the layout
+    "unreadable",         # the OS would not let us read it
+    "error",              # anything nobody foresaw
+)
+
+
 class SnapshotOpenError(Exception):
-    """A snapshot folder cannot be served; the message says why."""
+    """A snapshot folder cannot be served; the message says why, ``reason`` (one of
+    REJECTION_REASONS) says it in one word."""
+
+    def __init__(self, message: str, reason: str = "error"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class SnapshotReader:
@@ -47,8 +67,10 @@ class SnapshotReader:
         self.path = Path(path)
         try:
             self.manifest: Manifest = verify_snapshot_dir(self.path, check_checksums=verify_checksums)
-        except (SnapshotFormatError, OSError) as exc:
-            raise SnapshotOpenError(str(exc)) from exc
+        except SnapshotFormatError as exc:
+            raise SnapshotOpenError(str(exc), exc.reason) from exc
+        except OSError as exc:
+            raise SnapshotOpenError(f"{self.path.name}: {exc}", "unreadable") from exc
         self.version = self.manifest.version
         # The data's cut-off: events after it are the real-time delta's to merge.
         self.as_of_epoch = _epoch(self.manifest.as_of)
@@ -56,12 +78,12 @@ class SnapshotReader:
             self._env = lmdb.open(str(self.path), readonly=True, lock=False, subdir=True,
                                   max_dbs=256, readahead=False)
         except lmdb.Error as exc:
-            raise SnapshotOpenError(f"{self.version}: LMDB cannot open it: {exc}") from exc
+            raise SnapshotOpenError(f"{self.version}: LMDB cannot open it: {exc}", "not_lmdb") from exc
         try:
             self._dbs = self._open_databases()
         except Exception as exc:  # whatever the contents got wrong, this version is not served
             self._env.close()
-            raise SnapshotOpenError(f"{self.version}: {type(exc).__name__}: {exc}") from exc
+            raise SnapshotOpenError(f"{self.version}: {type(exc).__name__}: {exc}", "bad_contents") from exc
         # Inactive products, read once: a request then skips them with a set lookup
         # instead of an LMDB read per listed item (catalogs hold few inactive products).
         self._inactive = self._read_inactive()
@@ -255,7 +277,8 @@ def open_snapshot(path: Path, verify_checksums: bool = True) -> SnapshotReader:
     try:
         stat = (path / DATA_FILE).stat()
     except OSError as exc:
-        raise SnapshotOpenError(f"{path.name}: {DATA_FILE} unreadable: {exc.strerror}") from exc
+        reason = "file_missing" if isinstance(exc, FileNotFoundError) else "unreadable"
+        raise SnapshotOpenError(f"{path.name}: {DATA_FILE} unreadable: {exc.strerror}", reason) from exc
     identity = (os.getpid(), stat.st_dev, stat.st_ino)
     with _live_readers_lock:
         reader = _live_readers.get(identity)

@@ -72,7 +72,15 @@ _PRODUCT_KEY = struct.Struct(">I")
 
 
 class SnapshotFormatError(ValueError):
-    """A record, key or manifest does not follow the layout above."""
+    """A record, key or manifest does not follow the layout above.
+
+    ``reason`` says what kind of fault in one word a metric can carry as a label
+    (a lookup server counts the versions it refuses by it); the message says the rest.
+    """
+
+    def __init__(self, message: str, reason: str = "layout"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def recs_db_name(kind: str, algorithm: str) -> str:
@@ -223,11 +231,12 @@ class Manifest:
             data = json.loads(text)
             manifest = cls(**data)
         except (ValueError, TypeError) as exc:
-            raise SnapshotFormatError(f"unreadable manifest: {exc}") from exc
+            raise SnapshotFormatError(f"unreadable manifest: {exc}", "bad_manifest") from exc
         if manifest.format_version != FORMAT_VERSION:
-            raise SnapshotFormatError(f"snapshot format {manifest.format_version}, expected {FORMAT_VERSION}")
+            raise SnapshotFormatError(f"snapshot format {manifest.format_version}, expected {FORMAT_VERSION}",
+                                      "bad_manifest")
         if DATA_FILE not in manifest.files:
-            raise SnapshotFormatError(f"manifest lists no {DATA_FILE}")
+            raise SnapshotFormatError(f"manifest lists no {DATA_FILE}", "bad_manifest")
         return manifest
 
 
@@ -246,19 +255,19 @@ def verify_snapshot_dir(path: Path, check_checksums: bool = True) -> Manifest:
     """Read and check the manifest of the snapshot in ``path``; raise SnapshotFormatError if anything is off."""
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise SnapshotFormatError(f"{path.name}: no {MANIFEST_FILE}")
+        raise SnapshotFormatError(f"{path.name}: no {MANIFEST_FILE}", "no_manifest")
     manifest = Manifest.from_json(manifest_path.read_text())
     if manifest.version != path.name:
-        raise SnapshotFormatError(f"{path.name}: manifest names version {manifest.version!r}")
+        raise SnapshotFormatError(f"{path.name}: manifest names version {manifest.version!r}", "bad_manifest")
     for name, expected in manifest.files.items():
         file_path = path / name
         if not file_path.is_file():
-            raise SnapshotFormatError(f"{path.name}: {name} missing")
+            raise SnapshotFormatError(f"{path.name}: {name} missing", "file_missing")
         if file_path.stat().st_size != expected["bytes"]:
             raise SnapshotFormatError(f"{path.name}: {name} has {file_path.stat().st_size} bytes, "
-                                      f"manifest says {expected['bytes']}")
+                                      f"manifest says {expected['bytes']}", "size_mismatch")
         if check_checksums and file_digest(file_path)["sha256"] != expected["sha256"]:
-            raise SnapshotFormatError(f"{path.name}: {name} checksum mismatch")
+            raise SnapshotFormatError(f"{path.name}: {name} checksum mismatch", "checksum_mismatch")
     return manifest
 
 

@@ -137,6 +137,22 @@ def remove_manifest(path: Path) -> None:
     (path / MANIFEST_FILE).unlink()
 
 
+@contextlib.contextmanager
+def half_written_snapshot(root: Path, version: str, content: SnapshotContent | None = None):
+    """``root/<version>`` as a publisher that moves the folder into place before its
+    writer has finished leaves it: data.mdb being filled (the writer is still open,
+    its records not committed), no manifest. The writer is aborted when the block ends."""
+    content = content or SnapshotContent()
+    writer = SnapshotWriter(root, version, map_size_bytes=16 << 20)
+    try:
+        for user_id, (activity, segment) in content.users.items():
+            writer.put(USERS_DB, user_key(user_id), pack_user(activity, segment))
+        os.rename(writer.tmp_dir, root / version)
+        yield root / version
+    finally:
+        writer.abort()
+
+
 def point_current_at(root: Path, version: str) -> None:
     """Write CURRENT directly, as a buggy or interrupted publisher might (publish()
     refuses a version without manifest)."""

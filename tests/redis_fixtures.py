@@ -1,9 +1,9 @@
 """A real ``redis-server`` for the tests (registered as a plugin in ``conftest.py``).
 
 One server per test session, on a free loopback port, in a temporary folder, with no
-persistence. Tests that need an outage stop and start it (same port) or pause it
-(SIGSTOP: connections are accepted but never answered, as with a hung server); they
-must restore it, e.g. in ``finally``. Tests share it, so each uses its own key prefix.
+persistence. Tests that need an outage stop, kill (SIGKILL, as a crash or the OOM
+killer would) and start it (same port), or pause it (SIGSTOP: connections are accepted
+but never answered, as with a hung server); they must restore it, e.g. in ``finally``. Tests share it, so each uses its own key prefix.
 """
 from __future__ import annotations
 
@@ -78,6 +78,15 @@ class RedisServer:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies at once, with no goodbye to its clients; ``start()``
+        brings it back, empty."""
+        if self._process is None:
+            return
+        self._process.kill()  # a stopped (paused) process dies of SIGKILL too
+        self._process.wait()
+        self._process, self._paused = None, False
 
     def pause(self) -> None:
         """Freeze the server: clients connect but get no reply until ``resume()``."""

@@ -11,7 +11,7 @@ from tests.lookup_fixtures import (
     SnapshotContent, build_snapshot, flip_data_byte, point_current_at, publish_snapshot,
     remove_manifest, truncate_data_file, wait_until, zero_data_file,
 )
-from lookup_server import app_state
+from lookup_server import app_state, start_snapshot_watcher
 from lookup_server.snapshot_reader import open_snapshot
 
 
@@ -59,18 +59,18 @@ def test_first_publish_makes_app_ready(make_app, snapshot_root):
     assert client.get("/v1/users/1/recommendations").status_code == 200
 
 
-BREAKAGES = {
-    "truncated data file": (truncate_data_file, {}, "manifest says"),
-    "checksum mismatch": (flip_data_byte, {}, "checksum mismatch"),
-    "missing manifest": (remove_manifest, {}, "no manifest.json"),
-    "not an LMDB file": (zero_data_file, {"verify_checksums": False}, "LMDB cannot open"),
+BREAKAGES = {  # damage, app settings, what the message says, the reason's one word
+    "truncated data file": (truncate_data_file, {}, "manifest says", "size_mismatch"),
+    "checksum mismatch": (flip_data_byte, {}, "checksum mismatch", "checksum_mismatch"),
+    "missing manifest": (remove_manifest, {}, "no manifest.json", "no_manifest"),
+    "not an LMDB file": (zero_data_file, {"verify_checksums": False}, "LMDB cannot open", "not_lmdb"),
 }
 
 
 @pytest.mark.parametrize("breakage", list(BREAKAGES))
 def test_broken_version_rejected_old_keeps_serving(make_app, snapshot_root, caplog, breakage):
     """A broken v3 is refused with a WARNING saying why; v2 keeps answering; v4 still loads."""
-    damage, overrides, reason = BREAKAGES[breakage]
+    damage, overrides, reason, reason_code = BREAKAGES[breakage]
     app, client = _serving_v2(make_app, snapshot_root, **overrides)
     snapshot = app_state(app).snapshot
     caplog.set_level(logging.WARNING, logger="lookup_server")
@@ -82,8 +82,9 @@ def test_broken_version_rejected_old_keeps_serving(make_app, snapshot_root, capl
     assert _served_version(client) == "v2"
     assert _user_1_ids(client) == [14, 15]
     assert reason in snapshot.last_rejection
+    assert snapshot.rejected_by_reason == {reason_code: 1}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("v3" in m and reason in m and "still serving v2" in m for m in warnings), warnings
+    assert any(f"v3 ({reason_code})" in m and reason in m and "still serving v2" in m for m in warnings), warnings
     assert snapshot.refresh() is False and snapshot.rejected_count == 1  # not retried unchanged
 
     publish_snapshot(snapshot_root, "v4")
@@ -130,7 +131,7 @@ def test_current_naming_a_path_outside_root_is_rejected(make_app, snapshot_root)
     snapshot.refresh()
     point_current_at(snapshot_root, "../elsewhere")
     assert snapshot.refresh() is False
-    assert snapshot.reader.version == "v1" and snapshot.rejected_count == 1
+    assert snapshot.reader.version == "v1" and snapshot.rejected_by_reason == {"bad_pointer": 1}
 
 
 def test_watcher_thread_started_once(make_app, snapshot_root):
@@ -150,6 +151,14 @@ def test_watcher_thread_started_once(make_app, snapshot_root):
     assert len(watchers()) == before
 
 
+def test_start_snapshot_watcher_returns_with_the_snapshot_in_service(make_app, snapshot_root):
+    """gunicorn's post_worker_init calls it: a worker takes no request before v1 serves."""
+    publish_snapshot(snapshot_root, "v1")
+    app = make_app()
+    start_snapshot_watcher(app)
+    assert app_state(app).snapshot.reader.version == "v1"
+
+
 def test_malformed_record_rejected_at_open(make_app, snapshot_root):
     """A checksummed snapshot whose list record breaks the layout is refused when opened."""
     from jobs.snapshot_writer import SnapshotWriter, publish
@@ -162,3 +171,4 @@ def test_malformed_record_rejected_at_open(make_app, snapshot_root):
     snapshot = app_state(make_app()).snapshot
     assert snapshot.refresh() is False
     assert snapshot.reader is None and "layout" in snapshot.last_rejection
+    assert snapshot.rejected_by_reason == {"bad_contents": 1}

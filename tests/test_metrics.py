@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lookup_server import app_state
 from lookup_server.delta import CatalogChange, DeltaUnavailable, Served
 from lookup_server.metrics import LATENCY_BUCKETS, UNMATCHED
+from lookup_server.snapshot_reader import REJECTION_REASONS
 from schemas.settings import PROJECT_ROOT
 from tests.lookup_fixtures import (
     build_snapshot, point_current_at, publish_snapshot, running_gunicorn, truncate_data_file,
@@ -98,13 +99,15 @@ def test_snapshot_version_age_and_rejections(app, client, snapshot_root):
     assert metrics["recsys_lookup_snapshot_info"] == {(("version", "v1"),): 1}
     age = metrics["recsys_lookup_snapshot_age_seconds"][()]
     assert age == pytest.approx(time.time() - SNAPSHOT_CREATED, abs=60)
-    assert metrics["recsys_lookup_snapshots_rejected_total"] == {(): 0}
+    rejected = by(metrics["recsys_lookup_snapshots_rejected_total"], "reason")
+    assert rejected == {(reason,): 0 for reason in REJECTION_REASONS}  # every reason from 0
 
     truncate_data_file(build_snapshot(snapshot_root, "v2"))
     point_current_at(snapshot_root, "v2")
     assert not app_state(app).snapshot.refresh()
     metrics = scrape(client)
-    assert metrics["recsys_lookup_snapshots_rejected_total"] == {(): 1}
+    rejected = by(metrics["recsys_lookup_snapshots_rejected_total"], "reason")
+    assert {reason: n for (reason,), n in rejected.items() if n} == {"size_mismatch": 1}
     assert metrics["recsys_lookup_snapshot_info"] == {(("version", "v1"),): 1}
 
 

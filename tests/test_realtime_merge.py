@@ -191,34 +191,6 @@ def test_breaker_opens_skips_then_half_opens_and_closes():
     assert breaker.failed == 2 and breaker.skipped == 1
 
 
-@pytest.mark.e2e
-def test_redis_outage_under_gunicorn_degrades_and_recovers(tmp_path, redis_server):
-    """Real gunicorn on a real Redis: Redis stops -> every answer is still 200, marked
-    degraded; Redis back -> full answers again within a few seconds, by themselves."""
-    from tests.lookup_fixtures import running_gunicorn, wait_until
-    import requests
-
-    publish_snapshot(tmp_path / "snapshots", "v1")
-    env = {"RECSYS__SERVER__DELTA__REDIS_URL": f'"{redis_server.url}"',
-           "RECSYS__SERVER__DELTA__BREAKER_RESET_SECONDS": "0.5"}
-    with running_gunicorn(tmp_path, extra_env=env) as server:
-        server.wait_all_workers_on("v1")
-        url = f"{server.base_url}/v1/users/1/recommendations"
-        # A busy machine can push one call past the 50 ms timeout: wait for a full answer.
-        wait_until(lambda: requests.get(url, timeout=5).json()["degraded"] is False, timeout=10,
-                   message="a full answer before the outage")
-        redis_server.stop()
-        try:
-            answers = [requests.get(url, timeout=5) for _ in range(30)]
-            assert [a.status_code for a in answers] == [200] * 30
-            assert all(a.json()["degraded"] for a in answers)
-            assert all(_ids(a.json()) == [10, 11, 12, 14, 15, 99] for a in answers)
-        finally:
-            redis_server.start()
-        wait_until(lambda: all(not requests.get(url, timeout=5).json()["degraded"] for _ in range(6)),
-                   timeout=10, message="full answers after Redis is back")
-
-
 def test_trending_is_read_once_then_refreshed_in_the_background(app, store):
     """The first read waits for the store; a stale copy is served while a background
     thread reads the new one, which later requests then get."""
