@@ -235,10 +235,10 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
     if seeds:
         neighbours = seed_neighbours(reader, seeds, similar_algorithms, settings)
         if base.fallback is not None:  # no list of the user's own: the fresh events know them better
-            answer = Recommendation(*_ranked(neighbours), algorithm=RECENT_NEIGHBOURS,
+            answer = Recommendation(*_ranked(neighbours, k + SLACK), algorithm=RECENT_NEIGHBOURS,
                                     fallback=NEW_USER_RECENT_EVENTS) if neighbours else base
         else:
-            answer = fuse(base, neighbours, settings)
+            answer = fuse(base, neighbours, settings, limit=k + SLACK)
 
     trending_ids: frozenset[int] = frozenset()
     if answer.fallback == UNKNOWN_USER and settings.trending_size and settings.trending_weight and not degraded:
@@ -249,7 +249,7 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
         if trending_ids:
             ranked = [p for p, _ in trending if p in trending_ids]
             answer = fuse(answer, {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(ranked)},
-                          settings, settings.trending_weight)
+                          settings, settings.trending_weight, limit=k + SLACK)
 
     slots = exploration_slots(k, settings.exploration_share)
     categories = reader.categories([e.product_id for e in seeds] + list(answer.product_ids[:5]))
@@ -320,15 +320,19 @@ def seed_neighbours(reader: SnapshotReader, seeds: Sequence[RecentEvent], algori
 
 
 def fuse(base: Recommendation, neighbours: Mapping[int, float], settings: MergeSettings,
-         weight: float | None = None) -> Recommendation:
+         weight: float | None = None, limit: int | None = None) -> Recommendation:
     """The snapshot list and reciprocal-rank ``neighbours`` (the seeds' neighbours, or
     the trending products), ``weight`` (default ``boost_weight``) against the list's 1;
-    same algorithm label."""
+    same algorithm label; the best ``limit`` (default all).
+
+    A request passes ``k + SLACK``, as it reads the snapshot list: five seeds bring a
+    hundred neighbours, and each product kept past that is one more catalog read."""
     weight = settings.boost_weight if weight is None else weight
     scores = {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(base.product_ids)}
+    get = scores.get
     for product, score in neighbours.items():
-        scores[product] = scores.get(product, 0.0) + weight * score
-    ids, fused = _ranked(scores)
+        scores[product] = get(product, 0.0) + weight * score
+    ids, fused = _ranked(scores, limit)
     return Recommendation(ids, fused, base.algorithm, base.fallback)
 
 
@@ -339,9 +343,16 @@ def exploration_slots(k: int, share: float) -> int:
     return max(1, math.floor(k * share))
 
 
-def _ranked(scores: Mapping[int, float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-    return tuple(p for p, _ in ordered), tuple(s for _, s in ordered)
+def _ranked(scores: Mapping[int, float], limit: int | None = None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Products best first, ties to the smaller id; the first ``limit`` (default all).
+
+    Two sorts with C-level keys (ids ascending, then a stable sort by score, descending)
+    cost a third of one sort by a Python ``(-score, id)`` key, and this runs on every
+    request with fresh events."""
+    ordered = sorted(scores)
+    ordered.sort(key=scores.__getitem__, reverse=True)  # reverse keeps equal scores in id order
+    ordered = ordered[:limit]
+    return tuple(ordered), tuple(map(scores.__getitem__, ordered))
 
 
 def _cut(recommendation: Recommendation, k: int) -> Recommendation:

@@ -10,7 +10,8 @@ import pytest
 from lookup_server import app_state
 from lookup_server.delta import CatalogChange, DeltaEvent
 from lookup_server.delta.breaker import CircuitBreaker
-from lookup_server.realtime import NEW_USER_RECENT_EVENTS, RECENT_NEIGHBOURS, exploration_slots
+from lookup_server.realtime import NEW_USER_RECENT_EVENTS, RECENT_NEIGHBOURS, MergeSettings, exploration_slots, fuse
+from lookup_server.recommend import Recommendation
 
 from tests.lookup_fixtures import publish_snapshot
 
@@ -169,6 +170,27 @@ def test_a_store_that_cannot_open_degrades_then_is_retried(make_app, snapshot_ro
 def test_exploration_slots():
     assert [exploration_slots(k, 0.1) for k in (1, 2, 10, 25)] == [0, 1, 1, 2]
     assert exploration_slots(10, 0.0) == 0
+
+
+def test_fusion_ranks_by_score_then_smaller_id_and_keeps_the_best_limit():
+    """fuse's ordering is the definition's, sorted by (-score, id), ties included; a limit
+    keeps the head of the same order."""
+    import random
+
+    rng, settings = random.Random(7), MergeSettings(rrf_k=2)
+    for _ in range(200):
+        base_ids = tuple(rng.sample(range(60), rng.randint(0, 30)))
+        base = Recommendation(base_ids, (0.0,) * len(base_ids), "als", None)
+        neighbours = {p: rng.choice((0.25, 0.5, 1 / 3)) for p in rng.sample(range(60), rng.randint(0, 30))}
+        expected = {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(base_ids)}
+        for p, score in neighbours.items():
+            expected[p] = expected.get(p, 0.0) + settings.boost_weight * score
+        ordered = sorted(expected.items(), key=lambda item: (-item[1], item[0]))
+        fused = fuse(base, neighbours, settings)
+        assert list(zip(fused.product_ids, fused.scores)) == ordered
+        limit = rng.randint(0, 40)
+        head = fuse(base, neighbours, settings, limit=limit)
+        assert list(zip(head.product_ids, head.scores)) == ordered[:limit]
 
 
 def test_breaker_opens_skips_then_half_opens_and_closes():
