@@ -373,8 +373,9 @@ def rank_neighbours(row_of_touched: np.ndarray, touched_ids: np.ndarray, touched
     candidate, score = candidate[unseen], score[unseen]
 
     row, at = candidate // n, candidate % n
-    # Best first within each row, ties to the smaller id (positions ascend with ids).
-    order = np.lexsort((at, -score, row))
+    # Best first within each row, ties to the smaller id: candidates are sorted by (row, id)
+    # already (positions ascend with ids) and lexsort is stable, so two keys do.
+    order = np.lexsort((-score, row))
     row, at, score = row[order], at[order], score[order]
     row_starts = np.searchsorted(row, np.arange(rows))
     keep = np.arange(len(row)) - np.repeat(row_starts, np.diff(np.r_[row_starts, len(row)])) < top_n
