@@ -12,11 +12,12 @@ timing, the real product documents, TF-IDF vectors and similar-product lists are
 computed and cached, and so are the decayed event weights (``jobs.interactions
 .weighted``). Each implementation then builds every user's list from them and
 writes it as Parquet under ``var/bench/content/run-<n>``: current, baseline,
-current (the first run also warms the JVM and the Python workers). The current
-version's time includes collecting and broadcasting the neighbour lists.
+current, baseline (alternated: the load of a shared machine changes; the first run
+also warms the JVM and the Python workers); the ratio is best against best. The
+current version's time includes collecting and broadcasting the neighbour lists.
 
-Check: every list of the baseline run against the second current run's, user by
-user (ids and float scores); and the two current runs against each other.
+Check: every list of the first baseline run against the second current run's, user
+by user (ids and float scores); and each implementation's two runs against each other.
 Results: ``<out>/content.json`` and ``content.md``.
 """
 from __future__ import annotations
@@ -57,6 +58,9 @@ START = "2026-10-01"
 DAYS = 30
 EVENTS_PER_USER = 10  # issue 6's ratio: 10M events, 1M users, 100k products
 WORK_DIR = PROJECT_ROOT / "var" / "bench" / "content"
+# Alternated, so that a change in the load of a shared machine weighs on both; the first
+# run also warms the JVM and the Python workers.
+RUNS = ("current", "baseline", "current", "baseline")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -169,20 +173,22 @@ def run(args: argparse.Namespace) -> dict:
     log.info("shape: %s", shape)
 
     runs = []
-    for number, (name, user_lists, params) in enumerate(
-            (("current", content.user_content_lists, current_params),
-             ("baseline", baseline.user_content_lists, baseline_params),
-             ("current", content.user_content_lists, current_params)), start=1):
+    implementations = {"current": (content.user_content_lists, current_params),
+                       "baseline": (baseline.user_content_lists, baseline_params)}
+    for number, name in enumerate(RUNS, start=1):
+        user_lists, params = implementations[name]
         load = load_average()
         seconds = timed(user_lists, weighted_rows, similar, params, WORK_DIR / f"run-{number}")
-        log.info("%s: %.1f s (load average %s before)", name, seconds, load)
-        runs.append({"implementation": name, "seconds": seconds, "load_average_before": load})
+        log.info("%s: %.1f s (load average %s before, %s after)", name, seconds, load, load_average())
+        runs.append({"implementation": name, "seconds": seconds, "load_average_before": load,
+                     "load_average_after": load_average()})
     checks = {"current_vs_baseline": compare(spark, WORK_DIR / "run-3", WORK_DIR / "run-2"),
-              "current_vs_current": compare(spark, WORK_DIR / "run-3", WORK_DIR / "run-1")}
+              "current_vs_current": compare(spark, WORK_DIR / "run-3", WORK_DIR / "run-1"),
+              "baseline_vs_baseline": compare(spark, WORK_DIR / "run-4", WORK_DIR / "run-2")}
     log.info("checks: %s", checks)
     spark.stop()
     current = min(r["seconds"] for r in runs if r["implementation"] == "current")
-    before = next(r["seconds"] for r in runs if r["implementation"] == "baseline")
+    before = min(r["seconds"] for r in runs if r["implementation"] == "baseline")
     return {"benchmark": "content", **env, "load_average_end": load_average(), "baseline_commit": commit,
             "shape": shape, "settings": settings, "setup": setup, "runs": runs,
             "speedup": round(before / current, 2), "checks": checks}
@@ -200,18 +206,21 @@ def markdown(result: dict) -> str:
              "(user, touched, neighbour) rows. Set-up, cached before the runs: TF-IDF "
              f"{setup['tfidf']['seconds']:.0f} s, similar products {setup['similar_products']['seconds']:.0f} s, "
              f"weighted events {setup['weighted_events']['seconds']:.0f} s.", "",
-             "| run | implementation | seconds | load average before (1, 5, 15 min) |", "|---|---|---|---|"]
-    lines += [f"| {i + 1} | {r['implementation']} | {r['seconds']:.1f} | {r['load_average_before']} |"
-              for i, r in enumerate(result["runs"])]
+             "| run | implementation | seconds | load average before (1, 5, 15 min) | after |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {i + 1} | {r['implementation']} | {r['seconds']:.1f} | {r['load_average_before']} | "
+              f"{r['load_average_after']} |" for i, r in enumerate(result["runs"])]
     check, again = result["checks"]["current_vs_baseline"], result["checks"]["current_vs_current"]
-    lines += ["", f"Current (best of its two runs) against the baseline of {result['baseline_commit'][:10]}: "
+    old_again = result["checks"]["baseline_vs_baseline"]
+    lines += ["", f"Current against the baseline of {result['baseline_commit'][:10]}, best run against best run: "
                   f"**{result['speedup']}x faster**.", "",
               f"Lists compared, every user: {check['users']:,} users in both, {check['identical']:,} identical "
               f"(ids and float scores), {check['tie_order_or_cut']:,} with the same scores position by position "
               f"but tied ids in another order or cut elsewhere, {check['scores_differ']:,} with other scores "
               f"(largest difference {check['max_score_difference']}); {check['only_current']} users only in the "
-              f"current lists, {check['only_baseline']} only in the baseline's. The two current runs: "
-              f"{again['identical']:,} of {again['users']:,} identical.", "",
+              f"current lists, {check['only_baseline']} only in the baseline's. Run to run: current "
+              f"{again['identical']:,} of {again['users']:,} identical, baseline {old_again['identical']:,} of "
+              f"{old_again['users']:,}.", "",
               machine_line(result, shared="the machine was shared with other work during this run") +
               f" Load average at the end: {result['load_average_end']}.", ""]
     return "\n".join(lines)
