@@ -76,6 +76,15 @@ join would be quadratic). Touched products (an event of a type with a positive
 weight, up to ``--as-of``) are left out; inactive products are in no neighbour
 list, so never recommended.
 
+How (``user_content_lists``): the neighbour lists are collected to the driver
+once as flat arrays (``NeighbourLists``: CSR offsets, neighbour positions,
+similarities) and broadcast; each user's events are gathered into one row
+(``collect_list``: one shuffle of the event rows), and ``rank_neighbours`` scores
+a block of users at a time with NumPy in ``mapInArrow``. Exploding every touched
+product into its neighbours (users x touched x ``similar_top_n`` rows) and grouping,
+anti-joining and ranking them took several shuffles of the stage's biggest
+intermediate (335 s of the stage's 463 s at 1M events, bench/results/pipeline.md).
+
 Run: ``python -m jobs.content --help`` or ``spark-submit jobs/content.py --help``.
 """
 from __future__ import annotations
@@ -85,8 +94,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Callable
+from functools import partial
+from typing import Callable, Iterator, NamedTuple
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -107,6 +120,9 @@ UNIQUE_VALUE_PATTERN = r"^([+-]?[0-9]+([.,][0-9]+)?|[0-9]{4}-[0-9]{2}-[0-9]{2}.*
 # Candidates per list rescored exactly, as a multiple of similar_top_n: a partial score
 # is a lower bound, so a few more than kept give the missed tokens a chance to count.
 RESCORED_PER_LIST = 4
+# Neighbour entries (touched products x their list lengths) one rank_neighbours call
+# expands: bounds a task's NumPy arrays (~10 of this length, ~80 MB at 2^20).
+SCORED_PER_BLOCK = 1 << 20
 # Price bucket lower edges, 1-2-5 per decade up to the schema's maximum price (1e9).
 PRICE_EDGES = tuple(m * 10 ** e for e in range(9) for m in (1, 2, 5)) + (10 ** 9,)
 
@@ -275,21 +291,177 @@ def similar_products(vectors: DataFrame, params: ContentParams) -> DataFrame:
     return top_n_lists(scored, F.col("subject"), k)
 
 
-def user_content_lists(weighted_rows: DataFrame, similar: DataFrame, params: ContentParams) -> DataFrame:
+class NeighbourLists(NamedTuple):
+    """Neighbour lists as flat arrays (CSR). ``catalog`` holds every product id that is
+    in a list, as subject or as neighbour, ascending; the list of ``catalog[i]`` is
+    ``neighbours[offsets[i]:offsets[i + 1]]`` (positions in ``catalog``), with
+    ``similarities`` alongside (as collected: float32 from CANDIDATES-shaped lists)."""
+    catalog: np.ndarray       # int64, ascending, unique
+    offsets: np.ndarray       # int64, len(catalog) + 1
+    neighbours: np.ndarray    # int32 positions in catalog
+    similarities: np.ndarray  # float32 (or float64), one per neighbour
+
+
+def neighbour_lists(subjects: np.ndarray, lengths: np.ndarray, neighbour_ids: np.ndarray,
+                    similarities: np.ndarray) -> NeighbourLists:
+    """NeighbourLists from lists given as ``subjects[j]`` owning ``lengths[j]``
+    consecutive entries of ``neighbour_ids`` and ``similarities`` (a subject given twice
+    owns both lists, as a join on it would)."""
+    subjects, neighbour_ids = subjects.astype(np.int64), neighbour_ids.astype(np.int64)
+    catalog = np.unique(np.concatenate([subjects, neighbour_ids]))
+    owner = np.searchsorted(catalog, np.repeat(subjects, lengths))
+    order = np.argsort(owner, kind="stable")
+    counts = np.bincount(owner, minlength=len(catalog))
+    return NeighbourLists(catalog=catalog, offsets=np.r_[0, np.cumsum(counts)].astype(np.int64),
+                          neighbours=np.searchsorted(catalog, neighbour_ids[order]).astype(np.int32),
+                          similarities=similarities[order])
+
+
+def collect_neighbour_lists(similar: DataFrame) -> NeighbourLists:
+    """The ``(subject_id, product_ids, scores)`` lists of ``similar`` on the driver (one Arrow collect)."""
+    table = (similar.select(F.col("subject_id").cast("long").alias("subject_id"), "product_ids", "scores")
+             .where(F.col("subject_id").isNotNull() & F.col("product_ids").isNotNull())).toArrow()
+    ids, scores = (table.column(name).combine_chunks() for name in ("product_ids", "scores"))
+    return neighbour_lists(table.column("subject_id").to_numpy(),
+                           pc.list_value_length(ids).to_numpy(zero_copy_only=False),
+                           pc.list_flatten(ids).to_numpy(zero_copy_only=False),
+                           pc.list_flatten(scores).to_numpy(zero_copy_only=False))
+
+
+def _sum_runs(sorted_keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys, sum of the values of each): sums taken one value after another in
+    the given order (bincount), so equal terms in the same order give equal sums."""
+    starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]] if len(sorted_keys) else np.zeros(0, bool)
+    return sorted_keys[starts], np.bincount(np.cumsum(starts) - 1, weights=values, minlength=int(starts.sum()))
+
+
+def rank_neighbours(row_of_touched: np.ndarray, touched_ids: np.ndarray, touched_weights: np.ndarray,
+                    rows: int, lists: NeighbourLists, top_n: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Content scores of many rows (users) at once.
+
+    Touched entry ``j`` says row ``row_of_touched[j]`` touched product ``touched_ids[j]``
+    with weight ``touched_weights[j]`` (a product touched twice by a row weighs the sum).
+    A row's score of product ``c`` is ``sum over its touched t of weight(t) * sim(t, c)``
+    over the neighbour lists ``lists``, summed in double in ascending order of ``t``;
+    the row's touched products are left out. Returns, for each row in order, its best
+    ``top_n`` products, ties to the smaller id, as ``(lengths, ids, scores)``
+    (concatenated rows; a row with nothing left has length 0), as ``top_n_lists``
+    orders them (its scores are doubles until it casts them to float).
+    """
+    n = len(lists.catalog)
+    if n == 0 or len(touched_ids) == 0:
+        return np.zeros(rows, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
+    # Keys are row * n + catalog position. A touched product in no list has no neighbours and
+    # is nobody's neighbour: it adds nothing and there is nothing to leave out.
+    at = np.minimum(np.searchsorted(lists.catalog, touched_ids), n - 1)
+    listed = lists.catalog[at] == touched_ids
+    key = row_of_touched[listed].astype(np.int64) * n + at[listed]
+    order = np.argsort(key, kind="stable")
+    touched, weight = _sum_runs(key[order], touched_weights[listed][order].astype(np.float64))
+
+    at = touched % n
+    starts, counts = lists.offsets[at], lists.offsets[at + 1] - lists.offsets[at]
+    entry = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+    candidate = np.repeat(touched - at, counts) + lists.neighbours[entry]
+    contribution = np.repeat(weight, counts) * lists.similarities[entry].astype(np.float64)
+    # Stable: each candidate's contributions stay in ascending order of the touched product.
+    order = np.argsort(candidate, kind="stable")
+    candidate, score = _sum_runs(candidate[order], contribution[order])
+    hit = np.minimum(np.searchsorted(touched, candidate), len(touched) - 1)
+    unseen = touched[hit] != candidate
+    candidate, score = candidate[unseen], score[unseen]
+
+    row, at = candidate // n, candidate % n
+    # Best first within each row, ties to the smaller id: candidates are sorted by (row, id)
+    # already (positions ascend with ids) and lexsort is stable, so two keys do.
+    order = np.lexsort((-score, row))
+    row, at, score = row[order], at[order], score[order]
+    row_starts = np.searchsorted(row, np.arange(rows))
+    keep = np.arange(len(row)) - np.repeat(row_starts, np.diff(np.r_[row_starts, len(row)])) < top_n
+    return np.bincount(row[keep], minlength=rows), lists.catalog[at[keep]], score[keep]
+
+
+LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
+
+
+def _row_blocks(entries_per_row: np.ndarray, budget: int) -> np.ndarray:
+    """Boundaries ``[0, ..., rows]`` of consecutive rows with about ``budget`` entries each
+    (a block goes past it by at most its last row)."""
+    before = np.cumsum(entries_per_row) - entries_per_row
+    block = before // budget
+    return np.r_[0, np.flatnonzero(block[1:] != block[:-1]) + 1, len(entries_per_row)]
+
+
+def _rank_batches(batches: Iterator[pa.RecordBatch], shared, top_n: int,
+                  budget: int = SCORED_PER_BLOCK) -> Iterator[pa.RecordBatch]:
+    lists = NeighbourLists(*shared.value)
+    list_lengths = np.diff(lists.offsets)
+    for batch in batches:
+        users, touched = batch.column(0), batch.column(1)
+        if batch.num_rows == 0:
+            continue
+        items = touched.flatten()
+        row = pc.list_parent_indices(touched).to_numpy(zero_copy_only=False).astype(np.int64)
+        ids = items.field("product_id").to_numpy(zero_copy_only=False)
+        weights = items.field("weight").to_numpy(zero_copy_only=False)
+        # Cut the batch into blocks of rows whose neighbour entries fit the budget.
+        at = np.minimum(np.searchsorted(lists.catalog, ids), max(len(lists.catalog) - 1, 0))
+        entries = (np.where(lists.catalog[at] == ids, list_lengths[at], 0) if len(lists.catalog)
+                   else np.zeros(len(ids), np.int64))
+        bounds = _row_blocks(np.bincount(row, weights=entries, minlength=batch.num_rows), budget)
+        for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            lo, hi = np.searchsorted(row, [first, last])
+            lengths, product_ids, scores = rank_neighbours(row[lo:hi] - first, ids[lo:hi], weights[lo:hi],
+                                                           last - first, lists, top_n)
+            listed = lengths > 0
+            if not listed.any():
+                continue
+            offsets = pa.array(np.r_[0, np.cumsum(lengths[listed])].astype(np.int32))
+            yield pa.RecordBatch.from_arrays(
+                [pc.cast(users.slice(first, last - first).filter(pa.array(listed)), pa.string()),
+                 pa.ListArray.from_arrays(offsets, pa.array(product_ids, pa.int64())),
+                 pa.ListArray.from_arrays(offsets, pa.array(scores.astype(np.float32)))],
+                ["subject_id", "product_ids", "scores"])
+
+
+def user_content_lists(weighted_rows: DataFrame, similar: DataFrame, params: ContentParams,
+                       block_entries: int = SCORED_PER_BLOCK) -> DataFrame:
     """``(subject_id, product_ids, scores)`` per user: ``score(c) = sum over touched t of
-    weight(t) * sim(t, c)``, over the neighbour lists ``similar``; touched products left out."""
-    touched = (weighted_rows.groupBy("user_id", "product_id").agg(F.sum("weight").alias("weight"))
-               .withColumnRenamed("product_id", "touched_id"))
-    neighbours = (similar.select(F.col("subject_id").cast("long").alias("touched_id"),
-                                 F.explode(F.arrays_zip("product_ids", "scores")).alias("n"))
-                  .select("touched_id", F.col("n.product_ids").alias("product_id"),
-                          F.col("n.scores").cast("double").alias("similarity")))
-    scored = (touched.join(neighbours, "touched_id")
-              .groupBy("user_id", "product_id")
-              .agg(F.sum(F.col("weight") * F.col("similarity")).alias("score")))
-    seen = touched.select("user_id", F.col("touched_id").alias("product_id"))
-    unseen = scored.join(seen, ["user_id", "product_id"], "left_anti")
-    return top_n_lists(unseen, F.col("user_id"), params.top_n)
+    weight(t) * sim(t, c)``, over the neighbour lists ``similar``; touched products left
+    out; the ``top_n`` best, ties to the smaller id (as ``top_n_lists``); no row for a
+    user with nothing left.
+
+    Collects ``similar`` to the driver (a Spark job runs here) and broadcasts it as
+    NeighbourLists; each user's ``(product_id, weight)`` rows are gathered into one row
+    and ranked by ``rank_neighbours``, about ``block_entries`` neighbour entries at a time.
+    Scores are the join formulation's (doubles, cast to float at the end) except that
+    its sums ran in Spark's arrival order: with three or more terms that order could
+    move a score's last bit, and so split an exact tie, from run to run; here the
+    order is fixed (ascending touched id).
+
+    Memory: the lists take 16 bytes per product (int64 id and offset) and 8 per
+    neighbour entry (int32 position, float32 similarity): 100k products x 50
+    neighbours ~ 42 MB, held on the driver (a few times that while collecting),
+    serialised in the JVM's block manager, and once in every Python worker that runs
+    a task (2 on 2 cores). 1M products x 50 is ~420 MB per copy, about where this
+    stops being cheap; beyond it (or on executors short of memory) do not broadcast:
+    join the users' touched rows to the lists by product in Spark, each list kept an
+    array, gather them per user and rank each user's own lists the same way
+    (``neighbour_lists`` over just those). A block's arrays are ~10 x 8 bytes per
+    neighbour entry (~80 MB at the default), more only for a single user whose
+    touched products alone have more entries than ``block_entries``.
+    """
+    spark = weighted_rows.sparkSession
+    lists = collect_neighbour_lists(similar)
+    # A plain tuple: under `python -m jobs.content` the NamedTuple's class lives in __main__,
+    # which the Python workers cannot unpickle.
+    shared = spark.sparkContext.broadcast(tuple(lists))
+    per_user = (weighted_rows.groupBy("user_id").agg(F.collect_list(F.struct(
+        F.col("product_id").cast("long").alias("product_id"),
+        F.col("weight").cast("double").alias("weight"))).alias("touched")))
+    return per_user.mapInArrow(partial(_rank_batches, shared=shared, top_n=params.top_n, budget=block_entries),
+                              LISTS_SCHEMA)
 
 
 def content_candidates(interaction_rows: DataFrame, products: DataFrame, as_of: datetime,

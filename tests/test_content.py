@@ -30,8 +30,9 @@ import numpy as np
 import pytest
 
 from jobs.candidates import model_version
-from jobs.content import (ContentParams, params_from_settings, product_documents, similar_products,
-                          tfidf_vectors, user_content_lists)
+from jobs.candidates import top_n_lists
+from jobs.content import (ContentParams, neighbour_lists, params_from_settings, product_documents,
+                          rank_neighbours, similar_products, tfidf_vectors, user_content_lists)
 from jobs.interactions import weighted
 from schemas import EVENTS_STORED, PRODUCTS_STORED, spark_schema
 from schemas.settings import load_conf
@@ -246,6 +247,133 @@ def test_users_get_only_unseen_neighbours(user_lists):
     as_of count for nothing, so user 300 has no list."""
     assert not {9, 10} & set(user_lists[200][0])
     assert 300 not in user_lists
+
+
+# --- user lists: the NumPy ranking against the definition ------------------------
+
+def test_rank_neighbours_by_hand():
+    """Lists 1: [2 .5, 3 .25], 2: [1 .5, 3 .75], 4: [5 1.0]. Row 0 touched 1 twice (2 + 1) and 2
+    (1): 3 scores 3 * .25 + 1 * .75. Row 1 touched an unlisted product. Row 2 touched 4 (.5) and
+    1 (1): 2 and 5 tie at .5, the smaller id first, 3 cut by top_n. Row 3 touched 4 and its only
+    neighbour 5: nothing left."""
+    lists = neighbour_lists(np.array([1, 2, 4]), np.array([2, 2, 1]), np.array([2, 3, 1, 3, 5]),
+                            np.array([0.5, 0.25, 0.5, 0.75, 1.0], dtype=np.float32))
+    lengths, ids, scores = rank_neighbours(
+        row_of_touched=np.array([0, 0, 0, 1, 2, 2, 3, 3]), touched_ids=np.array([1, 2, 1, 9, 4, 1, 4, 5]),
+        touched_weights=np.array([2.0, 1.0, 1.0, 3.0, 0.5, 1.0, 1.0, 1.0]), rows=4, lists=lists, top_n=2)
+    assert lengths.tolist() == [1, 0, 2, 0]
+    assert ids.tolist() == [3, 2, 5]
+    assert scores.tolist() == [1.5, 0.5, 0.5]
+
+
+def random_lists(rng, products: int, exact: bool) -> dict[int, list[tuple[int, float]]]:
+    """Neighbour lists of products 0..products-1 (some empty, some products only neighbours);
+    similarities in sixteenths (exact sums in any order, many ties) or any float32."""
+    lists = {}
+    for p in range(products):
+        others = [q for q in range(products + 5) if q != p]
+        chosen = rng.choice(others, size=int(rng.integers(0, 9)), replace=False).tolist()
+        sims = (rng.integers(1, 17, len(chosen)) / 16 if exact else rng.random(len(chosen))).astype(np.float32)
+        if chosen:
+            lists[p] = list(zip(chosen, sims.tolist()))
+    return lists
+
+
+def random_touches(rng, lists, users: int, products: int, exact: bool) -> list[list[tuple[int, float]]]:
+    """Per user, (product, weight) events: repeats, products in no list, and a few users who
+    touched the closure of a product (every neighbour of what they touched is touched)."""
+    weights = (lambda n: rng.choice([0.5, 1.0, 2.0, 8.0], n)) if exact else (lambda n: rng.random(n) * 8)
+    rows = []
+    for u in range(users):
+        if u % 25 == 0:
+            closure, todo = set(), [int(rng.choice(list(lists)))]
+            while todo:
+                p = todo.pop()
+                if p not in closure:
+                    closure.add(p)
+                    todo += [c for c, _ in lists.get(p, [])]
+            rows.append(list(zip(sorted(closure), weights(len(closure)).tolist())))
+        else:
+            touched = rng.integers(0, products + 8, int(rng.integers(1, 9))).tolist()
+            rows.append(list(zip(touched, weights(len(touched)).tolist())))
+    return rows
+
+
+def reference_user_lists(lists, rows, top_n):
+    """The definition, one user at a time: weights summed per product, then each touched t's
+    weight(t) * sim(t, c) added in ascending t; touched left out; best first, ties to the smaller id."""
+    out = []
+    for events in rows:
+        weight: dict[int, float] = {}
+        for p, w in events:
+            weight[p] = weight.get(p, 0.0) + w
+        scores: dict[int, float] = {}
+        for t in sorted(weight):
+            for c, s in lists.get(t, []):
+                scores[c] = scores.get(c, 0.0) + weight[t] * s
+        ranked = sorted(((c, s) for c, s in scores.items() if c not in weight), key=lambda x: (-x[1], x[0]))
+        out.append(ranked[:top_n])
+    return out
+
+
+@pytest.mark.parametrize("seed,exact", [(1, True), (2, True), (3, False), (4, False)])
+def test_rank_neighbours_equals_the_definition(seed, exact):
+    """Random lists and users, bit for bit: repeated events, ties, the top_n cut, users whose
+    every neighbour is touched (no list), touched products in no list."""
+    rng = np.random.default_rng(seed)
+    lists = random_lists(rng, products=40, exact=exact)
+    rows = random_touches(rng, lists, users=200, products=40, exact=exact)
+    subjects = sorted(lists)
+    csr = neighbour_lists(np.array(subjects), np.array([len(lists[p]) for p in subjects]),
+                          np.array([c for p in subjects for c, _ in lists[p]]),
+                          np.array([s for p in subjects for _, s in lists[p]], dtype=np.float32))
+    flat = [(r, p, w) for r, events in enumerate(rows) for p, w in events]
+    lengths, ids, scores = rank_neighbours(np.array([r for r, _, _ in flat]), np.array([p for _, p, _ in flat]),
+                                           np.array([w for _, _, w in flat]), len(rows), csr, top_n=6)
+    ends = np.cumsum(lengths)
+    got = [list(zip(ids[e - n:e].tolist(), scores[e - n:e].tolist())) for n, e in zip(lengths, ends)]
+    expected = reference_user_lists(lists, rows, top_n=6)
+    assert got == expected
+    assert sum(not row for row in expected) >= 8  # the closure users, at least, have nothing left
+
+
+def join_formulation(weighted_rows, similar, top_n: int):
+    """user_content_lists as it was before the NumPy ranking (commit 334f818): every touched
+    product exploded into its neighbours, grouped by (user, product), touched anti-joined, top_n_lists."""
+    from pyspark.sql import functions as F
+
+    touched = (weighted_rows.groupBy("user_id", "product_id").agg(F.sum("weight").alias("weight"))
+               .withColumnRenamed("product_id", "touched_id"))
+    neighbours = (similar.select(F.col("subject_id").cast("long").alias("touched_id"),
+                                 F.explode(F.arrays_zip("product_ids", "scores")).alias("n"))
+                  .select("touched_id", F.col("n.product_ids").alias("product_id"),
+                          F.col("n.scores").cast("double").alias("similarity")))
+    scored = (touched.join(neighbours, "touched_id")
+              .groupBy("user_id", "product_id")
+              .agg(F.sum(F.col("weight") * F.col("similarity")).alias("score")))
+    seen = touched.select("user_id", F.col("touched_id").alias("product_id"))
+    unseen = scored.join(seen, ["user_id", "product_id"], "left_anti")
+    return top_n_lists(unseen, F.col("user_id"), top_n)
+
+
+def test_user_lists_equal_the_join_formulation(spark):
+    """On random lists with many ties (exact sums), the NumPy lists equal the explode-and-join
+    ones list for list, ids and float scores, cut into blocks of rows or not; users whose every
+    neighbour is touched get no list from either."""
+    rng = np.random.default_rng(11)
+    lists = random_lists(rng, products=60, exact=True)
+    rows = random_touches(rng, lists, users=150, products=60, exact=True)
+    similar = spark.createDataFrame(
+        [(str(p), [c for c, _ in ls], [s for _, s in ls]) for p, ls in lists.items()],
+        "subject_id string, product_ids array<bigint>, scores array<float>")
+    weighted_rows = spark.createDataFrame([(1000 + u, p, w) for u, events in enumerate(rows) for p, w in events],
+                                          "user_id long, product_id long, weight double")
+    params = ContentParams(top_n=5, event_weights=WEIGHTS)
+    expected = by_subject(join_formulation(weighted_rows, similar, params.top_n))
+    assert by_subject(user_content_lists(weighted_rows, similar, params)) == expected
+    assert by_subject(user_content_lists(weighted_rows, similar, params, block_entries=7)) == expected
+    assert 1000 not in expected and 150 - len(expected) >= 6  # closure users (every 25th) have no list
+    assert any(len(set(scores)) < len(scores) for _, scores in expected.values())  # ties were broken
 
 
 # --- the whole transform ----------------------------------------------------------
