@@ -234,8 +234,11 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     base_hybrid = hybrid.params_from_settings(settings["hybrid"])
     sources = [validation.popular, fit_als(best_als)]
     if "content" in base_hybrid.weights:
+        # User lists only, as the fusion reads: building them collects the neighbour lists
+        # once, and the product lists would compute them again (the filter prunes that branch).
         sources.append(content.content_candidates(train, products, until,
-                                                  content.params_from_settings(settings["content"])))
+                                                  content.params_from_settings(settings["content"]))
+                       .where(F.col("subject_kind") == "user"))
     lists = sources[0]
     for part in sources[1:]:
         lists = lists.unionByName(part)
