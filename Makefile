@@ -73,7 +73,7 @@ stop:  ## stop the demo's lookup server and collector
 	  else echo "$$name not running"; fi; rm -f $(DEMO_DIR)/$$name.pid; done
 
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # pip-audit in a virtualenv of its own, so its dependencies are not audited as ours.
 AUDIT_VENV        := .venv-audit

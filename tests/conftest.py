@@ -12,7 +12,8 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # The longest modules first (as measured in CI, slowest first): `make test` runs modules in two
-# processes, and a long module started last would finish the run alone on one core.
+# processes in this order (--no-loadscope-reorder: xdist would put the modules with the most
+# tests first), and a long module started last would finish the run alone on one core.
 LONGEST_MODULES = ("test_airflow_nightly.py", "test_end_to_end.py", "test_quality_taobao.py",
                    "test_airflow_dags.py", "test_evaluation.py", "test_tuning.py")
 
