@@ -108,7 +108,7 @@ bench-snapshot: setup  ## the snapshot build at 1M users x 100 candidates, 1 and
 bench-hybrid: setup  ## hybrid fusion of 100k users' lists, against the explode-and-group version it replaced (~5 min)
 	$(PY) -m bench.hybrid $(BENCH_ARGS)
 
-bench-content: setup  ## content user lists of 100k users (10k products, 1M generated events), against the explode-and-join version they replaced (~30 min; --quick: BENCH_ARGS=--quick)
+bench-content: setup  ## content user lists of 100k users (10k products, 1M generated events), against the explode-and-join version they replaced (~12 min, 5 of them the set-up; --quick: BENCH_ARGS=--quick)
 	$(PY) -m bench.content $(BENCH_ARGS)
 
 bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
