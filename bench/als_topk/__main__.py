@@ -28,18 +28,15 @@ set against Spark's. Results: ``<out>/als_topk.json`` and ``<out>/als_topk.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import functions as F
 
 from schemas.settings import PROJECT_ROOT
 
@@ -49,7 +46,7 @@ from jobs.spark_session import get_spark
 
 from bench.als_topk.compare import compare_lists, rfau_lists, blocked_lists
 from bench.als_topk.interactions import generate
-from bench.quality.environment import environment, machine_line
+from bench.quality.environment import environment, machine_line, write_results
 from bench.quality.timing import timed
 from bench.snapshot_build.peak_rss import PeakRss, jvm_pid
 
@@ -186,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     result = run(args)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "als_topk.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "als_topk.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(out, "als_topk", result, markdown(result))
     log.info("written %s and %s", out / "als_topk.json", out / "als_topk.md")
     return 0
 

@@ -23,7 +23,6 @@ Results: ``<out>/content.json`` and ``content.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import subprocess
@@ -47,7 +46,7 @@ from jobs.generate_data import build_world, event_chunks, products_table
 from jobs.interactions import weighted
 from jobs.spark_session import get_spark
 
-from bench.quality.environment import environment, load_average, machine_line
+from bench.quality.environment import environment, load_average, machine_line, write_results
 from bench.snapshot_build.baseline import module_at
 
 log = logging.getLogger("bench.content")
@@ -232,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                             else PROJECT_ROOT / "bench" / "results")
     configure_logging(args.log_level)
     result = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "content.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "content.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "content", result, markdown(result))
     return 0
 
 

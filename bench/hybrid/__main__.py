@@ -16,7 +16,6 @@ of users, compared list by list. Results: ``<out>/hybrid.json`` and ``hybrid.md`
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from jobs import hybrid
 from jobs.cli import configure_logging
 from jobs.spark_session import get_spark
 
-from bench.quality.environment import environment, machine_line
+from bench.quality.environment import environment, machine_line, write_results
 from bench.snapshot_build.baseline import module_at
 from bench.snapshot_build.synthetic import LakeShape, candidates_frame
 
@@ -118,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging(args.log_level)
     result = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "hybrid.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "hybrid.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "hybrid", result, markdown(result))
     return 0
 
 

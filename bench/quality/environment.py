@@ -1,6 +1,7 @@
 """Where and how a run happened: machine, versions, commit, command line, date."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 from schemas.settings import PROJECT_ROOT
 
@@ -71,3 +73,11 @@ def machine_line(result: dict, shared: str = "other work may share the cores") -
             f"{machine['load_average']} at the start ({shared}). Spark {result['versions']['spark']}, commit "
             f"{str(result['git']['commit'])[:10]}{' (dirty tree)' if result['git']['dirty'] else ''}. "
             f"Command: `{result['command']}`.")
+
+
+def write_results(out: Path, name: str, result: dict, report: str) -> None:
+    """``<out>/<name>.json`` (the figures) and ``<out>/<name>.md`` (the report), and the report on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{name}.md").write_text(report)
+    print(report)

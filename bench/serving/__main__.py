@@ -36,7 +36,7 @@ from pathlib import Path
 
 import requests
 
-from bench.quality.environment import environment
+from bench.quality.environment import environment, write_results
 from schemas.settings import PROJECT_ROOT
 
 log = logging.getLogger("bench.serving")
@@ -178,7 +178,7 @@ def markdown(result: dict) -> str:
         f"{half['connections']} connections): {half['rps']:,.0f} req/s served, p50 {half['p50_ms']:.2f} ms, "
         f"p99 {half['p99_ms']:.2f} ms, p99.9 {half['p99_9_ms']:.2f} ms "
         f"(target p99 ≤ {TARGET_P99_MS} ms: {'met' if half['p99_ms'] <= TARGET_P99_MS else 'not met'}).",
-        f"- Worker memory after the runs (MB, RSS / PSS): "
+        "- Worker memory after the runs (MB, RSS / PSS): "
         + ", ".join(f"{w.get('rss_mb')} / {w.get('pss_mb')}" for w in result["memory"]["workers"])
         + ". PSS splits the snapshot's shared pages between the workers that map them.",
         "",
@@ -271,10 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     "p99_at_half_load_ms": half["p99_ms"], "p99_met": half["p99_ms"] <= TARGET_P99_MS},
     }
     out = args.out if not args.quick or args.out != parser.get_default("out") else data_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "serving.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(out, "serving", result, markdown(result))
     log.info("written %s and %s", out / "serving.json", out / "serving.md")
     return 0
 

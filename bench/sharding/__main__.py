@@ -33,7 +33,7 @@ from pathlib import Path
 
 import requests
 
-from bench.quality.environment import environment, load_average
+from bench.quality.environment import environment, load_average, write_results
 # The serving benchmark's process and load helpers: same gunicorn start-up, same wrk script.
 from bench.serving.__main__ import free_port, gunicorn, page_in, run_wrk, worker_memory
 from bench.sharding.router import nginx_binary, nginx_config, running_nginx
@@ -295,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_shard_count": per_shards,
     }
     out = args.out if not args.quick or args.out != parser.get_default("out") else work_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sharding.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "sharding.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(out, "sharding", result, markdown(result))
     log.info("written %s", out / "sharding.json")
     return 0
 
