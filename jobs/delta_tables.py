@@ -40,7 +40,11 @@ def table_version(spark: SparkSession, path: str) -> int | None:
 def idempotent_write(spark: SparkSession, app_id: str, version: int):
     """Writes inside this block carry (app_id, version): Delta skips a write whose
     pair it has already committed, so a batch replayed after a crash adds nothing.
-    Covers appends and MERGE alike."""
+    Covers appends and MERGE alike.
+
+    ``spark`` must be the session that runs the write (a DataFrame's ``sparkSession``,
+    a DeltaTable's): a streaming query's micro-batches belong to a clone of the session
+    that started it, which does not see settings made on the original."""
     spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
     spark.conf.set("spark.databricks.delta.write.txnVersion", str(version))
     try:

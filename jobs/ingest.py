@@ -204,7 +204,9 @@ class TableIngest:
         df = df.persist()
         count = df.count()
         if count:
-            with idempotent_write(self.spark, stream_id, batch_id):
+            # The batch's own session: foreachBatch hands over DataFrames of a clone of
+            # self.spark, and a write reads the transaction id from its DataFrame's session.
+            with idempotent_write(df.sparkSession, stream_id, batch_id):
                 df.write.format("delta").mode("append").save(path)
         df.unpersist()
         return count
@@ -225,7 +227,7 @@ class TableIngest:
         df = df.persist()
         count = df.count()
         if count:
-            with idempotent_write(self.spark, stream_id, batch_id):
+            with idempotent_write(df.sparkSession, stream_id, batch_id):  # see _append
                 df.write.format("delta").mode("append").partitionBy("event_date").save(self.stored_path)
         df.unpersist()
         return count

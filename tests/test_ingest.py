@@ -109,6 +109,28 @@ def test_rerun_adds_nothing(spark, lake):
     assert {t: table_version(spark, paths.table(t)) for t in before} == before
 
 
+def transactions_of_data_commits(table_path: str) -> list[list[dict]]:
+    """Per commit of ``table_path`` that adds files, its ``txn`` actions (from _delta_log)."""
+    commits = []
+    for commit in sorted(Path(table_path, "_delta_log").glob("*.json")):
+        actions = [json.loads(line) for line in commit.read_text().splitlines()]
+        if any("add" in action for action in actions):
+            commits.append([action["txn"] for action in actions if "txn" in action])
+    return commits
+
+
+def test_every_write_of_a_batch_carries_its_transaction_id(lake):
+    """The events append, the quarantine append and the catalog MERGE each record
+    (stream id, batch id): what lets Delta skip a batch replayed after a crash. The
+    micro-batch runs in a clone of the session, so the id must be set on that one."""
+    paths, _ = lake
+    for table, streams in [("events", "ingest-events-"), ("events_rejected", "ingest-events-"),
+                           ("products", "ingest-products-")]:
+        commits = transactions_of_data_commits(paths.table(table))
+        assert commits and all(any(t["appId"].startswith(streams) for t in txns) for txns in commits), \
+            (table, commits)
+
+
 def test_new_file_with_a_known_event_is_quarantined_as_duplicate(spark, lake, tmp_path):
     """An event seen in an earlier run is refused as a duplicate; a new one is appended."""
     paths, _ = lake
