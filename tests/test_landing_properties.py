@@ -52,59 +52,61 @@ def _iso(moment: datetime) -> str:
 
 _some_text = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=12)
 _bad_scalar = st.one_of(st.booleans(), st.floats(), _some_text, st.lists(st.integers(), max_size=2))
+# Around a value given as text: what Python's strip() and int() remove, more than spaces.
+_padding = st.sampled_from(["", " ", "\t", "\u00a0", "\u2003"])
 
-ids = st.one_of(
-    st.integers(0, 30),                                  # small: repeats of the same event
-    st.integers(0, 2**63 - 1),
-    st.integers(max_value=-1),                           # negative
-    st.integers(2**63, 10**40),                          # too big for int64 (and for decimal(38))
-    st.integers(0, 999).map(str),                        # as text
-    st.integers(0, 999).map(lambda i: f" {i} "),
-    _bad_scalar,
-)
-product_ids = st.one_of(st.integers(0, 30), st.integers(0, UINT32_MAX), st.integers(UINT32_MAX + 1, 2**40),
-                        st.integers(max_value=-1), _bad_scalar)
-event_types = st.one_of(st.sampled_from(EVENT_TYPES), st.sampled_from(["VIEW", "teleport", "", " view"]),
-                        _bad_scalar)
+
+def _as_text(values: st.SearchStrategy) -> st.SearchStrategy[str]:
+    return st.tuples(_padding, values, _padding).map(lambda t: f"{t[0]}{t[1]}{t[2]}")
+
+
 _DAY = 86_400
-_moments = st.integers(-30 * _DAY, 3 * _DAY).map(lambda s: AS_OF + timedelta(seconds=s))  # around the limit
-timestamps = st.one_of(
-    _moments.map(_iso),
-    _moments.map(lambda m: int(m.timestamp())),                                # epoch seconds
-    st.sampled_from([_iso(AS_OF + timedelta(days=1)), _iso(AS_OF + timedelta(days=1, seconds=1))]),
-    st.integers(3, 7000).map(lambda years: f"{2026 + years if 2026 + years < 10000 else 9999}-01-01T00:00:00Z"),
-    st.sampled_from(["1999-12-31T23:59:59Z", "9999-12-31T23:59:59Z", "2026-10-01", "yesterday", "", "  "]),
-    st.integers(-(2**40), 2**40),                                             # epoch seconds far out
-    st.floats(), st.booleans(),
-)
-prices = st.one_of(st.floats(0, 1e9), st.floats(), st.floats(max_value=-0.01), st.just(1e9 + 1),
-                   st.sampled_from(["12.5", "NaN", "-1", "cheap", " "]), st.booleans())
-categories = st.one_of(st.sampled_from(["shoes", "shoes.running", "électronique"]), st.sampled_from(["", "  "]),
-                       st.integers(), _some_text)
-actives = st.one_of(st.booleans(), st.sampled_from(["true", "false", "yes"]), st.integers(0, 1))
-other_features = st.one_of(st.dictionaries(st.sampled_from(["brand", "colour"]), st.text(max_size=5), max_size=2),
-                           st.lists(st.integers(), max_size=2), _some_text)
+_moments = st.integers(-30 * _DAY, _DAY).map(lambda s: AS_OF + timedelta(seconds=s))  # up to the limit
 
-
-def records(fields: dict[str, st.SearchStrategy], optional: tuple[str, ...] = ()) -> st.SearchStrategy[dict]:
-    """Objects with each field drawn from its strategy or left out (mostly present),
-    sometimes null, sometimes with an unknown field besides."""
-    def present(name, values):
-        weight = 2 if name in optional else 9
-        return st.one_of(*[values] * weight, st.just(_MISSING), st.none())
-
-    return st.fixed_dictionaries(
-        {name: present(name, values) for name, values in fields.items()},
-        optional={"session": st.text(max_size=8)},
-    ).map(lambda row: {k: v for k, v in row.items() if v is not _MISSING})
-
-
+# Per field: values the rules accept (small ids, so that events repeat), and values they refuse.
+EVENT_FIELDS = {
+    "user_id": (st.one_of(st.integers(0, 30), st.integers(0, 2**63 - 1), _as_text(st.integers(0, 30))),
+                st.one_of(st.integers(max_value=-1), st.integers(2**63, 10**40), _bad_scalar)),
+    "event_type": (st.sampled_from(EVENT_TYPES),
+                   st.one_of(st.sampled_from(["VIEW", "teleport", "", " view"]), _bad_scalar)),
+    "product_id": (st.one_of(st.integers(0, 30), st.integers(0, UINT32_MAX), _as_text(st.integers(0, 30))),
+                   st.one_of(st.integers(UINT32_MAX + 1, 2**40), st.integers(max_value=-1), _bad_scalar)),
+    "timestamp": (st.one_of(_moments.map(_iso), _moments.map(lambda m: int(m.timestamp())),
+                            st.just(_iso(AS_OF + timedelta(days=1)))),
+                  st.one_of(st.integers(1, 7000).map(lambda years: f"{min(2026 + years, 9999)}-01-01T00:00:00Z"),
+                            st.sampled_from(["1999-12-31T23:59:59Z", _iso(AS_OF + timedelta(days=1, seconds=1)),
+                                             "yesterday", "", "  "]),
+                            st.integers(-(2**40), 2**40), st.floats(), st.booleans())),
+}
+PRODUCT_FIELDS = {
+    "product_id": EVENT_FIELDS["product_id"],
+    "category": (st.one_of(st.sampled_from(["shoes", "shoes.running", "électronique"]), st.integers()),
+                 st.sampled_from(["", "  ", "\t", "\u2003"])),
+    "price": (st.one_of(st.floats(0, 1e9), _as_text(st.sampled_from(["12.5", "0", "1e3"]))),
+              st.one_of(st.floats(max_value=-0.01), st.sampled_from([float("nan"), float("inf"), 1e9 + 1]),
+                        st.sampled_from(["NaN", "-1", "cheap"]), st.booleans())),
+    "active": (st.one_of(st.booleans(), _as_text(st.sampled_from(["true", "false", "TRUE"]))),
+               st.one_of(st.sampled_from(["yes", "no"]), st.integers(0, 1))),
+    "other_features": (st.dictionaries(st.sampled_from(["brand", "colour"]), st.text(max_size=5), max_size=2),
+                       st.one_of(st.lists(st.integers(), max_size=2), _some_text)),
+}
 _MISSING = object()
-event_records = records({"user_id": ids, "event_type": event_types, "product_id": product_ids,
-                         "timestamp": timestamps})
-product_records = records({"product_id": product_ids, "category": categories, "price": prices, "active": actives,
-                           "other_features": other_features},
-                          optional=("price", "active", "other_features"))
+
+
+@st.composite
+def records(draw, fields: dict[str, tuple[st.SearchStrategy, st.SearchStrategy]]) -> dict:
+    """A valid row, mostly; else one with a field or two refused, null or left out;
+    sometimes with an unknown field besides (the ingest ignores those)."""
+    row = {name: draw(good) for name, (good, _) in fields.items()}
+    for name in draw(st.lists(st.sampled_from(sorted(fields)), max_size=2)):
+        row[name] = draw(st.one_of(fields[name][1], st.just(None), st.just(_MISSING)))
+    if draw(st.integers(0, 9)) == 0:
+        row["session"] = draw(st.text(max_size=8))
+    return {k: v for k, v in row.items() if v is not _MISSING}
+
+
+event_records = records(EVENT_FIELDS)
+product_records = records(PRODUCT_FIELDS)
 
 
 def as_lines(rows: st.SearchStrategy[dict]) -> st.SearchStrategy[str]:
@@ -136,11 +138,16 @@ def landing_file(draw, rows: st.SearchStrategy[dict]) -> list[str]:
 
 
 def _reordered(line: str) -> str:
+    """The same row written differently: keys in reverse order, an integer id as text."""
     try:
         row = json.loads(line)
     except ValueError:
         return line
-    return json.dumps(dict(reversed(row.items()))) if isinstance(row, dict) else line
+    if not isinstance(row, dict):
+        return line
+    if isinstance(row.get("user_id"), int) and not isinstance(row["user_id"], bool):
+        row["user_id"] = str(row["user_id"])
+    return json.dumps(dict(reversed(row.items())))
 
 
 # --- the expected verdicts (plain Python) ---------------------------------------------
@@ -210,7 +217,7 @@ def reason_field(reason: str) -> str:
 
 # --- properties of the plain-Python rules (many examples, no Spark) ---------------------
 
-@settings(max_examples=300, derandomize=True, deadline=None)
+@settings(max_examples=200, derandomize=True, deadline=None)
 @given(events=landing_file(event_records), products=landing_file(product_records))
 def test_the_rules_give_every_line_one_verdict_with_a_reason(events, products):
     """Nothing raises; each line is accepted or quarantined with a non-empty reason;
@@ -252,7 +259,7 @@ def _quarantine_of(lines: list[str], verdicts: Verdicts) -> Counter:
 
 
 @pytest.mark.spark
-@settings(max_examples=10, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=landing_file(event_records), products=landing_file(product_records))
 def test_spark_validation_judges_every_line_as_the_rules_do(spark, events, products):
     """Through the landing parser and split_valid, each line comes out once: accepted
@@ -296,18 +303,21 @@ def test_ingest_quarantines_or_stores_every_line_and_counts_them_all(spark, land
     event (of this file or stored before), each with its reason; the table gains
     exactly the other events, once each."""
     paths, numbers = landing_zone
-    name = f"example-{next(numbers):03d}.jsonl"
-    stored_before = _stored_event_keys(spark, paths)
     folder = paths.landing_for("events")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text("".join(line + "\n" for line in events), encoding="utf-8")
+    earlier = sorted(folder.glob("example-*.jsonl"))
+    # The first lines of the file before, again: events stored already, or refused again.
+    lines = events + (earlier[-1].read_text(encoding="utf-8").splitlines()[:5] if earlier else [])
+    name = f"example-{next(numbers):03d}.jsonl"
+    stored_before = _stored_event_keys(spark, paths)
+    (folder / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
     counts = run_ingest(spark, paths, AS_OF, SETTINGS, tables=["events"])["events"]
 
-    verdicts = expected_verdicts(EVENTS, events, stored_before)
+    verdicts = expected_verdicts(EVENTS, lines, stored_before)
     assert (counts.received, counts.accepted, counts.rejected) == (
-        len(events), len(verdicts.accepted), len(verdicts.rejected))
+        len(lines), len(verdicts.accepted), len(verdicts.rejected))
     quarantined = (spark.read.format("delta").load(paths.table("events_rejected"))
                    .where(F.col("source_file").endswith("/" + name)).collect())
-    assert Counter((r.raw, reason_field(r.reason)) for r in quarantined) == _quarantine_of(events, verdicts)
+    assert Counter((r.raw, reason_field(r.reason)) for r in quarantined) == _quarantine_of(lines, verdicts)
     assert _stored_event_keys(spark, paths) == stored_before | {key for _, key in verdicts.accepted}
