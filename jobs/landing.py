@@ -24,6 +24,7 @@ from jobs.validation import MALFORMED, RAW, SOURCE_FILE
 
 FORMATS = {"json": "*.{json,jsonl}", "csv": "*.csv", "parquet": "*.parquet"}
 CORRUPT = "_corrupt"
+_LINE_END = "_line_end"
 
 
 def string_schema(table: Table, corrupt_column: bool = False) -> T.StructType:
@@ -37,20 +38,30 @@ def parse_json_lines(lines: DataFrame, table: Table, max_line_bytes: int) -> Dat
     """``(value, _source_file)`` text lines -> table fields as strings, ``_raw``, ``_malformed``.
 
     Nested values (maps, lists) stay as their JSON text for validation to parse.
+
+    ``from_json`` reads the first JSON value of its input and ignores whatever follows,
+    so a line holding two objects (a writer that forgot a newline) used to lose the
+    second without a trace. Each line is therefore parsed followed by a marker,
+    ``[<line>,{"_line_end":"1"}]``: the line is one JSON value exactly when the marker
+    comes out as the second element. Single quotes (a writer of Python's repr) are
+    refused too: they are not JSON.
     """
-    parsed = F.from_json("value", string_schema(table, corrupt_column=True),
-                         {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
+    marker = F.lit(f',{{"{_LINE_END}":"1"}}]')
+    element = T.StructType([*string_schema(table).fields, T.StructField(_LINE_END, T.StringType())])
+    values = F.from_json(F.concat(F.lit("["), F.col("value"), marker), T.ArrayType(element),
+                         {"mode": "PERMISSIVE", "allowSingleQuotes": "false"})
+    whole_line = F.coalesce((F.size(values) == 2) & (F.element_at(values, 2)[_LINE_END] == "1"), F.lit(False))
     oversized = F.octet_length("value") > max_line_bytes
     return (
-        lines.withColumn("_json", F.when(~oversized, parsed))
+        # An object with none of the table's fields comes out null, like no object at all.
+        lines.withColumn("_json", F.when(~oversized & whole_line, F.element_at(values, 1)))
         .select(
             *[F.col(f"_json.{f.name}").alias(f.name) for f in table.fields],
             F.when(oversized, F.concat(F.substring("value", 1, 1024), F.lit("…")))
              .otherwise(F.col("value")).alias(RAW),
             F.col(SOURCE_FILE),
             F.when(oversized, F.lit(f"line longer than {max_line_bytes} bytes"))
-             .when(F.col(f"_json.{CORRUPT}").isNotNull() | F.col("_json").isNull(),
-                   F.lit("malformed JSON: not one object per line"))
+             .when(F.col("_json").isNull(), F.lit("malformed JSON: not one object per line"))
              .alias(MALFORMED),
         )
     )

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +30,11 @@ log = logging.getLogger(__name__)
 
 BUILDING_PREFIX = ".building-"
 COMMIT_EVERY = 50_000  # puts per write transaction: bounds the dirty pages held in memory
+
+
+class SnapshotWriteError(RuntimeError):
+    """LMDB could not write the snapshot to disk. It reports a full disk (a short
+    write) as a bare "Input/output error", so the message says how much space is left."""
 
 
 class SnapshotWriter:
@@ -106,17 +113,30 @@ class SnapshotWriter:
     def _commit_every(self) -> None:
         self._pending += 1
         if self._pending >= COMMIT_EVERY:
-            self._txn.commit()
+            with self._writing_to_disk("commit"):
+                self._txn.commit()
             self._txn = self._env.begin(write=True)
             self._pending = 0
+
+    @contextmanager
+    def _writing_to_disk(self, step: str):
+        """Turn LMDB's error for a failed write (pages reach the disk at commit and sync)
+        into one that names the snapshot, its folder and the space left there."""
+        try:
+            yield
+        except lmdb.Error as exc:
+            raise SnapshotWriteError(f"snapshot {self.version}: LMDB {step} in {self.tmp_dir} failed "
+                                     f"({exc}); {_space_left(self.tmp_dir)}") from exc
 
     def finish(self, manifest: Manifest) -> Path:
         """Commit, fsync, write the manifest and move the folder to ``root/<version>``.
 
         Fills ``manifest.version``, ``databases`` and ``files``; returns the final path.
         """
-        self._txn.commit()
-        self._env.sync(True)
+        with self._writing_to_disk("commit"):
+            self._txn.commit()
+        with self._writing_to_disk("sync"):
+            self._env.sync(True)
         self._env.close()
         lock_file = self.tmp_dir / "lock.mdb"
         if lock_file.exists():  # readers open with lock=False; the lock file is not part of a snapshot
@@ -147,6 +167,17 @@ class SnapshotWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and self.tmp_dir.exists():
             self.abort()
+
+
+def _space_left(folder: Path) -> str:
+    """Free space on ``folder``'s filesystem, and the file size limit when one is set:
+    the two things that make a growing file's write fail."""
+    usage = shutil.disk_usage(folder)
+    text = f"{usage.free / 1e6:.1f} MB free of {usage.total / 1e6:.1f} MB on its filesystem"
+    limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if limit != resource.RLIM_INFINITY:
+        text += f", file size limit (ulimit -f) {limit / 1e6:.1f} MB"
+    return text
 
 
 def _fsync_file(path: Path) -> None:

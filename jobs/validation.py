@@ -22,7 +22,11 @@ from schemas.fields import Field, Table, format_bound
 RAW, SOURCE_FILE, MALFORMED = "_raw", "_source_file", "_malformed"
 REASON = "_reason"
 
-_INTEGER_TEXT = r"^\s*[+-]?\d+\s*$"
+# Whitespace as Python's str.strip() and int() see it, which the plain-Python rules use:
+# Java's isWhitespace plus the no-break spaces and NEL, which Python counts too. Spark's
+# trim() removes spaces only, so a tab-only category passed as non-empty there.
+_SPACE = r"[\p{javaWhitespace}\u0085\u00a0\u2007\u202f]"
+_INTEGER_TEXT = rf"^{_SPACE}*[+-]?[0-9]+{_SPACE}*$"
 # datetime's range in Python; beyond it a value is no timestamp for us, and
 # Spark's timestamp_seconds would overflow.
 _EPOCH_MIN, _EPOCH_MAX = -62_135_596_800, 253_402_300_799
@@ -32,8 +36,12 @@ def _is_integer_text(c: Column) -> Column:
     return c.rlike(_INTEGER_TEXT)
 
 
+def _strip(c: Column) -> Column:
+    return F.regexp_replace(c, rf"^{_SPACE}+|{_SPACE}+$", "")
+
+
 def _as_decimal(c: Column) -> Column:
-    return F.trim(c).try_cast("decimal(38,0)")
+    return _strip(c).try_cast("decimal(38,0)")
 
 
 def _typed_and_checks(f: Field, as_of: datetime) -> tuple[Column, list[tuple[Column, str]]]:
@@ -55,26 +63,26 @@ def _typed_and_checks(f: Field, as_of: datetime) -> tuple[Column, list[tuple[Col
         bounds(number)
         typed = number.try_cast("bigint")
     elif f.type in ("float64", "float32"):
-        number = F.trim(c).try_cast("double")
+        number = _strip(c).try_cast("double")
         checks.append((number.isNull(), f"{name}: not a number"))
         checks.append((F.isnan(number) | (F.abs(number) == float("inf")), f"{name}: not a finite number"))
         bounds(number)
         typed = number if f.type == "float64" else number.cast("float")
     elif f.type == "string":
         if f.non_empty:
-            checks.append((F.trim(c) == "", f"{name}: empty"))
+            checks.append((_strip(c) == "", f"{name}: empty"))
         if f.allowed is not None:
             checks.append((~c.isin(*f.allowed), f"{name}: unknown value"))
         typed = c
     elif f.type == "bool":
-        text = F.lower(F.trim(c))
+        text = F.lower(_strip(c))
         checks.append((~text.isin("true", "false"), f"{name}: expected true or false"))
         typed = text == "true"
     elif f.type == "timestamp":
         epoch = _as_decimal(c)
         from_epoch = F.when(_is_integer_text(c) & epoch.between(_EPOCH_MIN, _EPOCH_MAX),
                             F.timestamp_seconds(epoch.try_cast("bigint")))
-        typed = F.when(_is_integer_text(c), from_epoch).otherwise(F.trim(c).try_cast("timestamp"))
+        typed = F.when(_is_integer_text(c), from_epoch).otherwise(_strip(c).try_cast("timestamp"))
         checks.append((typed.isNull(), f"{name}: not a timestamp (ISO-8601 or epoch seconds)"))
         if f.min_timestamp:
             checks.append((typed < F.lit(datetime.fromisoformat(f.min_timestamp)), f"{name}: before {f.min_timestamp}"))
@@ -98,7 +106,7 @@ def _typed_and_checks(f: Field, as_of: datetime) -> tuple[Column, list[tuple[Col
 
 def _missing(f: Field) -> Column:
     c = F.col(f.name)
-    return c.isNull() if f.type == "string" else c.isNull() | (F.trim(c) == "")
+    return c.isNull() if f.type == "string" else c.isNull() | (_strip(c) == "")
 
 
 def with_missing_columns(df: DataFrame, table: Table) -> DataFrame:
@@ -120,7 +128,7 @@ def first_broken_rule(table: Table, as_of: datetime) -> tuple[Column, dict[str, 
             missing = ~present
             if f.required_unless is not None:
                 other, value = f.required_unless
-                excused = F.coalesce(F.lower(F.trim(F.col(other).cast("string"))) == F.lit(value), F.lit(False))
+                excused = F.coalesce(F.lower(_strip(F.col(other).cast("string"))) == F.lit(value), F.lit(False))
                 missing = missing & ~excused
             reasons.append(F.when(missing, F.lit(f"{f.name}: missing")))
         for broken, reason in checks:

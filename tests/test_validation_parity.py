@@ -110,6 +110,14 @@ CASES = [
     (EVENTS, "[1, 2]", WHOLE_RECORD),
     (EVENTS, '"view"', WHOLE_RECORD),
     (EVENTS, "", WHOLE_RECORD),
+    # one JSON object per line, nothing after it (Spark's reader used to ignore what follows)
+    (EVENTS, ev() + ev(user_id=8), WHOLE_RECORD),
+    (EVENTS, ev(user_id=9) + " trailing", WHOLE_RECORD),
+    (EVENTS, ev(user_id=10) + "]", WHOLE_RECORD),
+    (EVENTS, str(json.loads(ev(user_id=11))), WHOLE_RECORD),       # Python's repr: single quotes
+    (EVENTS, "{}", "user_id"),
+    # whitespace is what Python's strip() removes, not only spaces
+    (EVENTS, ev(user_id="\t12\u2003"), None),
     # --- products ---
     (PRODUCTS, pr(), None),
     (PRODUCTS, '{"product_id": 1, "category": "a"}', None),
@@ -134,6 +142,10 @@ CASES = [
     (PRODUCTS, pr(category=""), "category"),
     (PRODUCTS, pr(category="  "), "category"),
     (PRODUCTS, pr(category=DROP), "category"),
+    (PRODUCTS, pr(category="\t"), "category"),
+    (PRODUCTS, pr(category="\u2003"), "category"),
+    (PRODUCTS, pr(price="\t"), None),
+    (PRODUCTS, pr(active="\tTrue\u00a0"), None),
     (PRODUCTS, '{"product_id": 6, "active": false}', None),         # a deactivation needs no category
     (PRODUCTS, '{"product_id": 11, "category": "a", "changed_at": "2026-09-30T12:00:00Z"}', None),
     (PRODUCTS, '{"product_id": 12, "category": "a", "changed_at": "soon"}', "changed_at"),
