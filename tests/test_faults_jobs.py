@@ -50,6 +50,7 @@ from schemas import CANDIDATES, EVENTS, PRODUCTS_STORED, spark_schema
 from schemas.settings import PROJECT_ROOT, load_conf
 from schemas.snapshot import read_current_version, verify_snapshot_dir
 from tests.collector_fixtures import AUTH, hidden_files, landed, running_collector
+from tests.jvm import SHORT_LIVED_JVM
 from tests.lookup_fixtures import child_env, wait_until
 
 pytestmark = [pytest.mark.spark, pytest.mark.faults]
@@ -73,9 +74,7 @@ def running_job(module: str, data_dir: Path, *args: str, env: dict[str, str] | N
     log_path = data_dir / f"{module}.log"
     settings = {"PYTHONPATH": str(PROJECT_ROOT), "SPARK_LOCAL_IP": "127.0.0.1",
                 "RECSYS__SPARK__MASTER": "local[2]",  # as the tests' session: small and quick
-                "RECSYS__SPARK__CONF__spark.sql.shuffle.partitions": "2",
-                # A JVM that lives a minute: the quick compiler only and a serial GC halve its CPU.
-                "JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+                "RECSYS__SPARK__CONF__spark.sql.shuffle.partitions": "2", **SHORT_LIVED_JVM}
     command = [sys.executable, "-m", module, "--data-dir", str(data_dir), "--as-of", AS_OF_TEXT, *args]
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=child_env("RECSYS__", settings, env),

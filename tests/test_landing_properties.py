@@ -259,7 +259,7 @@ def _quarantine_of(lines: list[str], verdicts: Verdicts) -> Counter:
 
 
 @pytest.mark.spark
-@settings(max_examples=6, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=landing_file(event_records), products=landing_file(product_records))
 def test_spark_validation_judges_every_line_as_the_rules_do(spark, events, products):
     """Through the landing parser and split_valid, each line comes out once: accepted
@@ -295,7 +295,7 @@ def _stored_event_keys(spark, paths: DataPaths) -> set[tuple]:
 
 
 @pytest.mark.spark
-@settings(max_examples=3, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=2, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=landing_file(event_records))
 def test_ingest_quarantines_or_stores_every_line_and_counts_them_all(spark, landing_zone, events):
     """The whole ingest of one more events file: received = accepted + rejected = its

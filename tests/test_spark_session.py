@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from jobs.spark_session import MissingJarsError, delta_jars
+from tests.jvm import SHORT_LIVED_JVM
 
 
 def test_delta_jars_missing_names_the_fix(tmp_path: Path):
@@ -38,6 +39,6 @@ def test_spark_submit_settings_win_over_conf(tmp_path: Path):
     done = subprocess.run([str(PROJECT_ROOT / "scripts" / "submit"), "--master", "local[1]",
                            "--conf", "spark.sql.shuffle.partitions=7", str(probe)],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **SHORT_LIVED_JVM})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "MASTER=local[1]" in done.stdout and "PARTITIONS=7" in done.stdout, done.stdout
