@@ -15,7 +15,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # processes in this order (--no-loadscope-reorder: xdist would put the modules with the most
 # tests first), and a long module started last would finish the run alone on one core.
 LONGEST_MODULES = ("test_airflow_nightly.py", "test_end_to_end.py", "test_quality_taobao.py",
-                   "test_airflow_dags.py", "test_evaluation.py", "test_tuning.py")
+                   "test_faults_jobs.py", "test_ingest.py", "test_airflow_dags.py", "test_evaluation.py",
+                   "test_tuning.py", "test_landing_properties.py")
 
 
 def pytest_collection_modifyitems(items):
