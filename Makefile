@@ -24,7 +24,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-als bench-pipeline clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-als bench-pipeline clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -72,8 +72,12 @@ stop:  ## stop the demo's lookup server and collector
 	  if [ -f $(DEMO_DIR)/$$name.pid ] && kill $$(cat $(DEMO_DIR)/$$name.pid) 2>/dev/null; then echo "stopped $$name"; \
 	  else echo "$$name not running"; fi; rm -f $(DEMO_DIR)/$$name.pid; done
 
-test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success), then the dependency audit where its service answers
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
+	$(MAKE) --no-print-directory audit-if-reachable || rc=1; exit $$rc
+
+audit-if-reachable:  ## `make audit` if pypi.org's JSON API answers; otherwise a line saying it was skipped and why
+	@if $(PYTHON) scripts/audit_dependencies.py --probe; then $(MAKE) --no-print-directory audit; fi
 
 # pip-audit in a virtualenv of its own, so its dependencies are not audited as ours.
 AUDIT_VENV        := .venv-audit
