@@ -35,10 +35,20 @@ setup: system-packages venv jars  ## everything the jobs, server and tests need
 
 venv: $(VENV)/.installed  ## virtualenv with the pinned packages
 
-$(VENV)/.installed: pyproject.toml
+# Packages are installed with uv (pinned, in a virtualenv of its own): the same pins as
+# pip would install, in a fraction of the time (the Airflow pins: 8 s against 63 s here).
+UV_VENV    := .venv-uv
+UV_VERSION := 0.13.9
+UV         := $(UV_VENV)/bin/uv
+UV_INSTALL := $(UV) pip install -q --python
+
+$(UV):
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml | $(UV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(UV_INSTALL) $(PY) -e ".[test]"
 	touch $@
 
 jars: $(DELTA_JAR) $(STORAGE_JAR)  ## Delta Lake jars from Maven Central (Spark never downloads at start-up)
@@ -88,9 +98,9 @@ PIP_AUDIT_VERSION := 2.10.1
 audit: venv $(AUDIT_VENV)/.installed  ## known vulnerabilities in .venv and airflow_dags/requirements.txt (pip-audit; needs pypi.org's JSON API): fails on one with a fix, or if a package could not be checked
 	$(AUDIT_VENV)/bin/python scripts/audit_dependencies.py --pip-audit $(AUDIT_VENV)/bin/pip-audit --venv-python $(PY)
 
-$(AUDIT_VENV)/.installed: Makefile
+$(AUDIT_VENV)/.installed: Makefile | $(UV)
 	$(PYTHON) -m venv $(AUDIT_VENV)
-	$(AUDIT_VENV)/bin/python -m pip install -q pip-audit==$(PIP_AUDIT_VERSION)
+	$(UV_INSTALL) $(AUDIT_VENV)/bin/python pip-audit==$(PIP_AUDIT_VERSION)
 	touch $@
 
 bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-als bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
@@ -105,7 +115,7 @@ bench-sharding: setup  ## 1, 2 and 4 snapshot shards behind nginx: throughput, l
 	$(PY) -m bench.sharding $(BENCH_ARGS)
 
 bench-quality: setup  ## offline quality on the real samples in ../shared/data, `implicit` ALS side by side
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(UV_INSTALL) $(PY) -e ".[test,bench]"
 	$(PY) -m bench.quality $(BENCH_ARGS)
 
 bench-snapshot: setup  ## the snapshot build at 1M users x 100 candidates, 1 and 4 algorithms (~10 min with the lake; --quick: BENCH_ARGS=--quick)
@@ -118,7 +128,7 @@ bench-content: setup  ## content user lists of 100k users (10k products, 1M gene
 	$(PY) -m bench.content $(BENCH_ARGS)
 
 bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
-	$(PY) -m pip install -q -e ".[test,bench]"
+	$(UV_INSTALL) $(PY) -e ".[test,bench]"
 	$(PY) -m bench.als_topk $(BENCH_ARGS)
 
 bench-pipeline: setup  ## the nightly pipeline at 1M, 3M and 10M generated events: time and peak RSS per stage, growth plots (1 h+ on 2 cores; --quick: BENCH_ARGS=--quick)
@@ -133,10 +143,9 @@ AIRFLOW_VENV := .venv-airflow
 
 airflow-venv: $(AIRFLOW_VENV)/.installed  ## Airflow 3.3.2 + the Apache Spark provider in .venv-airflow (pins: airflow_dags/requirements.txt)
 
-$(AIRFLOW_VENV)/.installed: airflow_dags/requirements.txt
+$(AIRFLOW_VENV)/.installed: airflow_dags/requirements.txt | $(UV)
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
-	$(AIRFLOW_VENV)/bin/python -m pip install -q -r airflow_dags/requirements.txt
+	$(UV_INSTALL) $(AIRFLOW_VENV)/bin/python -r airflow_dags/requirements.txt
 	touch $@
 
 airflow: setup airflow-venv  ## local Airflow (standalone, SQLite in var/airflow) with the nightly and hourly DAGs on :8080; a lookup server on :$(PORT) serves what they publish
