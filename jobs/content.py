@@ -281,14 +281,18 @@ def sparse_catalog(product_ids: np.ndarray, lengths: np.ndarray, terms: np.ndarr
 
 
 class _PostingLists(NamedTuple):
-    """The catalog's entries grouped by term: ``positions`` and ``weights`` of each posting
-    list in rank order, and for every entry of the catalog (in its CSR order) where its
-    list starts in those arrays, the list's length (df) and the entry's rank in it."""
-    positions: np.ndarray
+    """The catalog's entries grouped by term: ``id_ranks`` (the product's rank by id) and
+    ``weights`` of each posting list in rank order, and for every entry of the catalog
+    (in its CSR order) its product's position, where its list starts in those arrays,
+    the list's length (df) and the entry's rank in it; ``position_of`` maps id rank to
+    position."""
+    id_ranks: np.ndarray
     weights: np.ndarray
+    owner: np.ndarray
     start: np.ndarray
     df: np.ndarray
     rank: np.ndarray
+    position_of: np.ndarray
 
 
 def _posting_lists(catalog: SparseCatalog) -> _PostingLists:
@@ -303,7 +307,17 @@ def _posting_lists(catalog: SparseCatalog) -> _PostingLists:
     start[by_term] = starts[list_of]
     length[by_term] = df[list_of]
     rank[by_term] = np.arange(len(terms)) - starts[list_of]
-    return _PostingLists(owner[by_term], catalog.weights[by_term], start, length, rank)
+    position_of = np.argsort(catalog.product_ids, kind="stable")
+    id_rank = np.empty(len(position_of), np.int64)
+    id_rank[position_of] = np.arange(len(position_of))
+    return _PostingLists(id_rank[owner[by_term]], catalog.weights[by_term], owner, start, length, rank, position_of)
+
+
+def _best_first(sorted_groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The order of rows sorted by (group, id) that sorts them by (group, value desc, id):
+    two stable single-key sorts (a three-key lexsort took most of similar_lists' time)."""
+    order = np.argsort(-values, kind="stable")
+    return order[np.argsort(sorted_groups[order], kind="stable")]
 
 
 def _window_partners(rank: np.ndarray, df: np.ndarray, block: int) -> tuple[np.ndarray, ...]:
@@ -356,14 +370,15 @@ def _best_candidates(catalog: SparseCatalog, lists: _PostingLists, first: int, l
     not_self = partner_rank != lists.rank[lo + entry]
     entry, partner_rank = entry[not_self], partner_rank[not_self]
     at = lists.start[lo + entry] + partner_rank
-    subject = np.searchsorted(catalog.offsets, lo + entry, side="right") - 1
+    subject = lists.owner[lo + entry]
     n = len(catalog.product_ids)
-    pair = subject * n + lists.positions[at]
+    # Keyed by the partner's id rank, so the pairs come out sorted by (subject, partner id).
+    pair = subject * n + lists.id_ranks[at]
     order = np.argsort(pair, kind="stable")
     pair, partial = _sum_runs(pair[order], (catalog.weights[lo + entry] * lists.weights[at])[order])
-    subject, similar = pair // n, pair % n
-    best = np.lexsort((catalog.product_ids[similar], -partial, subject))
-    kept = best[_first_per_group(subject[best], keep)]
+    subject, similar = pair // n, lists.position_of[pair % n]
+    best = _best_first(subject, partial)
+    kept = np.sort(best[_first_per_group(subject[best], keep)])  # back to (subject, partner id) order
     return subject[kept], similar[kept]
 
 
@@ -410,7 +425,7 @@ def similar_lists(catalog: SparseCatalog, block: int, top_n: int, rescored: int,
         subject, similar = _best_candidates(catalog, lists, first, last, block, rescored)
         score = exact_scores(catalog, subject, similar, entry_keys)
         ids = catalog.product_ids[similar]
-        best = np.lexsort((ids, -score, subject))
+        best = _best_first(subject, score)
         kept = best[_first_per_group(subject[best], top_n)]
         parts.append((subject[kept], ids[kept], score[kept]))
     subject, ids, score = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
