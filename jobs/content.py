@@ -138,7 +138,7 @@ RESCORED_PER_LIST = 4
 # expands: bounds a task's NumPy arrays (~10 of this length, ~80 MB at 2^20).
 SCORED_PER_BLOCK = 1 << 20
 # Pair rows (a subject's posting x a product it meets there) one block of similar_lists
-# expands: bounds the driver's NumPy arrays (~100 bytes a row, ~200 MB at 2^21).
+# expands: bounds the driver's NumPy arrays (~120 bytes a row, ~240 MB at 2^21, measured).
 PAIR_ROWS_PER_BLOCK = 1 << 21
 # Price bucket lower edges, 1-2-5 per decade up to the schema's maximum price (1e9).
 PRICE_EDGES = tuple(m * 10 ** e for e in range(9) for m in (1, 2, 5)) + (10 ** 9,)
@@ -465,9 +465,9 @@ def similar_products(vectors: DataFrame, params: ContentParams,
     Collects the vectors to the driver (a Spark job runs here), computes the lists with
     NumPy (``similar_lists``) and returns them as a DataFrame of a pyarrow table.
     Memory on the driver: the catalog, ~40 bytes per posting (CSR, the term-grouped
-    copy, ranks); and per block of products about ``budget`` pair rows of ~100 bytes
-    each (ranges expanded to int64 entry, rank, position and pair keys, float64
-    contributions, sort orders): ~200 MB at the default 2^21. A single product whose
+    copy, ranks); and per block of products about ``budget`` pair rows of ~120 bytes
+    each (ranges expanded to int64 entry, rank, id-rank and pair keys, float64
+    contributions, sort orders): 236 MB peak measured at the default 2^21. A single product whose
     postings alone meet more than ``budget`` rows makes its block larger (at most
     ``tokens x 1.5 x block_size`` rows). Time is linear in the pair rows (about
     ``postings x 1.5 x block_size``, both ways); the catalog stops being cheap to hold
