@@ -464,14 +464,15 @@ def similar_products(vectors: DataFrame, params: ContentParams,
 
     Collects the vectors to the driver (a Spark job runs here), computes the lists with
     NumPy (``similar_lists``) and returns them as a DataFrame of a pyarrow table.
-    Memory on the driver: the catalog, ~40 bytes per posting (CSR, the term-grouped
-    copy, ranks); and per block of products about ``budget`` pair rows of ~120 bytes
-    each (ranges expanded to int64 entry, rank, id-rank and pair keys, float64
-    contributions, sort orders): 236 MB peak measured at the default 2^21. A single product whose
-    postings alone meet more than ``budget`` rows makes its block larger (at most
-    ``tokens x 1.5 x block_size`` rows). Time is linear in the pair rows (about
-    ``postings x 1.5 x block_size``, both ways); the catalog stops being cheap to hold
-    at tens of millions of postings (1M products x 30 tokens ~ 1.2 GB): beyond that,
+    Memory on the driver: the catalog, ~72 bytes per posting (CSR 16, the term-grouped
+    arrays 48, entry keys 8); and per block of products about ``budget`` pair rows of
+    ~120 bytes each (ranges expanded to int64 entry, rank, id-rank and pair keys,
+    float64 contributions, sort orders): 236 MB peak measured at the default 2^21. A
+    single product whose postings alone meet more than ``budget`` rows makes its block
+    larger (at most ``tokens x 1.5 x block_size`` rows). Time is linear in the pair
+    rows (about ``postings x 1.5 x block_size``, both ways: 57 s for 556k postings,
+    bench/results/content_similar.md); the catalog stops being cheap to hold at tens
+    of millions of postings (1M products x 30 tokens ~ 2.2 GB): beyond that,
     run ``similar_lists`` per range of subject positions in ``mapInArrow`` tasks with
     the catalog broadcast (each block only reads it), or go back to the Spark joins
     of bench/content_similar/spark_formulation.py.
