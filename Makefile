@@ -26,7 +26,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-als bench-pipeline clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-pipeline clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -103,7 +103,7 @@ $(AUDIT_VENV)/.installed: Makefile | $(UV)
 	$(UV_INSTALL) $(AUDIT_VENV)/bin/python pip-audit==$(PIP_AUDIT_VERSION)
 	touch $@
 
-bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-als bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
+bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 
 bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
 	$(PY) -m bench.serving --quick $(BENCH_ARGS)
@@ -126,6 +126,9 @@ bench-hybrid: setup  ## hybrid fusion of 100k users' lists, against the explode-
 
 bench-content: setup  ## content user lists of 100k users (10k products, 1M generated events), against the explode-and-join version they replaced (~12 min, 5 of them the set-up; --quick: BENCH_ARGS=--quick)
 	$(PY) -m bench.content $(BENCH_ARGS)
+
+bench-content-similar: setup  ## similar products of 10k products, NumPy against the Spark formulation it replaced, and NumPy alone at 100k (~15 min; --quick: BENCH_ARGS='--quick --numpy-only 0')
+	$(PY) -m bench.content_similar --numpy-only 100000 $(BENCH_ARGS)
 
 bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
 	$(UV_INSTALL) $(PY) -e ".[test,bench]"

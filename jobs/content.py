@@ -57,6 +57,20 @@ token and a colour or price bucket spans the whole catalog.
    score are rescored with the full dot product (all shared tokens), and the
    ``similar_top_n`` best kept: every score written is the exact cosine.
 
+How (``similar_products``): the non-zero vectors are collected to the driver once
+(one Arrow collect, Spark sorting them by ``(sort key, product id)``) as flat arrays
+(``SparseCatalog``: CSR by product), and ``similar_lists`` does steps 1-4 with NumPy,
+a block of subject products at a time: each posting's partners are at most two
+ranges of ranks in its posting list (``_window_partners``), expanded into pair rows
+and summed per (subject, partner) in ascending term order; the rescoring sums a
+pair's shared terms in ascending term order from 0.0, as the Spark ``aggregate``
+over the subject's map entries did, so the written scores have the same bits. The
+lists come back as a DataFrame of a pyarrow table. The Spark formulation it replaced
+(windowed self-join, ``groupBy``, window, map lookups: 152 s for 10k products) is
+kept as the reference in bench/content_similar/spark_formulation.py; its partial
+scores were summed in Spark's arrival order, which only decides which candidates are
+rescored, never a score written.
+
 The approximation: a product's list is drawn from the candidates it met, not
 from the whole catalog. Candidates through rare tokens (df <= ``block_size``:
 title words, uncommon features, small categories) are never missed; in a category
@@ -100,11 +114,11 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
+from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
 from jobs.cli import run_algorithm_job
 from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
@@ -123,6 +137,9 @@ RESCORED_PER_LIST = 4
 # Neighbour entries (touched products x their list lengths) one rank_neighbours call
 # expands: bounds a task's NumPy arrays (~10 of this length, ~80 MB at 2^20).
 SCORED_PER_BLOCK = 1 << 20
+# Pair rows (a subject's posting x a product it meets there) one block of similar_lists
+# expands: bounds the driver's NumPy arrays (~120 bytes a row, ~240 MB at 2^21, measured).
+PAIR_ROWS_PER_BLOCK = 1 << 21
 # Price bucket lower edges, 1-2-5 per decade up to the schema's maximum price (1e9).
 PRICE_EDGES = tuple(m * 10 ** e for e in range(9) for m in (1, 2, 5)) + (10 ** 9,)
 
@@ -241,54 +258,235 @@ def _sparse(vectors: DataFrame) -> DataFrame:
             .where(F.size("entries") > 0))
 
 
-def candidate_pairs(vectors: DataFrame, params: ContentParams) -> DataFrame:
-    """``(product_id, similar_id, partial)``, both ways, for every pair that meets in a
-    posting-list window (the module docstring); ``partial`` sums ``w_a * w_b`` over the
-    tokens through which the pair met: the exact cosine when it met through all the
-    tokens it shares (always so within ``block_size / 2`` places in the sort order),
-    a lower bound otherwise."""
-    block = params.block_size
-    postings = _sparse(vectors).select("product_id", "sort_key", F.explode("entries").alias("e")).select(
-        "product_id", "sort_key", F.col("e.term").alias("term"), F.col("e.weight").alias("weight"))
-    in_term = Window.partitionBy("term")
-    postings = (postings
-                .withColumn("df", F.count(F.lit(1)).over(in_term))
-                .withColumn("rank", F.row_number().over(in_term.orderBy("sort_key", "product_id")) - 1)
-                .withColumn("first_window", F.floor(F.col("rank") / block))
-                # A short list is one window; a long one is cut twice, the second cut half a window later.
-                .withColumn("shift", F.explode(F.when(F.col("df") <= block, F.array(F.lit(0)))
-                                               .otherwise(F.array(F.lit(0), F.lit(block // 2)))))
-                .select("product_id", "term", "weight", "shift", "first_window",
-                        F.floor((F.col("rank") + F.col("shift")) / block).alias("window")))
-    a, b = postings.alias("a"), postings.alias("b")
-    met = a.join(b, (F.col("a.term") == F.col("b.term")) & (F.col("a.shift") == F.col("b.shift"))
-                 & (F.col("a.window") == F.col("b.window")) & (F.col("a.product_id") < F.col("b.product_id"))
-                 # The shifted cut adds only pairs the first cut split, so a pair meets once per token.
-                 & ((F.col("a.shift") == 0) | (F.col("a.first_window") != F.col("b.first_window"))))
-    pairs = (met.groupBy(F.col("a.product_id").alias("left_id"), F.col("b.product_id").alias("right_id"))
-             .agg(F.sum(F.col("a.weight") * F.col("b.weight")).alias("partial")))
-    return (pairs.select(F.col("left_id").alias("product_id"), F.col("right_id").alias("similar_id"), "partial")
-            .unionByName(pairs.select(F.col("right_id").alias("product_id"),
-                                      F.col("left_id").alias("similar_id"), "partial")))
+class SparseCatalog(NamedTuple):
+    """The catalog's sparse vectors as flat arrays (CSR by product). Products are at their
+    positions in the catalog-wide sort order (``_sort_key``, then product id); the entries
+    of ``product_ids[i]`` are ``terms[offsets[i]:offsets[i + 1]]`` (ascending) with
+    ``weights`` alongside. Every posting list is a sub-sequence of that order, so a
+    product's rank in a posting list is the order of its position among the list's."""
+    product_ids: np.ndarray  # int64, one per position
+    offsets: np.ndarray      # int64, len(product_ids) + 1
+    terms: np.ndarray        # int64, ascending within each product
+    weights: np.ndarray      # float64, non-zero
 
 
-def similar_products(vectors: DataFrame, params: ContentParams) -> DataFrame:
+def sparse_catalog(product_ids: np.ndarray, lengths: np.ndarray, terms: np.ndarray,
+                   weights: np.ndarray) -> SparseCatalog:
+    """SparseCatalog from products given in sort order, ``product_ids[i]`` owning
+    ``lengths[i]`` consecutive entries of ``terms`` and ``weights``."""
+    owner = np.repeat(np.arange(len(product_ids)), lengths)
+    order = np.lexsort((terms, owner))  # a product's entries by ascending term, as its vector holds them
+    return SparseCatalog(np.asarray(product_ids, np.int64), np.r_[0, np.cumsum(lengths)].astype(np.int64),
+                         np.asarray(terms, np.int64)[order], np.asarray(weights, np.float64)[order])
+
+
+class _PostingLists(NamedTuple):
+    """The catalog's entries grouped by term: ``id_ranks`` (the product's rank by id) and
+    ``weights`` of each posting list in rank order, and for every entry of the catalog
+    (in its CSR order) its product's position, where its list starts in those arrays,
+    the list's length (df) and the entry's rank in it; ``position_of`` maps id rank to
+    position."""
+    id_ranks: np.ndarray
+    weights: np.ndarray
+    owner: np.ndarray
+    start: np.ndarray
+    df: np.ndarray
+    rank: np.ndarray
+    position_of: np.ndarray
+
+
+def _posting_lists(catalog: SparseCatalog) -> _PostingLists:
+    owner = np.repeat(np.arange(len(catalog.product_ids)), np.diff(catalog.offsets))
+    by_term = np.lexsort((owner, catalog.terms))
+    terms = catalog.terms[by_term]
+    first = np.r_[True, terms[1:] != terms[:-1]] if len(terms) else np.zeros(0, bool)
+    list_of = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    df = np.diff(np.r_[starts, len(terms)])
+    start, length, rank = (np.empty(len(terms), np.int64) for _ in range(3))
+    start[by_term] = starts[list_of]
+    length[by_term] = df[list_of]
+    rank[by_term] = np.arange(len(terms)) - starts[list_of]
+    position_of = np.argsort(catalog.product_ids, kind="stable")
+    id_rank = np.empty(len(position_of), np.int64)
+    id_rank[position_of] = np.arange(len(position_of))
+    return _PostingLists(id_rank[owner[by_term]], catalog.weights[by_term], owner, start, length, rank, position_of)
+
+
+def _best_first(sorted_groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The order of rows sorted by (group, id) that sorts them by (group, value desc, id):
+    two stable single-key sorts (a three-key lexsort took most of similar_lists' time)."""
+    order = np.argsort(-values, kind="stable")
+    return order[np.argsort(sorted_groups[order], kind="stable")]
+
+
+def _window_partners(rank: np.ndarray, df: np.ndarray, block: int) -> tuple[np.ndarray, ...]:
+    """Per posting at ``rank`` of a list of ``df``: the rank ranges ``[lo, hi)`` of the
+    postings it meets (the module docstring), as (first_lo, first_hi, shift_lo, shift_hi).
+    The first range is its window of the first cut (itself included); the second is the
+    part of its shifted window on the other side of a first-cut boundary (the shifted cut
+    adds only the pairs the first cut split). A list of at most ``block`` is one window."""
+    half = block // 2
+    long = df > block
+    window = rank // block
+    first_lo = np.where(long, window * block, 0)
+    first_hi = np.where(long, np.minimum((window + 1) * block, df), df)
+    shifted = (rank + half) // block
+    cut = shifted * block  # the first-cut boundary inside shifted window `shifted`
+    before_cut = rank < cut
+    shift_lo = np.where(before_cut, cut, np.maximum(cut - half, 0))
+    shift_hi = np.where(before_cut, np.minimum((shifted + 1) * block - half, df), cut)
+    shift_hi = np.where(long, np.maximum(shift_hi, shift_lo), shift_lo)
+    return first_lo, first_hi, shift_lo, shift_hi
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, value): every ``value`` in ``[lo[i], hi[i])`` with its ``i``, in order."""
+    counts = hi - lo
+    owner = np.repeat(np.arange(len(lo)), counts)
+    return owner, np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts - lo, counts)
+
+
+def _first_per_group(sorted_groups: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the first ``n`` rows of each run of equal values of ``sorted_groups``."""
+    if len(sorted_groups) == 0:
+        return np.zeros(0, bool)
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    return np.arange(len(sorted_groups)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_groups)])) < n
+
+
+def _best_candidates(catalog: SparseCatalog, lists: _PostingLists, first: int, last: int, block: int,
+                     keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """(subject, similar) positions: for each product at positions ``[first, last)``, its
+    ``keep`` best partners by partial score (``w_a * w_b`` summed over the tokens through
+    which they met, in ascending term order), ties to the smaller product id."""
+    lo, hi = catalog.offsets[first], catalog.offsets[last]
+    first_lo, first_hi, shift_lo, shift_hi = _window_partners(lists.rank[lo:hi], lists.df[lo:hi], block)
+    # An entry's two ranges side by side, entries in CSR order (subject, then term ascending): the
+    # stable sort by pair below then sums each pair's terms in ascending term order.
+    range_of, partner_rank = _expand(np.column_stack([first_lo, shift_lo]).ravel(),
+                                     np.column_stack([first_hi, shift_hi]).ravel())
+    entry = range_of // 2
+    not_self = partner_rank != lists.rank[lo + entry]
+    entry, partner_rank = entry[not_self], partner_rank[not_self]
+    at = lists.start[lo + entry] + partner_rank
+    subject = lists.owner[lo + entry]
+    n = len(catalog.product_ids)
+    # Keyed by the partner's id rank, so the pairs come out sorted by (subject, partner id).
+    pair = subject * n + lists.id_ranks[at]
+    order = np.argsort(pair, kind="stable")
+    pair, partial = _sum_runs(pair[order], (catalog.weights[lo + entry] * lists.weights[at])[order])
+    subject, similar = pair // n, lists.position_of[pair % n]
+    best = _best_first(subject, partial)
+    kept = np.sort(best[_first_per_group(subject[best], keep)])  # back to (subject, partner id) order
+    return subject[kept], similar[kept]
+
+
+def _entry_keys(catalog: SparseCatalog) -> tuple[np.ndarray, int]:
+    """(keys, base): ``position * base + term`` of every entry, ascending (CSR order)."""
+    base = int(catalog.terms.max()) + 1 if len(catalog.terms) else 1
+    owner = np.repeat(np.arange(len(catalog.product_ids), dtype=np.int64), np.diff(catalog.offsets))
+    return owner * base + catalog.terms, base
+
+
+def exact_scores(catalog: SparseCatalog, subject: np.ndarray, similar: np.ndarray,
+                 entry_keys: tuple[np.ndarray, int] | None = None) -> np.ndarray:
+    """The dot product of each (subject, similar) pair of positions, in double, summed
+    over the subject's terms in ascending order from 0.0 (as Spark's ``aggregate`` over
+    the subject's map entries did, so the same bits). ``entry_keys`` is
+    ``_entry_keys(catalog)``, passed in to build it once for many calls."""
+    keys, key_base = entry_keys or _entry_keys(catalog)
+    starts, counts = catalog.offsets[subject], catalog.offsets[subject + 1] - catalog.offsets[subject]
+    pair, entry = _expand(starts, starts + counts)
+    wanted = similar[pair] * key_base + catalog.terms[entry]
+    found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    other = np.where(keys[found] == wanted, catalog.weights[found], 0.0)
+    return np.bincount(pair, weights=catalog.weights[entry] * other, minlength=len(subject))
+
+
+def similar_lists(catalog: SparseCatalog, block: int, top_n: int, rescored: int,
+                  budget: int = PAIR_ROWS_PER_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each product's ``top_n`` most similar products (the module docstring): candidates
+    from the windowed posting lists, the ``rescored`` best by partial score rescored
+    exactly, the best kept by (score desc, product id asc). Returns ``(subjects,
+    lengths, ids, scores)``: subject ids in catalog order (those with a candidate),
+    their list lengths, and the concatenated lists (ids int64, scores double).
+
+    Products are taken a block at a time, a block holding about ``budget`` pair rows
+    (one per posting of a subject and product it meets through that posting).
+    """
+    lists, entry_keys = _posting_lists(catalog), _entry_keys(catalog)
+    ranges = _window_partners(lists.rank, lists.df, block)
+    per_entry = (ranges[1] - ranges[0]) + (ranges[3] - ranges[2])
+    owner = np.repeat(np.arange(len(catalog.product_ids)), np.diff(catalog.offsets))
+    bounds = _row_blocks(np.bincount(owner, weights=per_entry, minlength=len(catalog.product_ids)), budget)
+    parts = []
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        subject, similar = _best_candidates(catalog, lists, first, last, block, rescored)
+        score = exact_scores(catalog, subject, similar, entry_keys)
+        ids = catalog.product_ids[similar]
+        best = _best_first(subject, score)
+        kept = best[_first_per_group(subject[best], top_n)]
+        parts.append((subject[kept], ids[kept], score[kept]))
+    subject, ids, score = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0)
+                           for i in range(3))
+    subject = subject.astype(np.int64)
+    lengths = np.bincount(subject, minlength=len(catalog.product_ids))
+    listed = lengths > 0
+    return catalog.product_ids[listed], lengths[listed], ids.astype(np.int64), score.astype(np.float64)
+
+
+def collect_sparse_catalog(vectors: DataFrame) -> SparseCatalog:
+    """The non-zero vectors of ``vectors`` on the driver (one Arrow collect), in sort order:
+    Spark sorts by ``(sort_key, product_id)``, the order the posting lists are ranked in."""
+    table = (_sparse(vectors).orderBy("sort_key", "product_id")
+             .select(F.col("product_id").cast("long").alias("product_id"),
+                     F.col("entries.term").alias("terms"), F.col("entries.weight").alias("weights"))).toArrow()
+    terms, weights = (table.column(name).combine_chunks() for name in ("terms", "weights"))
+    return sparse_catalog(table.column("product_id").to_numpy(),
+                          pc.list_value_length(terms).to_numpy(zero_copy_only=False),
+                          pc.list_flatten(terms).to_numpy(zero_copy_only=False),
+                          pc.list_flatten(weights).to_numpy(zero_copy_only=False))
+
+
+# As the Spark formulation's top_n_lists typed them (nullability included), so callers see no change.
+SIMILAR_SCHEMA = T.StructType([
+    T.StructField("subject_id", T.StringType(), False),
+    T.StructField("product_ids", T.ArrayType(T.LongType(), containsNull=False), False),
+    T.StructField("scores", T.ArrayType(T.FloatType(), containsNull=True), False)])
+
+
+def similar_products(vectors: DataFrame, params: ContentParams,
+                     budget: int = PAIR_ROWS_PER_BLOCK) -> DataFrame:
     """``(subject_id, product_ids, scores)``: each product's ``similar_top_n`` most similar
     products, itself excluded, scored by their exact cosine (see the module docstring):
-    the best candidates by partial score are rescored with the full dot product."""
-    k = params.similar_top_n
-    by_partial = Window.partitionBy("product_id").orderBy(F.col("partial").desc(), F.col("similar_id"))
-    best = (candidate_pairs(vectors, params)
-            .withColumn("rank", F.row_number().over(by_partial)).where(F.col("rank") <= RESCORED_PER_LIST * k))
-    weights = _sparse(vectors).select("product_id", F.map_from_entries("entries").alias("weights"))
-    subject = weights.select("product_id", F.col("weights").alias("subject_weights"))
-    similar = weights.select(F.col("product_id").alias("similar_id"), F.col("weights").alias("similar_weights"))
-    dot = F.aggregate(F.map_entries("subject_weights"), F.lit(0.0), lambda acc, e: acc + e["value"] * F.coalesce(
-        F.try_element_at(F.col("similar_weights"), e["key"]), F.lit(0.0)))
-    scored = (best.join(subject, "product_id").join(similar, "similar_id")
-              .select(F.col("product_id").alias("subject"), F.col("similar_id").alias("product_id"),
-                      dot.alias("score")))
-    return top_n_lists(scored, F.col("subject"), k)
+    the best candidates by partial score are rescored with the full dot product.
+
+    Collects the vectors to the driver (a Spark job runs here), computes the lists with
+    NumPy (``similar_lists``) and returns them as a DataFrame of a pyarrow table.
+    Memory on the driver: the catalog, ~72 bytes per posting (CSR 16, the term-grouped
+    arrays 48, entry keys 8); and per block of products about ``budget`` pair rows of
+    ~120 bytes each (ranges expanded to int64 entry, rank, id-rank and pair keys,
+    float64 contributions, sort orders): 236 MB peak measured at the default 2^21. A
+    single product whose postings alone meet more than ``budget`` rows makes its block
+    larger (at most ``tokens x 1.5 x block_size`` rows). Time is linear in the pair
+    rows (about ``postings x 1.5 x block_size``, both ways: 57 s for 556k postings,
+    bench/results/content_similar.md); the catalog stops being cheap to hold at tens
+    of millions of postings (1M products x 30 tokens ~ 2.2 GB): beyond that,
+    run ``similar_lists`` per range of subject positions in ``mapInArrow`` tasks with
+    the catalog broadcast (each block only reads it), or go back to the Spark joins
+    of bench/content_similar/spark_formulation.py.
+    """
+    spark = vectors.sparkSession
+    catalog = collect_sparse_catalog(vectors)
+    subjects, lengths, ids, scores = similar_lists(catalog, params.block_size, params.similar_top_n,
+                                                   RESCORED_PER_LIST * params.similar_top_n, budget)
+    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
+    table = pa.table([pc.cast(pa.array(subjects, pa.int64()), pa.string()),
+                      pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
+                      pa.ListArray.from_arrays(offsets, pa.array(scores.astype(np.float32)))],
+                     names=SIMILAR_SCHEMA.fieldNames())
+    return spark.createDataFrame(table, schema=SIMILAR_SCHEMA)
 
 
 class NeighbourLists(NamedTuple):

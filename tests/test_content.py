@@ -31,8 +31,10 @@ import pytest
 
 from jobs.candidates import model_version
 from jobs.candidates import top_n_lists
-from jobs.content import (ContentParams, neighbour_lists, params_from_settings, product_documents,
-                          rank_neighbours, similar_products, tfidf_vectors, user_content_lists)
+from jobs.content import similar_lists as numpy_similar_lists  # the name similar_lists is a fixture here
+from jobs.content import (ContentParams, _window_partners, neighbour_lists, params_from_settings,
+                          product_documents, rank_neighbours, similar_products, sparse_catalog,
+                          tfidf_vectors, user_content_lists)
 from jobs.interactions import weighted
 from schemas import EVENTS_STORED, PRODUCTS_STORED, spark_schema
 from schemas.settings import load_conf
@@ -444,6 +446,79 @@ def test_neighbours_share_the_category_far_more_than_chance(generated):
     sizes = np.array(list(Counter(categories.values()).values()), dtype=float)
     baseline = float((sizes * (sizes - 1)).sum() / (len(categories) * (len(categories) - 1)))
     assert baseline < 0.1 and same > 0.8 and same > 8 * baseline
+
+
+# --- similar products in NumPy: the windows, brute force, the Spark formulation ----------
+
+def window_pairs_by_definition(df: int, block: int) -> set[tuple[int, int]]:
+    """Rank pairs of a posting list of ``df`` that meet, as the Spark join defined them."""
+    half = block // 2
+    return {(i, j) for i in range(df) for j in range(i + 1, df)
+            if df <= block or i // block == j // block or (i + half) // block == (j + half) // block}
+
+
+@pytest.mark.parametrize("block", [2, 3, 4, 7, 8])
+def test_window_partners_are_the_windowed_pairs_each_once(block):
+    """Each posting's rank ranges give every pair of the definition, and each pair once from either side."""
+    for df in range(1, 4 * block + 3):
+        first_lo, first_hi, shift_lo, shift_hi = _window_partners(np.arange(df), np.full(df, df), block)
+        met = Counter((min(r, q), max(r, q)) for r in range(df)
+                      for q in [*range(first_lo[r], first_hi[r]), *range(shift_lo[r], shift_hi[r])] if q != r)
+        assert set(met) == window_pairs_by_definition(df, block)
+        assert set(met.values()) <= {2}
+
+
+def random_catalog(rng, products: int, terms: int):
+    ids = rng.permutation(10 * products)[:products]
+    lengths = rng.integers(1, 8, products)
+    chosen = np.concatenate([rng.choice(terms, n, replace=False) for n in lengths])
+    return sparse_catalog(ids, lengths, chosen, rng.random(len(chosen)))
+
+
+@pytest.mark.parametrize("budget", [1, 300, 1 << 20])
+def test_similar_lists_with_one_window_are_the_brute_force_top_n(budget):
+    """One window per posting list: every pair that shares a term is a candidate, so the lists are
+    the brute-force top n (ties to the smaller id), whatever the block of pair rows."""
+    rng = np.random.default_rng(3)
+    catalog = random_catalog(rng, products=150, terms=30)
+    n = len(catalog.product_ids)
+    dense = np.zeros((n, 30))
+    dense[np.repeat(np.arange(n), np.diff(catalog.offsets)), catalog.terms] = catalog.weights
+    sims = dense @ dense.T
+    subjects, lengths, ids, scores = numpy_similar_lists(catalog, block=n, top_n=4, rescored=n, budget=budget)
+    starts = np.r_[0, np.cumsum(lengths)]
+    assert len(subjects) == n
+    for subject, lo, hi in zip(subjects, starts[:-1], starts[1:]):
+        row = int(np.flatnonzero(catalog.product_ids == subject)[0])
+        expected = sorted((-sims[row, j], catalog.product_ids[j]) for j in range(n) if j != row and sims[row, j] > 0)[:4]
+        assert ids[lo:hi].tolist() == [int(p) for _, p in expected]
+        assert scores[lo:hi] == pytest.approx([-s for s, _ in expected], rel=1e-12)
+
+
+def test_similar_lists_of_an_empty_catalog_are_empty():
+    catalog = sparse_catalog(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    assert [len(a) for a in numpy_similar_lists(catalog, block=4, top_n=2, rescored=8)] == [0, 0, 0, 0]
+
+
+def test_similar_products_equal_the_spark_formulation(spark):
+    """On a generated 200-product catalog with windows of 8 (most posting lists are cut, twice):
+    the same lists as the Spark joins, ids and float scores, and the same schema."""
+    from bench.content_similar.spark_formulation import spark_similar_products
+    from jobs.generate_data import build_world, products_table
+
+    table = products_table(build_world(users=10, products=200, seed=11).catalog)
+    rows = [(r["product_id"], r["category"], r["price"], r["active"], dict(r["other_features"]))
+            for r in table.to_pylist()]
+    params = ContentParams(similar_top_n=5, block_size=8, event_weights=WEIGHTS)
+    vectors = tfidf_vectors(product_documents(products_frame(spark, rows)), params).cache()
+    try:
+        mine, theirs = similar_products(vectors, params), spark_similar_products(vectors, params)
+        assert mine.schema == theirs.schema
+        expected = by_subject(theirs)
+        assert len(expected) > 150
+        assert by_subject(mine) == expected
+    finally:
+        vectors.unpersist()
 
 
 # --- params ------------------------------------------------------------------------
