@@ -15,12 +15,12 @@ STORAGE_JAR   := $(JARS_DIR)/delta-storage-$(DELTA_VERSION).jar
 DEMO_DIR    ?= var/demo
 PORT        ?= 8000
 PYTEST_ARGS ?=
-# TEST_WORKERS=N runs the test modules in N processes (pytest-xdist, a whole module per
-# process: module fixtures and the SparkSession stay shared within it); 0 = one process.
-# On 2 cores one process is faster: the suite is CPU-bound in Spark, and two processes
-# mean two session JVMs warming up and the Airflow module's spark-submits competing
-# with them (fresh clone, quiet machine: 20 min in one process, 24.7 min in two).
-TEST_WORKERS ?= 0
+# Test modules run in TEST_WORKERS processes (pytest-xdist, a whole module per process:
+# module fixtures and the SparkSession stay shared within it); 0 = one process. One
+# process keeps 2 cores only ~40 % busy (JVM start-ups, Airflow's own work, servers):
+# fresh clones on a quiet machine took 24 min 42 s in two processes, 29 min 7 s in one
+# (the latter with ~30 more tests; README "Tests").
+TEST_WORKERS ?= 2
 BENCH_ARGS  ?=
 
 export SPARK_LOCAL_IP       ?= 127.0.0.1
