@@ -15,7 +15,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import lmdb
 import pytest
 import requests
 
@@ -23,6 +22,7 @@ from jobs.generate_data import generate
 from schemas.settings import PROJECT_ROOT
 from schemas.snapshot import read_current_version, verify_snapshot_dir
 from tests.lookup_fixtures import running_gunicorn
+from tests.snapshot_records import snapshot_records
 
 pytestmark = [pytest.mark.spark, pytest.mark.e2e]
 
@@ -70,18 +70,6 @@ def tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def snapshot_content(path: Path) -> dict[str, dict[bytes, bytes]]:
-    """Every named database of a snapshot, key -> value."""
-    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=256, subdir=True)
-    try:
-        with env.begin() as txn:
-            names = [bytes(k) for k, _ in txn.cursor()]
-            return {name.decode(): dict(txn.cursor(db=env.open_db(name, txn=txn, create=False)).iternext())
-                    for name in names}
-    finally:
-        env.close()
-
-
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory) -> AirflowSandbox:
     """One real `airflow dags test nightly` on generated data, shared by the module."""
@@ -116,7 +104,7 @@ def test_nightly_runs_every_task_and_publishes(nightly):
 def test_lookup_server_answers_from_the_published_snapshot(nightly):
     """A real gunicorn pointed at the publish target serves a known user's hybrid list from that version."""
     version = read_current_version(nightly.serving)
-    hybrid = snapshot_content(nightly.serving / version)["recs/user/hybrid"]
+    hybrid = snapshot_records(nightly.serving / version)["recs/user/hybrid"]
     user_id = int.from_bytes(min(hybrid), "big")
     with running_gunicorn(nightly.root / "server", extra_env={"RECSYS__SERVER__SNAPSHOT_DIR": str(nightly.serving),
                                                                "RECSYS__SERVER__DELTA__ENABLED": "false"}) as server:

@@ -17,6 +17,7 @@ from schemas.snapshot import (
     unpack_ranked_list, unpack_user, user_key, verify_snapshot_dir,
 )
 from schemas.tables import USER_SEGMENTS
+from tests.snapshot_records import snapshot_records
 
 pytestmark = pytest.mark.spark
 
@@ -111,15 +112,6 @@ def test_keeps_only_the_newest_versions(spark, lake):
         build_snapshot(spark, lake, AS_OF, SETTINGS, version=version)
     assert sorted(p.name for p in lake.snapshots.iterdir() if p.is_dir()) == ["v2", "v3"]
     assert read_current_version(lake.snapshots) == "v3"
-
-
-def snapshot_records(path) -> dict[str, dict[bytes, bytes]]:
-    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=64)
-    with env.begin() as txn:
-        names = [bytes(k) for k, _ in txn.cursor()]
-        content = {n.decode(): dict(txn.cursor(db=env.open_db(n, txn=txn, create=False)).iternext()) for n in names}
-    env.close()
-    return content
 
 
 def test_equal_tables_give_an_equal_snapshot_whatever_the_read_budget(spark, lake):

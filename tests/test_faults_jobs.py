@@ -31,7 +31,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-import lmdb
 import numpy as np
 import pytest
 import requests
@@ -52,6 +51,7 @@ from schemas.snapshot import read_current_version, verify_snapshot_dir
 from tests.collector_fixtures import AUTH, hidden_files, landed, running_collector
 from tests.jvm import SHORT_LIVED_JVM
 from tests.lookup_fixtures import child_env, wait_until
+from tests.snapshot_records import snapshot_records
 
 pytestmark = [pytest.mark.spark, pytest.mark.faults]
 
@@ -247,18 +247,6 @@ def reading(snapshot_lake: DataPaths, data_dir: Path) -> DataPaths:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "lake").symlink_to(snapshot_lake.lake)
     return DataPaths(data_dir)
-
-
-def snapshot_records(path: Path) -> dict[str, dict[bytes, bytes]]:
-    """Every record of every named database in the snapshot at ``path``."""
-    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=64)
-    try:
-        with env.begin() as txn:
-            names = [bytes(k) for k, _ in txn.cursor()]
-            return {n.decode(): dict(txn.cursor(db=env.open_db(n, txn=txn, create=False)).iternext())
-                    for n in names}
-    finally:
-        env.close()
 
 
 def test_snapshot_build_killed_mid_write_leaves_current_and_the_rerun_publishes_the_same_records(
