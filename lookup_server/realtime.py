@@ -11,7 +11,10 @@ since. For one user request:
    ``boost_weight``, each seed by its event type), so fresh interest moves the list
    at once. A user with no snapshot row but seeds (a new user) is answered from the
    neighbours alone: algorithm ``recent_neighbours``.
-3. **Catalog changes**: a product deactivated since the snapshot is dropped.
+3. **Catalog changes**: a product deactivated since the snapshot is dropped. Each
+   worker holds all the delta's catalog changes (``delta.catalog_view``), reloaded
+   when the store's catalog version moves; the version comes with the recent events
+   (one LMDB transaction, one Redis round trip), so a change reaches the next answer.
 4. **Exploration**: ``exploration_share`` of the k slots (at least one when the share
    is positive) go to products that appeared since the snapshot in the categories of
    the user's seeds and list, so new products earn events before the nightly run.
@@ -38,6 +41,7 @@ from typing import Callable, Mapping, Sequence
 from lookup_server.bandit import Bandit, BanditSettings, PolicyPriors
 from lookup_server.delta import DeltaStore, DeltaUnavailable, RecentEvent, Served
 from lookup_server.delta.breaker import CircuitBreaker
+from lookup_server.delta.catalog_view import DEFAULT_MAX_PRODUCTS, CatalogCache, CatalogView
 from lookup_server.impressions import ImpressionQueue
 from lookup_server.recommend import UNKNOWN_USER, Recommendation, recommend_for_user, similar_products
 from lookup_server.snapshot_reader import SnapshotReader
@@ -96,6 +100,7 @@ class DeltaContext:
     bandit: Bandit | None = None
     clock: Callable[[], float] = time.time
     impressions: ImpressionQueue | None = None  # None: each impression written on the request path
+    catalog: CatalogCache | None = None  # None: catalog changes read per product, per request
     _trending_cache: tuple[float, list[tuple[int, float]]] | None = None
     _trending_failed: bool = False
     _trending_refreshing: bool = False
@@ -128,6 +133,20 @@ class DeltaContext:
         finally:
             self._trending_refreshing = False
 
+    def catalog_view(self, version, read: bool) -> tuple[CatalogView | None, bool]:
+        """``(view, failed)`` for a request that read catalog ``version`` (``read`` False:
+        that read failed, so the cached view is dropped and the answer is degraded).
+        ``view`` None: read per product from the store."""
+        if self.catalog is None:
+            return None, not read
+        if not read:
+            self.catalog.forget()
+            return None, True
+        return self.catalog.view(version)
+
+    def load_catalog_view(self, max_products: int) -> tuple[CatalogView | None, bool]:
+        return self.breaker.call(lambda: self.store.catalog_view(max_products), None)
+
     def record_served(self, request_id: str, algorithm: str, segment: str, user_id: int) -> bool:
         """Count an impression for ``algorithm`` in ``segment`` so a later click on
         ``request_id`` can reward it; False when the store could not take it."""
@@ -142,7 +161,8 @@ class DeltaContext:
 
 
 # Keys of [delta] that are the breaker's or this module's, not the store factory's.
-_NOT_STORE_KEYS = ("enabled", "breaker_failures", "breaker_reset_seconds", "impression_flush_seconds")
+_NOT_STORE_KEYS = ("enabled", "breaker_failures", "breaker_reset_seconds", "impression_flush_seconds",
+                   "catalog_cache_max_products")
 
 
 class ProcessDelta:
@@ -160,6 +180,7 @@ class ProcessDelta:
         self._breaker_args = (int(delta_conf.get("breaker_failures", 3)),
                               float(delta_conf.get("breaker_reset_seconds", 2.0)))
         self._impression_flush_seconds = float(delta_conf.get("impression_flush_seconds", 0.0))
+        self._catalog_max_products = int(delta_conf.get("catalog_cache_max_products", DEFAULT_MAX_PRODUCTS))
         self.settings = MergeSettings.from_conf(realtime_conf)
         self._data_dir = data_dir
         self._lock = threading.Lock()
@@ -200,6 +221,7 @@ class ProcessDelta:
                             read_counts=lambda: breaker.call(store.bandit_counts, None)[0],
                             read_pinned=lambda: breaker.call(store.pinned, None)[0])
         context = DeltaContext(store, breaker, self.settings, bandit)
+        context.catalog = CatalogCache(context.load_catalog_view, self._catalog_max_products)
         if self._impression_flush_seconds > 0:
             context.impressions = ImpressionQueue(context.write_impressions, self._impression_flush_seconds)
         return context
@@ -224,9 +246,11 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
     base = recommend_for_user(reader, user_id, k + SLACK, algorithms)
     if delta is None:
         return MergedAnswer(_cut(base, k), False, 0, 0, ())
-    settings, breaker = delta.settings, delta.breaker
+    settings, breaker, store = delta.settings, delta.breaker, delta.store
     since = reader.as_of_epoch
-    recent, degraded = breaker.call(lambda: delta.store.recent_events(user_id, since), [])
+    (recent, version), degraded = breaker.call(
+        lambda: store.recent_events_and_catalog_version(user_id, since), ([], None))
+    catalog, degraded = delta.catalog_view(version, read=not degraded)
     now = delta.clock()
     bought = {e.product_id for e in recent if e.event_type == "purchase"}
     seeds = seed_events(recent, now, settings)
@@ -255,13 +279,15 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
     categories = reader.categories([e.product_id for e in seeds] + list(answer.product_ids[:5]))
     fresh: list[tuple[int, str]] = []
     if slots and categories and not degraded:
-        fresh, failed = breaker.call(lambda: delta.store.new_products(sorted(categories), since, slots * 3), [])
-        degraded = degraded or failed
+        if catalog is not None:
+            fresh = catalog.new_products(sorted(categories), since, slots * 3, now)
+        else:
+            fresh, failed = breaker.call(lambda: store.new_products(sorted(categories), since, slots * 3), [])
+            degraded = degraded or failed
     candidate_ids = list(dict.fromkeys([*answer.product_ids, *(p for p, _ in fresh)]))
     statuses = {}
     if candidate_ids and not degraded:
-        statuses, failed = breaker.call(lambda: delta.store.catalog_status(candidate_ids), {})
-        degraded = degraded or failed
+        statuses, degraded = _catalog_status(delta, catalog, candidate_ids, now)
     inactive = {p for p, change in statuses.items() if not change.active}
     drop = bought | inactive
     kept = [(p, s) for p, s in zip(answer.product_ids, answer.scores) if p not in drop]
@@ -281,12 +307,25 @@ def similar_with_delta(reader: SnapshotReader, delta: DeltaContext | None, produ
     answer = similar_products(reader, product_id, k + SLACK, algorithms)
     if delta is None or not answer.product_ids:
         return MergedAnswer(_cut(answer, k), False, 0, 0, ())
-    statuses, degraded = delta.breaker.call(lambda: delta.store.catalog_status(list(answer.product_ids)), {})
+    version, degraded = delta.breaker.call(delta.store.catalog_version, None)
+    catalog, degraded = delta.catalog_view(version, read=not degraded)
+    statuses = {}
+    if not degraded:
+        statuses, degraded = _catalog_status(delta, catalog, answer.product_ids, delta.clock())
     inactive = {p for p, change in statuses.items() if not change.active}
     kept = [(p, s) for p, s in zip(answer.product_ids, answer.scores) if p not in inactive]
     ids, scores = (tuple(x) for x in zip(*kept[:k])) if kept else ((), ())
     return MergedAnswer(Recommendation(ids, scores, answer.algorithm, answer.fallback), degraded, 0,
                         len(answer.product_ids) - len(kept), ())
+
+
+def _catalog_status(delta: DeltaContext, catalog: CatalogView | None, product_ids: Sequence[int],
+                    now: float) -> tuple[dict, bool]:
+    """``(statuses, failed)``: from the worker's view, or read from the store without one."""
+    if catalog is not None:
+        return catalog.status(product_ids, now), False
+    ids = list(product_ids)
+    return delta.breaker.call(lambda: delta.store.catalog_status(ids), {})
 
 
 def seed_events(recent: Sequence[RecentEvent], now: float, settings: MergeSettings) -> list[RecentEvent]:

@@ -195,6 +195,72 @@ def test_new_products_follow_later_changes(store, clock):
     assert store.new_products(["shoes", "hats"], 0.0, 10) == []
 
 
+# --- the catalog, as a lookup worker caches it -------------------------------------
+
+
+def test_catalog_version_moves_with_every_change_and_only_then(store):
+    first = store.catalog_version()
+    assert store.recent_events_and_catalog_version(1) == ([], first)
+    store.apply_catalog([CatalogChange(10, True, "shoes", T0 - 100)])
+    second = store.catalog_version()
+    assert second != first
+    store.apply_catalog([])
+    store.apply_catalog([CatalogChange(10, False, None, T0 - 200)])  # late and older: nothing changes
+    assert store.catalog_version() == second
+    store.add_events([ev(1, 10, T0 - 1)])
+    events, version = store.recent_events_and_catalog_version(1, T0 - 10)
+    assert events == [RecentEvent(10, "view", T0 - 1)] and version == second
+    store.apply_catalog([CatalogChange(10, False, None, T0 - 50)])
+    assert store.catalog_version() not in (first, second)
+
+
+def _same_as_the_store(store, view, now, ids=(10, 11, 20, 21, 22, 23, 24, 99),
+                       categories=(["shoes"], ["hats"], ["shoes", "hats"], ["socks"])):
+    assert view.status(list(ids), now) == store.catalog_status(list(ids))
+    for chosen in categories:
+        for since, limit in ((0.0, 10), (0.0, 1), (T0 - 200, 10)):
+            assert view.new_products(chosen, since, limit, now) == store.new_products(chosen, since, limit), \
+                (chosen, since, limit)
+
+
+def test_catalog_view_answers_as_the_store_does(store, clock):
+    """Replays the catalog tests above: after each write the view (reloaded, as a
+    worker does when the version moves) answers what the store's own reads answer;
+    expiry needs no reload."""
+    steps = [
+        [CatalogChange(20, True, "shoes", T0 - 300), CatalogChange(21, True, "shoes", T0 - 200),
+         CatalogChange(22, True, "hats", T0 - 100), CatalogChange(23, False, "shoes", T0 - 50),
+         CatalogChange(24, True, None, T0 - 40), CatalogChange(10, True, "shoes", T0 - 100)],
+        [CatalogChange(21, False, None, T0 - 10), CatalogChange(10, False, None, T0 - 50)],
+        [CatalogChange(23, True, None, T0 - 5)],
+        [CatalogChange(20, True, "hats", T0 - 1)],
+        [CatalogChange(21, True, None, T0)],
+    ]
+    for changes in steps:
+        store.apply_catalog(changes)
+        view = store.catalog_view(100)
+        assert view.complete and view.version == store.catalog_version()
+        _same_as_the_store(store, view, clock())
+    assert store.new_products(["shoes", "hats"], 0.0, 10)  # the comparisons were not all empty
+    for seconds in (4700, 200, 200):  # changes expire one after the other, then all
+        clock.advance(seconds)
+        _same_as_the_store(store, view, clock())
+    assert view.status([10, 20, 21, 22, 23], clock()) == {}
+
+
+def test_catalog_view_of_too_many_products_is_not_loaded(store):
+    store.apply_catalog([CatalogChange(p, True, "shoes", T0 - p) for p in (1, 2, 3)])
+    assert store.catalog_view(3).complete and len(store.catalog_view(3)) == 3
+    view = store.catalog_view(2)
+    assert not view.complete and len(view) == 0 and view.version == store.catalog_version()
+
+
+def test_an_empty_catalog_has_a_view(store):
+    view = store.catalog_view(10)
+    assert view.complete and view.version == store.catalog_version()
+    assert view.status([1, 2], T0) == {} and view.new_products(["shoes"], 0.0, 5, T0) == []
+
+
 # --- the bandit -----------------------------------------------------------------
 
 
@@ -275,6 +341,30 @@ def test_redis_down_raises_fast_and_recovers(redis_server, clock):
         assert store.pinned() is None
         store.record_served("r1", Served("als", "new", 1))
         assert store.reward("r1") == Served("als", "new", 1)  # the script is loaded again
+    finally:
+        store.close()
+        _delete_prefix(redis_server.url, prefix)
+
+
+def test_redis_catalog_version_never_comes_back_after_a_restart(redis_server, clock):
+    """A Redis restarted empty then given the same number of catalog changes must not
+    show a version a worker may have cached from before (a counter would)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    store = RedisDeltaStore(redis_server.url, LIMITS, timeout_ms=500, key_prefix=prefix, clock=clock)
+    try:
+        store.apply_catalog([CatalogChange(10, False, "shoes", T0 - 10)])
+        before = store.catalog_version()
+        redis_server.kill()
+        redis_server.start()
+        for _ in range(3):  # the first call after the restart may still fail
+            try:
+                store.ping()
+                break
+            except DeltaUnavailable:
+                continue
+        assert store.catalog_version() is None and store.catalog_view(10).status([10], T0) == {}
+        store.apply_catalog([CatalogChange(10, False, "shoes", T0 - 10)])
+        assert store.catalog_version() not in (None, before)
     finally:
         store.close()
         _delete_prefix(redis_server.url, prefix)

@@ -1,14 +1,16 @@
 """The real-time delta merged into snapshot answers: through the Flask test client,
-a real snapshot and the real embedded LMDB delta store (the default backend)."""
+a real snapshot and the real embedded LMDB delta store (the default backend); the
+worker's cached catalog changes against both backends (Redis: a real redis-server)."""
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import replace
 
 import pytest
 
 from lookup_server import app_state
-from lookup_server.delta import CatalogChange, DeltaEvent
+from lookup_server.delta import CatalogChange, DeltaEvent, DeltaUnavailable
 from lookup_server.delta.breaker import CircuitBreaker
 from lookup_server.realtime import NEW_USER_RECENT_EVENTS, RECENT_NEIGHBOURS, MergeSettings, exploration_slots, fuse
 from lookup_server.recommend import Recommendation
@@ -165,6 +167,128 @@ def test_a_store_that_cannot_open_degrades_then_is_retried(make_app, snapshot_ro
     time.sleep(0.1)
     body = client.get("/v1/users/1/recommendations").get_json()
     assert body["degraded"] is False and _ids(body) == [10, 11, 12, 14, 15, 99]
+
+
+# --- catalog changes cached per worker ----------------------------------------------
+
+
+@pytest.fixture(params=["lmdb", "redis"])
+def backend_app(request, make_app, snapshot_root):
+    """An app serving ``v1`` with each delta backend; the breaker retries after 50 ms."""
+    publish_snapshot(snapshot_root, "v1")
+    delta = {"breaker_reset_seconds": 0.05}
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
+        delta.update(redis_url=server.url, key_prefix=f"merge:{uuid.uuid4().hex}:", timeout_ms=500)
+    app = make_app(delta=delta)
+    assert app_state(app).snapshot.refresh()
+    return app
+
+
+def _record_calls(store, *names) -> list[str]:
+    """Wrap the store's ``names`` (on the instance) to note each call in the list returned."""
+    calls = []
+    for name in names:
+        method = getattr(store, name)
+        setattr(store, name, lambda *a, _m=method, _n=name, **kw: calls.append(_n) or _m(*a, **kw))
+    return calls
+
+
+class _DownStore:
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise DeltaUnavailable("down for the test")
+        return fail
+
+
+def test_a_catalog_change_after_the_worker_cached_the_catalog_is_in_the_next_answer(backend_app):
+    """The worker reads its cached catalog (no per-product reads) until a change moves
+    the store's version; the next answer then has it: a deactivation, a new product,
+    a reactivation, in /recommendations and /similar."""
+    client, context = backend_app.test_client(), app_state(backend_app).delta.context()
+    store, now = context.store, time.time()
+    store.apply_catalog([CatalogChange(15, False, None, now)])
+    assert _ids(client.get("/v1/users/1/recommendations").get_json()) == [10, 11, 12, 14, 99]
+    reloads = context.catalog.reloads
+    per_product = _record_calls(store, "catalog_status", "new_products", "catalog_view")
+    for _ in range(3):
+        body = client.get("/v1/users/1/recommendations").get_json()
+        assert _ids(body) == [10, 11, 12, 14, 99] and body["degraded"] is False
+    assert per_product == [] and context.catalog.reloads == reloads
+
+    store.apply_catalog([CatalogChange(12, False, None, now + 1)])
+    assert _ids(client.get("/v1/users/1/recommendations").get_json()) == [10, 11, 14, 99]
+    assert _ids(client.get("/v1/products/10/similar").get_json()) == [11, 14]
+    store.apply_catalog([CatalogChange(50, True, "shoes", now + 2)])
+    body = client.get("/v1/users/1/recommendations?k=4").get_json()
+    assert _ids(body) == [10, 11, 14, 50] and body["realtime"]["explored"] == [50]
+    store.apply_catalog([CatalogChange(12, True, None, now + 3)])
+    assert _ids(client.get("/v1/users/1/recommendations?k=4").get_json()) == [10, 11, 12, 50]
+    assert per_product == ["catalog_view"] * 3 and context.catalog.reloads == reloads + 3
+
+
+def test_a_failing_store_degrades_and_drops_the_cached_catalog(backend_app):
+    """With the catalog cached, the store fails: answers are the snapshot's, degraded,
+    never errors, and the cached copy is gone; once the store answers again the
+    catalog is read anew."""
+    client, context = backend_app.test_client(), app_state(backend_app).delta.context()
+    store = context.store
+    store.apply_catalog([CatalogChange(12, False, None, time.time())])
+    assert 12 not in _ids(client.get("/v1/users/1/recommendations").get_json())
+    assert context.catalog.cached is not None
+    context.store = _DownStore()
+    try:
+        for path in ("/v1/users/1/recommendations", "/v1/products/10/similar"):
+            for _ in range(3):
+                response = client.get(path)
+                assert response.status_code == 200 and response.get_json()["degraded"] is True
+        assert _ids(client.get("/v1/users/1/recommendations").get_json()) == [10, 11, 12, 14, 15, 99]
+        assert context.catalog.cached is None
+    finally:
+        context.store = store
+    time.sleep(0.1)  # the breaker's reset time
+    body = client.get("/v1/users/1/recommendations").get_json()
+    assert body["degraded"] is False and _ids(body) == [10, 11, 14, 15, 99]
+    assert context.catalog.cached is not None
+
+
+def test_a_redis_restarted_empty_is_not_answered_from_the_cached_catalog(make_app, snapshot_root,
+                                                                        redis_server):
+    """Redis killed and restarted (empty) between two requests: the worker's copy, made
+    before, says 12 is deactivated; the next full answer has 12 again."""
+    publish_snapshot(snapshot_root, "v1")
+    app = make_app(delta={"redis_url": redis_server.url, "key_prefix": f"merge:{uuid.uuid4().hex}:",
+                          "timeout_ms": 500, "breaker_reset_seconds": 0.05})
+    assert app_state(app).snapshot.refresh()
+    client, store = app.test_client(), app_state(app).delta.context().store
+    store.apply_catalog([CatalogChange(12, False, None, time.time())])
+    assert 12 not in _ids(client.get("/v1/users/1/recommendations").get_json())
+    try:
+        redis_server.kill()
+    finally:
+        redis_server.start()
+    for _ in range(20):  # the first calls after the restart may fail (degraded answers)
+        body = client.get("/v1/users/1/recommendations").get_json()
+        if not body["degraded"]:
+            break
+        time.sleep(0.06)
+    assert body["degraded"] is False and _ids(body) == [10, 11, 12, 14, 15, 99]
+
+
+def test_too_many_catalog_changes_are_read_per_product(make_app, snapshot_root):
+    """Past ``catalog_cache_max_products`` the worker caches only the version and reads
+    the listed products' changes per request, with the same answers."""
+    publish_snapshot(snapshot_root, "v1")
+    app = make_app(delta={"catalog_cache_max_products": 1})
+    assert app_state(app).snapshot.refresh()
+    client, context = app.test_client(), app_state(app).delta.context()
+    context.store.apply_catalog([CatalogChange(12, False, None, time.time()),
+                                 CatalogChange(50, True, "shoes", time.time())])
+    per_product = _record_calls(context.store, "catalog_status", "new_products", "catalog_view")
+    for _ in range(2):
+        body = client.get("/v1/users/1/recommendations?k=4").get_json()
+        assert _ids(body) == [10, 11, 14, 50] and body["degraded"] is False
+    assert per_product == ["catalog_view", "new_products", "catalog_status", "new_products", "catalog_status"]
 
 
 def test_exploration_slots():

@@ -19,7 +19,9 @@ the snapshot's categories, trending events), warm everything once, then per kind
 - ``unknown``: users the snapshot does not know (global list fused with trending);
 - ``similar``: a product's similar products.
 
-Each kind is timed without a profiler (best of ``--repeats`` passes over the same ids),
+Each kind is timed without a profiler (best of ``--repeats`` passes over the same ids,
+wall time and this process's CPU time: on a machine shared with other work the CPU
+time is the steadier figure),
 then run once more under cProfile to count, per request, the delta store's method calls
 (one Redis round trip each) and the LMDB calls (``get``, transactions, cursor moves)
 made by the delta store and by the snapshot reader.
@@ -50,7 +52,8 @@ log = logging.getLogger("bench.serving.profile")
 KINDS = ("floor", "known", "delta", "unknown", "similar")
 # The delta store's methods a lookup worker may call (each one round trip to Redis).
 STORE_METHODS = ("recent_events", "catalog_status", "new_products", "trending", "record_served_many",
-                 "bandit_counts", "pinned", "ping", "catalog_version", "catalog_view", "request_reads")
+                 "bandit_counts", "pinned", "ping", "catalog_version", "catalog_view",
+                 "recent_events_and_catalog_version")
 # The LMDB calls counted, by the C method's name in cProfile's output.
 LMDB_TYPES = ("of 'Transaction' objects>", "of 'Cursor' objects>", "of 'Environment' objects>")
 LMDB_CALLS = ("get", "begin", "cursor", "set_range", "prev", "next", "first", "last", "iternext", "stat")
@@ -130,26 +133,34 @@ def lmdb_calls(profile: cProfile.Profile) -> dict[str, Counter]:
     return found
 
 
-def time_requests(client, paths: list[str], repeats: int) -> tuple[float, float]:
-    """(best, median) µs per request over ``repeats`` passes; every answer must be 200."""
-    per_pass = []
+def time_requests(client, paths: list[str], repeats: int) -> tuple[float, float, float]:
+    """µs per request over ``repeats`` passes: best and median wall time, best CPU time
+    of this process (on a shared machine the steadier one: it leaves out the time other
+    processes had the core, and also the time spent waiting for Redis); every answer must be 200."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         for path in paths:
             response = client.get(path)
             if response.status_code != 200:
                 raise RuntimeError(f"{path}: {response.status_code} {response.get_data(as_text=True)[:200]}")
-        per_pass.append((time.perf_counter() - started) / len(paths) * 1e6)
-    return min(per_pass), statistics.median(per_pass)
+        cpu.append((time.process_time() - started_cpu) / len(paths) * 1e6)
+        wall.append((time.perf_counter() - started) / len(paths) * 1e6)
+    return min(wall), statistics.median(wall), min(cpu)
 
 
 def table(results: dict) -> str:
-    """The figures as aligned text: time, store calls (Redis round trips), LMDB calls."""
-    lines = [f"{'kind':8} {'µs/req':>7} {'median':>7} {'store calls':>11} {'delta txns':>10} {'delta gets':>10} "
-             f"{'delta ops':>9} {'snap gets':>9}  store calls by method"]
+    """The figures as aligned text: wall and CPU time (and the floor's CPU time over it:
+    the throughput ratio a CPU-bound worker would reach), store calls (Redis round
+    trips), LMDB calls."""
+    lines = [f"{'kind':8} {'µs/req':>7} {'median':>7} {'cpu µs':>7} {'× floor':>7} {'store calls':>11} {'delta txns':>10} "
+             f"{'delta gets':>10} {'delta ops':>9} {'snap gets':>9}  store calls by method"]
+    floor = results.get("floor", {}).get("cpu_us_per_request")
     for kind, r in results.items():
         delta = r["lmdb_delta"]
-        lines.append(f"{kind:8} {r['us_per_request']:7.0f} {r['us_median_pass']:7.0f} {r['store_calls_total']:11.2f} "
+        ratio = f"{floor / r['cpu_us_per_request']:7.2f}" if floor else f"{'':7}"
+        lines.append(f"{kind:8} {r['us_per_request']:7.0f} {r['us_median_pass']:7.0f} {r['cpu_us_per_request']:7.0f} "
+                     f"{ratio} {r['store_calls_total']:11.2f} "
                      f"{delta.get('begin', 0):10.2f} {delta.get('get', 0):10.2f} {sum(delta.values()):9.2f} "
                      f"{r['lmdb_snapshot'].get('get', 0):9.2f}  "
                      + ", ".join(f"{k} {v:g}" for k, v in r["store_calls"].items()))
@@ -215,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         context = app_state(app).delta.context()
         fill_delta(context.store, args.users, args.products, args.delta_users, args.deactivated,
                    args.new_products)
+        reload_ms = None
+        if hasattr(context.store, "catalog_view"):  # what one reload of a worker's catalog copy costs
+            started = time.perf_counter()
+            for _ in range(5):
+                view = context.store.catalog_view(1 << 30)
+            reload_ms = ((time.perf_counter() - started) / 5 * 1000, len(view))
         calls: Counter = Counter()
         count_store_calls(context.store, calls)
         rng = random.Random(1)
@@ -233,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = [(similar_path if kind == "similar" else user_path).format(i) for i in ids[kind]]
             for path in paths:  # warm: page cache, trending and bandit copies, catalog caches
                 client.get(path)
-            best, median = time_requests(client, paths, args.repeats)
+            best, median, cpu = time_requests(client, paths, args.repeats)
             calls.clear()
             profile = cProfile.Profile()
             profile.enable()
@@ -244,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             n = len(paths)
             results[kind] = {
                 "requests": n, "us_per_request": round(best, 1), "us_median_pass": round(median, 1),
+                "cpu_us_per_request": round(cpu, 1),
                 "store_calls": {k: round(v / n, 2) for k, v in sorted(calls.items()) if v},
                 "store_calls_total": round(sum(calls.values()) / n, 2),
                 "lmdb_delta": {k: round(v / n, 2) for k, v in sorted(by_caller["delta"].items())},
@@ -261,9 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.users:,} users, {args.products:,} products, delta: {backend}; "
           f"{args.requests} ids per kind, best of {args.repeats} passes (Flask test client, in process)\n")
     print(table(results))
+    if reload_ms is not None:
+        print(f"\none catalog_view (a worker's reload after a catalog change): {reload_ms[0]:.2f} ms "
+              f"for {reload_ms[1]} changed products")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "backend": backend, "results": results}, indent=2))
+                                         "backend": backend, "results": results,
+                                         "catalog_view_ms": reload_ms and round(reload_ms[0], 3)}, indent=2))
     return 0
 
 

@@ -27,7 +27,10 @@ Times are Unix seconds (float). Ids are ints. Every method may raise
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Hashable, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from lookup_server.delta.catalog_view import CatalogView
 
 
 class DeltaUnavailable(Exception):
@@ -96,6 +99,19 @@ class DeltaStore(Protocol):
     # --- read by the lookup server, per request ------------------------------
     def recent_events(self, user_id: int, since: float = 0.0) -> list[RecentEvent]:
         """The user's events newer than ``since``, newest first."""
+
+    def recent_events_and_catalog_version(self, user_id: int, since: float = 0.0) -> tuple[list[RecentEvent], Hashable]:
+        """``recent_events`` and ``catalog_version`` in one read (one LMDB transaction,
+        one Redis round trip): what every user request starts with."""
+
+    def catalog_version(self) -> Hashable:
+        """A value that changes with every write that changes the catalog changes, in
+        the same atomic write, and never comes back (``catalog_view`` keys on it)."""
+
+    def catalog_view(self, max_products: int) -> "CatalogView":
+        """Every unexpired catalog change and the new-product listings, with the version
+        they are at, read atomically; ``CatalogView.too_large`` if more than
+        ``max_products`` products changed (see ``lookup_server.delta.catalog_view``)."""
 
     def catalog_status(self, product_ids: Sequence[int]) -> dict[int, CatalogChange]:
         """The latest change of each of ``product_ids`` that has one (others absent)."""

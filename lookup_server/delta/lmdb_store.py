@@ -19,7 +19,9 @@ Named databases (keys big-endian so that LMDB's byte order is numeric order):
   so one category's entries are contiguous and in time order;
 - ``served``   request id (UTF-8) -> JSON ``[algorithm, segment, user_id, served_at]``;
 - ``bandit``   JSON ``[segment, algorithm]`` -> impressions, rewards ``>dd``;
-- ``meta``     ``b"pinned"`` -> algorithm name;
+- ``meta``     ``b"pinned"`` -> algorithm name; ``b"catalog_version"`` -> ``>Q``, one more
+  in every write transaction that changed ``catalog`` (lookup workers cache the
+  catalog changes and reload them when it moves: ``catalog_view``);
 - ``expiry``   deadline ``>d`` + tag byte + key of an ``events``/``catalog``/``new``/
   ``served`` record -> b"": the records in deadline order, so every write transaction
   deletes a few expired ones and the store stays bounded even for users, products and
@@ -45,6 +47,7 @@ already. Every process should pass the same ``map_size``.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import json
@@ -61,6 +64,7 @@ import lmdb
 from lookup_server.delta import (
     CatalogChange, DeltaEvent, DeltaLimits, DeltaUnavailable, RecentEvent, Served,
 )
+from lookup_server.delta.catalog_view import CatalogView
 
 # At most this many expired records (and old trending entries) are deleted per write
 # transaction: enough to keep up with the writes, small enough not to stall one.
@@ -75,6 +79,7 @@ _BUCKET_PRODUCT = struct.Struct(">Qq")
 _TIME_PRODUCT = struct.Struct(">dq")
 _COUNTS = struct.Struct(">dd")
 _PINNED = b"pinned"
+_CATALOG_VERSION = b"catalog_version"
 
 # Tag bytes of the expiry index: which database the indexed key belongs to.
 _EVENTS, _CATALOG, _NEW, _SERVED = b"e", b"c", b"n", b"s"
@@ -101,6 +106,29 @@ def _expiry_key(deadline: float, tag: bytes, key: bytes) -> bytes:
 def _request_key(request_id: str) -> bytes:
     raw = request_id.encode("utf-8")
     return raw if len(raw) <= MAX_REQUEST_KEY else b"sha256:" + hashlib.sha256(raw).digest()
+
+
+def _decode_catalog(product_id: int, raw: bytes) -> CatalogChange:
+    active, category, changed_at, _ = json.loads(raw)
+    return CatalogChange(product_id, active, category, changed_at)
+
+
+class _NewListings:
+    """The ``new`` database's keys, in its order, read per category when first asked."""
+
+    def __init__(self, keys: list[bytes]):
+        self._keys = keys
+        self._by_category: dict[str, tuple[tuple[float, int], ...]] = {}
+
+    def get(self, category: str, default=()) -> tuple[tuple[float, int], ...]:
+        found = self._by_category.get(category)
+        if found is None:
+            prefix = _category_prefix(category)
+            start = bisect.bisect_left(self._keys, prefix)
+            stop = bisect.bisect_left(self._keys, prefix + b"\xff" * (_TIME_PRODUCT.size + 1), start)
+            found = self._by_category[category] = tuple(
+                _TIME_PRODUCT.unpack_from(key, len(prefix)) for key in reversed(self._keys[start:stop]))
+        return found or default
 
 
 class LmdbDeltaStore:
@@ -241,6 +269,7 @@ class LmdbDeltaStore:
         now = self._clock()
         ttl = self.limits.catalog_ttl_seconds
         with self._txn(write=True) as txn:
+            changed = False
             for change in changes:
                 if change.changed_at < now - ttl:
                     continue  # already expired: it would be swept at once
@@ -250,6 +279,7 @@ class LmdbDeltaStore:
                 old = stored if stored and stored[2] >= now - ttl else None  # expired = unknown
                 if old and change.changed_at < old[2]:
                     continue  # a late, older change: the latest one wins
+                changed = True
                 category = change.category if change.category is not None else (old[1] if old else None)
                 listed = old[3] if old else None
                 if change.active and category is not None and listed != category:
@@ -262,19 +292,46 @@ class LmdbDeltaStore:
                         db=self._catalog)
                 self._reindex(txn, _CATALOG, key, stored[2] + ttl if stored else None,
                               change.changed_at + ttl)
+            if changed:  # in the same transaction: a reader sees both or neither
+                version = txn.get(_CATALOG_VERSION, db=self._meta)
+                txn.put(_CATALOG_VERSION, _U64.pack((_U64.unpack(version)[0] if version else 0) + 1),
+                        db=self._meta)
             self._sweep(txn, now)
 
     # --- read by the lookup server ------------------------------------------------
 
     def recent_events(self, user_id: int, since: float = 0.0) -> list[RecentEvent]:
+        return self.recent_events_and_catalog_version(user_id, since)[0]
+
+    def recent_events_and_catalog_version(self, user_id: int, since: float = 0.0) -> tuple[list[RecentEvent], int]:
         cutoff = self._clock() - self.limits.user_ttl_seconds
         with self._txn(write=False) as txn:
             raw = txn.get(_I64.pack(user_id), db=self._events)
+            version = txn.get(_CATALOG_VERSION, db=self._meta)
+        version = _U64.unpack(version)[0] if version else 0
         if raw is None:
-            return []
+            return [], version
         return [RecentEvent(product_id, event_type, ts)
                 for product_id, event_type, ts in json.loads(raw)
-                if ts > since and ts >= cutoff][:self.limits.max_events_per_user]
+                if ts > since and ts >= cutoff][:self.limits.max_events_per_user], version
+
+    def catalog_version(self) -> int:
+        with self._txn(write=False) as txn:
+            version = txn.get(_CATALOG_VERSION, db=self._meta)
+        return _U64.unpack(version)[0] if version else 0
+
+    def catalog_view(self, max_products: int) -> CatalogView:
+        ttl = self.limits.catalog_ttl_seconds
+        with self._txn(write=False) as txn:
+            raw = txn.get(_CATALOG_VERSION, db=self._meta)
+            version = _U64.unpack(raw)[0] if raw else 0
+            if max(txn.stat(self._catalog)["entries"], txn.stat(self._new)["entries"]) > max_products:
+                return CatalogView.too_large(version, ttl)
+            # Copied as they are (expired ones too, until a write sweeps them): each is
+            # decoded when a request first asks for it.
+            records = {int.from_bytes(key, "big", signed=True): value for key, value in txn.cursor(db=self._catalog)}
+            listings = _NewListings(list(txn.cursor(db=self._new).iternext(values=False)))
+        return CatalogView(version, ttl, records, _decode_catalog, listings)
 
     def catalog_status(self, product_ids: Sequence[int]) -> dict[int, CatalogChange]:
         cutoff = self._clock() - self.limits.catalog_ttl_seconds

@@ -14,6 +14,10 @@ Keys (all under ``key_prefix``, ``recsys:`` by default):
 - ``catalog``  HASH product_id -> ``<changed_at>|<1|0>|<category>`` (latest change);
   ``catalog:listed`` HASH product_id -> the category it is listed as new in;
   ``catalog:times`` ZSET product_id -> changed_at, to forget expired products;
+- ``catalog:version``  STRING, a random token the catalog script sets whenever it
+  changed ``catalog``: lookup workers cache the catalog changes and reload them when
+  it moves (``catalog_view``). Random rather than a counter so that a Redis restarted
+  empty (or a key evicted) cannot bring back a value a worker has cached;
 - ``new:<category>``  ZSET product_id -> time it appeared in the category, EXPIRE
   ``catalog_ttl_seconds``, trimmed of entries older than that on each write;
 - ``served:<request_id>``  STRING JSON ``[algorithm, segment, user_id, served_at]``,
@@ -50,14 +54,17 @@ from redis.retry import Retry
 from lookup_server.delta import (
     CatalogChange, DeltaEvent, DeltaLimits, DeltaUnavailable, RecentEvent, Served,
 )
+from lookup_server.delta.catalog_view import CatalogView
 
-# KEYS: catalog, catalog:listed, catalog:times. ARGV: new-list key prefix, cutoff
-# (changes older than it are expired), EXPIRE seconds of new lists, then per change:
-# product id, changed_at, active (1/0), category ('' = unknown).
+# KEYS: catalog, catalog:listed, catalog:times, catalog:version. ARGV: new-list key
+# prefix, cutoff (changes older than it are expired), EXPIRE seconds of new lists, the
+# version token to set if anything changes, then per change: product id, changed_at,
+# active (1/0), category ('' = unknown).
 _APPLY_CATALOG = """
 local catalog, listed, times = KEYS[1], KEYS[2], KEYS[3]
 local cutoff = tonumber(ARGV[2])
-for i = 4, #ARGV, 4 do
+local changed = false
+for i = 5, #ARGV, 4 do
   local pid, t, active, cat = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local old_t, old_cat, old_listed = nil, '', false
   local old = redis.call('HGET', catalog, pid)
@@ -70,6 +77,7 @@ for i = 4, #ARGV, 4 do
   -- the latest change wins; a late, older one is ignored
   if tonumber(t) >= cutoff and (old_t == nil or tonumber(t) >= old_t) then
     if cat == '' then cat = old_cat end
+    changed = true
     redis.call('HSET', catalog, pid, t .. '|' .. active .. '|' .. cat)
     redis.call('ZADD', times, t, pid)
     if active == '1' and cat ~= '' and old_listed ~= cat then
@@ -90,7 +98,30 @@ for _, pid in ipairs(stale) do
   redis.call('HDEL', listed, pid)
   redis.call('ZREM', times, pid)
 end
+if changed then redis.call('SET', KEYS[4], ARGV[4]) end
 return 0
+"""
+
+# KEYS: catalog:version, catalog, catalog:listed. ARGV: new-list key prefix, most products.
+# Returns {version, false} when the catalog holds more than that many products, else
+# {version, changes, listed}: changes the catalog hash flat (product id, record), listed
+# flat (category, its new list flat: product id, appeared_at) for every category a
+# product is listed in (an active product is always listed in its category), each a
+# JSON array: one string to parse, where a reply of thousands of elements costs
+# redis-py's Python parser more than the script takes. No per-product work in Lua: the
+# script blocks Redis while it runs. All of it read atomically (a script runs alone).
+_CATALOG_VIEW = """
+local version = redis.call('GET', KEYS[1])
+if redis.call('HLEN', KEYS[2]) > tonumber(ARGV[2]) then return {version, false} end
+local seen, listed = {}, {}
+for _, cat in ipairs(redis.call('HVALS', KEYS[3])) do
+  if not seen[cat] then
+    seen[cat] = true
+    table.insert(listed, cat)
+    table.insert(listed, redis.call('ZRANGE', ARGV[1] .. cat, 0, -1, 'WITHSCORES'))
+  end
+end
+return {version, cjson.encode(redis.call('HGETALL', KEYS[2])), cjson.encode(listed)}
 """
 
 # KEYS: catalog. ARGV: new-list key prefix, lowest score (ZRANGE syntax), limit,
@@ -144,6 +175,28 @@ def _seconds(ttl: float) -> int:
     return max(1, math.ceil(ttl))
 
 
+def _decode_catalog(product_id: int, value: str) -> CatalogChange:
+    changed_at, active, category = value.split("|", 2)
+    return CatalogChange(product_id, active == "1", category or None, float(changed_at))
+
+
+class _NewListings:
+    """``new:<category>`` lists as the catalog script returned them (flat: product id,
+    appeared_at), parsed per category when first asked."""
+
+    def __init__(self, raw: dict[str, list]):
+        self._raw = raw
+        self._parsed: dict[str, list[tuple[float, int]]] = {}
+
+    def get(self, category: str, default=()) -> list[tuple[float, int]]:
+        found = self._parsed.get(category)
+        if found is None:
+            flat = self._raw.get(category) or []  # an empty list came as {}
+            found = self._parsed[category] = sorted(
+                ((float(flat[i + 1]), int(flat[i])) for i in range(0, len(flat), 2)), reverse=True)
+        return found or default
+
+
 class RedisDeltaStore:
     """The delta in the Redis at ``url``; ``key_prefix`` separates environments sharing it."""
 
@@ -165,6 +218,7 @@ class RedisDeltaStore:
         self._apply_catalog = self._redis.register_script(_APPLY_CATALOG)
         self._new_products = self._redis.register_script(_NEW_PRODUCTS)
         self._reward = self._redis.register_script(_REWARD)
+        self._catalog_view = self._redis.register_script(_CATALOG_VIEW)
 
     def _key(self, name: str) -> str:
         return self._prefix + name
@@ -213,11 +267,12 @@ class RedisDeltaStore:
         if not changes:
             return
         ttl = self.limits.catalog_ttl_seconds
-        args: list = [self._key("new:"), repr(self._clock() - ttl), _seconds(ttl)]
+        args: list = [self._key("new:"), repr(self._clock() - ttl), _seconds(ttl), uuid.uuid4().hex]
         for change in changes:
             args += [change.product_id, repr(float(change.changed_at)), int(change.active),
                      change.category or ""]
-        keys = [self._key("catalog"), self._key("catalog:listed"), self._key("catalog:times")]
+        keys = [self._key("catalog"), self._key("catalog:listed"), self._key("catalog:times"),
+                self._key("catalog:version")]
         with self._errors():
             self._apply_catalog(keys=keys, args=args)
 
@@ -225,16 +280,51 @@ class RedisDeltaStore:
 
     def recent_events(self, user_id: int, since: float = 0.0) -> list[RecentEvent]:
         cutoff = self._clock() - self.limits.user_ttl_seconds
-        low = f"({since!r}" if since >= cutoff else repr(cutoff)  # newer than since, not expired
         with self._errors():
-            rows = self._redis.zrange(self._key(f"events:{user_id}"), "+inf", low, desc=True,
-                                      byscore=True, offset=0, num=self.limits.max_events_per_user,
-                                      withscores=True)
+            rows = self._recent_rows(self._redis, user_id, since, cutoff)
+        return self._recent(rows)
+
+    def recent_events_and_catalog_version(self, user_id: int,
+                                          since: float = 0.0) -> tuple[list[RecentEvent], str | None]:
+        cutoff = self._clock() - self.limits.user_ttl_seconds
+        pipe = self._redis.pipeline(transaction=False)  # one round trip
+        self._recent_rows(pipe, user_id, since, cutoff)
+        pipe.get(self._key("catalog:version"))
+        with self._errors():
+            rows, version = pipe.execute()
+        return self._recent(rows), version
+
+    def _recent_rows(self, client, user_id: int, since: float, cutoff: float):
+        low = f"({since!r}" if since >= cutoff else repr(cutoff)  # newer than since, not expired
+        return client.zrange(self._key(f"events:{user_id}"), "+inf", low, desc=True, byscore=True,
+                             offset=0, num=self.limits.max_events_per_user, withscores=True)
+
+    @staticmethod
+    def _recent(rows) -> list[RecentEvent]:
         events = []
         for member, ts in rows:
             product_id, _, event_type = member.split(":", 2)
             events.append(RecentEvent(int(product_id), event_type, ts))
         return events
+
+    def catalog_version(self) -> str | None:
+        with self._errors():
+            return self._redis.get(self._key("catalog:version"))
+
+    def catalog_view(self, max_products: int) -> CatalogView:
+        ttl = self.limits.catalog_ttl_seconds
+        with self._errors():
+            reply = self._catalog_view(
+                keys=[self._key("catalog:version"), self._key("catalog"), self._key("catalog:listed")],
+                args=[self._key("new:"), max_products])
+        version = reply[0]
+        if len(reply) < 3:  # {version, false}: too many
+            return CatalogView.too_large(version, ttl)
+        # An empty Lua table encodes as {}: "or []".
+        flat, listed = json.loads(reply[1]) or [], json.loads(reply[2]) or []
+        records = {int(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+        listings = _NewListings(dict(zip(listed[::2], listed[1::2])))
+        return CatalogView(version, ttl, records, _decode_catalog, listings)
 
     def catalog_status(self, product_ids: Sequence[int]) -> dict[int, CatalogChange]:
         if not product_ids:
@@ -244,11 +334,8 @@ class RedisDeltaStore:
             values = self._redis.hmget(self._key("catalog"), list(product_ids))
         status = {}
         for product_id, value in zip(product_ids, values):
-            if value is not None:
-                changed_at, active, category = value.split("|", 2)
-                if float(changed_at) >= cutoff:
-                    status[product_id] = CatalogChange(product_id, active == "1", category or None,
-                                                       float(changed_at))
+            if value is not None and (change := _decode_catalog(product_id, value)).changed_at >= cutoff:
+                status[product_id] = change
         return status
 
     def new_products(self, categories: Sequence[str], since: float, limit: int) -> list[tuple[int, str]]:
