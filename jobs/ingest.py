@@ -45,7 +45,7 @@ from jobs.delta_tables import ensure_table, idempotent_write
 from jobs.landing import FORMATS, has_files, read_stream
 from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
-from jobs.validation import SOURCE_FILE, rejected_rows, split_valid
+from jobs.validation import SOURCE_FILE, judge, rejected_rows, split_judged
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +80,23 @@ def events_to_store(valid: DataFrame, ingest_batch: str) -> DataFrame:
             .withColumn("ingest_batch", F.lit(ingest_batch)))
 
 
-def split_duplicate_events(events: DataFrame, stored: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """``(new, duplicates)``: the first of each key in ``events`` that ``stored`` lacks,
-    and every other row with the reason it is a duplicate (``_reason``).
+def mark_duplicate_events(events: DataFrame, stored: DataFrame) -> DataFrame:
+    """``events`` with ``_reason``: null for the first of each key that ``stored`` lacks,
+    else why the row is a duplicate (repeated in this batch, or already ingested).
 
     ``stored`` must leave out rows written by this same batch (``ingest_batch``), so
-    that a replay after a crash, or a lazy re-evaluation after the write, splits alike.
+    that a replay after a crash, or a lazy re-evaluation after the write, marks alike.
+    One shuffle for the ranking and one join: persist the result before splitting it.
     """
     key = list(EVENTS.key)
+    join_on = key + ["event_date"]
     ranked = events.withColumn(
         "_nth", F.row_number().over(Window.partitionBy(*key).orderBy(SOURCE_FILE, _ORDER)))
-    first = ranked.where("_nth = 1").drop("_nth")
-    repeated = ranked.where("_nth > 1").drop("_nth").withColumn("_reason", F.lit("duplicate event (repeated in this batch)"))
-    stored_keys = stored.select(*key, "event_date").distinct()
-    join_on = key + ["event_date"]
-    new = first.join(stored_keys, on=join_on, how="left_anti")
-    already = (first.join(stored_keys, on=join_on, how="left_semi")
-               .withColumn("_reason", F.lit("duplicate event (already ingested)")))
-    return new, repeated.unionByName(already)
+    stored_keys = stored.select(*join_on).distinct().withColumn("_stored", F.lit(True))
+    return (ranked.join(stored_keys, on=join_on, how="left")
+            .withColumn("_reason", F.when(F.col("_nth") > 1, F.lit("duplicate event (repeated in this batch)"))
+                        .when(F.col("_stored"), F.lit("duplicate event (already ingested)")))
+            .drop("_nth", "_stored"))
 
 
 def products_to_store(valid: DataFrame, as_of: datetime) -> DataFrame:
@@ -173,26 +172,27 @@ class TableIngest:
             # Finished before a crash that hit ahead of the checkpoint commit: nothing to redo.
             log.info("%s batch %d already ingested; skipping", stream_id, batch_id)
             return
-        batch = batch.persist()
+        # Judged once and kept: the valid and the rejected rows both come from it, and
+        # _order (arrival order within a file: among rows for the same key, the last
+        # wins) must not change between the two.
+        judged = (judge(batch, self.table, self.as_of)
+                  .withColumn(_ORDER, F.monotonically_increasing_id()).persist())
         try:
-            received = batch.count()
+            received = judged.count()
             if received == 0:
                 return
-            valid, rejected = split_valid(batch, self.table, self.as_of)
-            # _order keeps arrival order within a file: among rows for the same key, the last wins.
-            valid = valid.withColumn(_ORDER, F.monotonically_increasing_id()).persist()
+            valid, rejected = split_judged(judged, self.as_of)
             if self.table.name == "events":
-                accepted, rejected = self._write_events(valid, rejected, batch_id, stream_id)
+                accepted, rejected_count = self._write_events(valid, rejected, batch_id, stream_id)
             else:
                 accepted = self._merge_latest(valid, batch_id, stream_id)
-            rejected_count = self._append(rejected, self.rejected_path, batch_id, stream_id)
-            valid.unpersist()
+                rejected_count = self._append(rejected, self.rejected_path, batch_id, stream_id)
             self.counts.add(received, accepted, rejected_count)
             self._log_batch(stream_id, batch_id, received, accepted, rejected_count)
             log.info("%s batch %d: received %d, accepted %d, rejected %d",
                      stream_id, batch_id, received, accepted, rejected_count)
         finally:
-            batch.unpersist()
+            judged.unpersist()
 
     def _log_batch(self, stream_id: str, batch_id: int, received: int, accepted: int, rejected: int) -> None:
         row = self.spark.createDataFrame(
@@ -212,16 +212,21 @@ class TableIngest:
         return count
 
     def _write_events(self, valid: DataFrame, rejected: DataFrame, batch_id: int,
-                      stream_id: str) -> tuple[int, DataFrame]:
+                      stream_id: str) -> tuple[int, int]:
+        """Append the new events and quarantine the rest; return (accepted, rejected) counts."""
         ingest_batch = f"{stream_id}:{batch_id}"
         events = events_to_store(valid, ingest_batch)
         dates = [r[0] for r in events.select("event_date").distinct().collect()]
         stored = (self.spark.read.format("delta").load(self.stored_path)
                   .where(F.col("event_date").isin(dates) & (F.col("ingest_batch") != ingest_batch)))
-        new, duplicates = split_duplicate_events(events, stored)
-        new = new.select(*EVENTS_STORED.names)
-        accepted = self._append_partitioned(new, batch_id, stream_id)
-        return accepted, rejected.unionByName(rejected_rows(duplicates, self.as_of))
+        marked = mark_duplicate_events(events, stored).persist()
+        try:
+            new = marked.where(F.col("_reason").isNull()).select(*EVENTS_STORED.names)
+            accepted = self._append_partitioned(new, batch_id, stream_id)
+            duplicates = rejected_rows(marked.where(F.col("_reason").isNotNull()), self.as_of)
+            return accepted, self._append(rejected.unionByName(duplicates), self.rejected_path, batch_id, stream_id)
+        finally:
+            marked.unpersist()
 
     def _append_partitioned(self, df: DataFrame, batch_id: int, stream_id: str) -> int:
         df = df.persist()
