@@ -327,10 +327,11 @@ def similar_products(spark: SparkSession, items: ItemMatrix, params: AlsParams,
 
 
 def als_candidates(interaction_rows: DataFrame, as_of: datetime, params: AlsParams,
-                   product_lists: bool = True) -> tuple[DataFrame, DataFrame]:
+                   product_lists: bool = True, for_users: DataFrame | None = None) -> tuple[DataFrame, DataFrame]:
     """``(candidates, item_factors)``: ALS user and product lists in the CANDIDATES
     layout, and the fitted item factors in the ITEM_FACTORS layout. Without
     ``product_lists`` only the user lists (all an offline evaluation scores).
+    ``for_users`` (``user_id`` rows): user lists for these users only, each the same as in a run for everyone: the model is fitted on every user's interactions all the same.
 
     Fits the model and collects the item factors (Spark actions run here); the
     frames returned are lazy over the fitted model.
@@ -354,7 +355,10 @@ def als_candidates(interaction_rows: DataFrame, as_of: datetime, params: AlsPara
     # Purchases count whatever their weight: a product bought is bought.
     purchased = (interaction_rows.where((F.col("event_type") == "purchase") & (F.col("timestamp") <= F.lit(as_of)))
                  .select("user_id", "product_id"))
-    user_lists = user_recommendations(user_factors(model, users), items, purchased, params)
+    listed = user_factors(model, users)
+    if for_users is not None:
+        listed = listed.join(for_users, "user_id", "left_semi")
+    user_lists = user_recommendations(listed, items, purchased, params)
     candidates = as_candidates(user_lists, "user", ALGORITHM, version)
     if product_lists:
         similar = similar_products(factors.sparkSession, items, params)

@@ -663,8 +663,10 @@ def user_content_lists(weighted_rows: DataFrame, similar: DataFrame, params: Con
 
 
 def content_candidates(interaction_rows: DataFrame, products: DataFrame, as_of: datetime,
-                       params: ContentParams, stage: Stage = _no_stage) -> DataFrame:
+                       params: ContentParams, stage: Stage = _no_stage,
+                       for_users: DataFrame | None = None) -> DataFrame:
     """All content candidate lists (product and user) in the CANDIDATES layout.
+    ``for_users`` (``user_id`` rows): user lists for these users only, each the same as in a run for everyone.
 
     ``stage(name, frame)`` sees each intermediate frame and returns the one to go on
     with: run_content caches, counts and times them there; the default passes through.
@@ -673,7 +675,10 @@ def content_candidates(interaction_rows: DataFrame, products: DataFrame, as_of: 
     documents = stage("documents", product_documents(products))
     vectors = stage("tfidf", tfidf_vectors(documents, params))
     similar = stage("similar products", similar_products(vectors, params))
-    users = stage("user lists", user_content_lists(weighted(interaction_rows, as_of, params), similar, params))
+    touched = weighted(interaction_rows, as_of, params)
+    if for_users is not None:
+        touched = touched.join(for_users, "user_id", "left_semi")
+    users = stage("user lists", user_content_lists(touched, similar, params))
     return (as_candidates(similar, "product", ALGORITHM, version)
             .unionByName(as_candidates(users, "user", ALGORITHM, version)))
 

@@ -258,20 +258,25 @@ def list_properties(served: DataFrame, train: DataFrame, catalog_size: int, k: i
 # --- training every algorithm on the training part ---------------------------
 
 def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
-              algorithms: tuple[str, ...]) -> DataFrame:
-    """User lists (and the global popular list) of every algorithm, trained on ``train`` only."""
+              algorithms: tuple[str, ...], for_users: DataFrame | None = None) -> DataFrame:
+    """User lists (and the global popular list) of every algorithm, trained on ``train`` only.
+
+    ``for_users`` (``user_id`` rows): lists for these users only (the ones scored). Every
+    model still learns from all of ``train``; only the per-user lists, most of the
+    cost, are left out for the others, and the lists made are the same."""
     def popular() -> DataFrame:
         return popularity.popularity_candidates(train, products, train_until,
-                                                popularity.params_from_settings(settings["popularity"]))
+                                                popularity.params_from_settings(settings["popularity"]),
+                                                for_users=for_users)
 
     def collaborative() -> DataFrame:
         candidates, _ = als.als_candidates(train, train_until, als.params_from_settings(settings["als"]),
-                                           product_lists=False)
+                                           product_lists=False, for_users=for_users)
         return candidates
 
     def content_based() -> DataFrame:
         return content.content_candidates(train, products, train_until,
-                                          content.params_from_settings(settings["content"]))
+                                          content.params_from_settings(settings["content"]), for_users=for_users)
 
     builders = {"popular": popular, "als": collaborative, "content": content_based}
     parts = [_trained(name, builders[name]) for name in algorithms if name in builders]
@@ -342,7 +347,8 @@ def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: d
              params: EvaluationParams, run_id: str) -> tuple[DataFrame, dict]:
     """Evaluation rows (EVALUATIONS layout) and the policy priors for one run."""
     split = prepare_split(rows, as_of, params)
-    candidates = train_all(split.train, products, split.train_until, settings, params.algorithms)
+    candidates = train_all(split.train, products, split.train_until, settings, params.algorithms,
+                           for_users=split.held_out.select("user_id"))
     results = score_algorithms(candidates, split, (BASELINE, *params.algorithms),
                                products.where("active").count(), params.ks)
     evaluated_at = datetime.now(timezone.utc).replace(microsecond=0)

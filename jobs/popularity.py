@@ -89,9 +89,11 @@ def user_category_shares(weighted_rows: DataFrame, products: DataFrame, top_cate
 
 def popularity_candidates(interaction_rows: DataFrame, products: DataFrame,
                           as_of: datetime, params: PopularityParams,
-                          segments: DataFrame | None = None) -> DataFrame:
+                          segments: DataFrame | None = None, for_users: DataFrame | None = None) -> DataFrame:
     """All popularity candidate lists (global, category, user, and segment when
-    ``segments`` (USER_SEGMENTS rows) are given) in the CANDIDATES layout."""
+    ``segments`` (USER_SEGMENTS rows) are given) in the CANDIDATES layout.
+    ``for_users`` (``user_id`` rows): user lists for these users only, each the same as in a run for everyone
+    (an offline evaluation scores only its held-out users)."""
     version = model_version(ALGORITHM, as_of, asdict(params))
     rows = weighted(interaction_rows, as_of, params)
     scores = product_scores(rows, products)
@@ -108,11 +110,12 @@ def popularity_candidates(interaction_rows: DataFrame, products: DataFrame,
                     .withColumn("rank", F.row_number().over(per_category.orderBy(F.col("score").desc(), "product_id")))
                     .where(F.col("rank") <= params.user_top_n)
                     .withColumn("relative", F.col("score") / F.max("score").over(per_category)))
-    shares = user_category_shares(rows, products, params.user_top_categories)
+    user_rows = rows if for_users is None else rows.join(for_users, "user_id", "left_semi")
+    shares = user_category_shares(user_rows, products, params.user_top_categories)
     user_scored = (shares.join(category_top, "category")
                    .select("user_id", "product_id", (F.col("share") * F.col("relative")).alias("score")))
     if params.exclude_purchased:
-        bought = rows.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
+        bought = user_rows.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
         user_scored = user_scored.join(bought, ["user_id", "product_id"], "left_anti")
     user_lists = top_n_lists(user_scored, F.col("user_id"), params.user_top_n)
 

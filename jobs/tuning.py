@@ -218,12 +218,14 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     deadline = started + params.budget_minutes * 60
     split = validation_split(rows, as_of, evaluation)
     train, until = split.train, split.train_until
+    scored = split.held_out.select("user_id")  # lists for the scored users only: the same lists, less work
     popular = popularity.popularity_candidates(train, products, until,
-                                               popularity.params_from_settings(settings["popularity"]))
+                                               popularity.params_from_settings(settings["popularity"]),
+                                               for_users=scored)
     validation = Validation(split, popular.localCheckpoint(), (params.k,))
 
     def fit_als(p: als.AlsParams) -> DataFrame:
-        candidates, _ = als.als_candidates(train, until, p, product_lists=False)
+        candidates, _ = als.als_candidates(train, until, p, product_lists=False, for_users=scored)
         return candidates.localCheckpoint()
 
     als_trials = run_trials("als", als_trial_params(als.params_from_settings(settings["als"]), params),
@@ -237,7 +239,8 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
         # User lists only, as the fusion reads: building them collects the neighbour lists
         # once, and the product lists would compute them again (the filter prunes that branch).
         sources.append(content.content_candidates(train, products, until,
-                                                  content.params_from_settings(settings["content"]))
+                                                  content.params_from_settings(settings["content"]),
+                                                  for_users=scored)
                        .where(F.col("subject_kind") == "user"))
     lists = sources[0]
     for part in sources[1:]:

@@ -137,3 +137,35 @@ def test_params_reject_bad_values():
                 {"test_fraction": 1.0}, {"min_interactions": -1}):
         with pytest.raises(ValueError):
             EvaluationParams(**bad)
+
+
+def test_lists_for_the_scored_users_only_are_the_lists_of_a_run_for_everyone(spark):
+    """train_all(for_users=...) leaves the other users' lists out and changes none of
+    the kept ones: every model still learns from all the training rows."""
+    import random
+
+    from jobs.evaluation import train_all
+
+    draw = random.Random(5)
+    categories = ["shoes.run", "shoes.trail", "books.sf", "books.crime"]
+    products = spark.createDataFrame(
+        [(p, categories[p % 4], float(10 + p), True, {"brand": f"b{p % 3}"}, None, AS_OF) for p in range(1, 41)],
+        spark_schema(PRODUCTS_STORED))
+    train = spark.createDataFrame(
+        [(u, draw.randint(1, 40), draw.choice(["view", "view", "add_to_cart", "purchase"]), day(draw.uniform(1, 20)))
+         for u in range(1, 61) for _ in range(draw.randint(2, 12))], ROWS)
+    settings = load_conf("jobs")
+    settings["als"] = {**settings["als"], "rank": 4, "max_iter": 3}
+    algorithms = ("popular", "als", "content")  # hybrid fuses these lists: the same in, the same out
+    scored = spark.createDataFrame([(u,) for u in range(1, 61, 4)], "user_id long")
+
+    def user_lists(for_users):
+        lists = train_all(train, products, AS_OF, settings, algorithms, for_users=for_users)
+        return {(r.algorithm, int(r.subject_id)): (list(r.product_ids), [round(s, 5) for s in r.scores])
+                for r in lists.where("subject_kind = 'user'").collect()}
+
+    everyone, some = user_lists(None), user_lists(scored)
+    kept = {u for u in range(1, 61, 4)}
+    assert {algorithm for algorithm, _ in some} == set(algorithms)
+    assert {user for _, user in some} <= kept
+    assert some == {key: lists for key, lists in everyone.items() if key[1] in kept}
