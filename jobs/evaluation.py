@@ -48,9 +48,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -64,7 +68,7 @@ from jobs.delta_tables import ensure_table
 from jobs.evaluation_report import write_report
 from jobs.interactions import read_interactions
 from jobs.paths import DataPaths
-from jobs.ranking_metrics import ranking_metrics, reciprocal_rank
+from jobs.ranking_metrics import many_ranking_metrics
 from jobs.segments import activity_segment
 from jobs.spark_session import get_spark
 from jobs.tuned import read_tuned, with_tuned, write_json_atomically
@@ -210,44 +214,61 @@ def served_lists(candidates: DataFrame, users: DataFrame, algorithm: str) -> Dat
                     F.col("product_ids").isNull().alias("fallback")))
 
 
-def _score_batches(ks: tuple[int, ...]):
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for batch in batches:
-            out = []
-            for user_id, segment, recommended, relevant in zip(
-                    batch["user_id"], batch["segment"], batch["product_ids"], batch["relevant"]):
-                recommended = list(recommended)
-                for k in ks:
-                    for metric, value in ranking_metrics(recommended, relevant, k).items():
-                        out.append((user_id, segment, k, metric, value))
-                out.append((user_id, segment, 0, "mrr", reciprocal_rank(recommended, relevant)))
-            yield pd.DataFrame(out, columns=["user_id", "segment", "k", "metric", "value"])
-    return score
+PER_USER_METRICS = "user_id long, segment string, k int, metric string, value double"
+
+
+def _score_batches(batches: Iterator[pa.RecordBatch], ks: tuple[int, ...]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        users, segments, recommended, relevant = (batch.column(i) for i in range(4))
+        values = many_ranking_metrics(
+            recommended.value_lengths().fill_null(0).to_numpy(zero_copy_only=False),
+            pc.list_flatten(recommended).to_numpy(zero_copy_only=False),
+            relevant.value_lengths().fill_null(0).to_numpy(zero_copy_only=False),
+            pc.list_flatten(relevant).to_numpy(zero_copy_only=False), ks)
+        rows, names = batch.num_rows, list(values)
+        yield pa.RecordBatch.from_arrays([
+            pa.array(np.tile(users.to_numpy(zero_copy_only=False), len(names))),
+            pa.concat_arrays([segments] * len(names)),
+            pa.array(np.repeat([k for _, k in names], rows).astype(np.int32)),
+            pa.array(np.repeat(np.array([m for m, _ in names], dtype=object), rows), pa.string()),
+            pa.array(np.concatenate([values[name] for name in names]))],
+            ["user_id", "segment", "k", "metric", "value"])
 
 
 def per_user_metrics(served: DataFrame, held_out: DataFrame, segments: DataFrame,
                      ks: tuple[int, ...]) -> DataFrame:
-    """``(user_id, segment, k, metric, value)`` for every scored user (k = 0 for MRR)."""
+    """``(user_id, segment, k, metric, value)`` for every scored user (k = 0 for MRR),
+    a batch of users at a time (``many_ranking_metrics``)."""
     joined = served.join(held_out, "user_id").join(segments, "user_id")
-    return joined.select("user_id", "segment", "product_ids", "relevant").mapInPandas(
-        _score_batches(ks), "user_id long, segment string, k int, metric string, value double")
+    return joined.select("user_id", "segment", "product_ids", "relevant").mapInArrow(
+        partial(_score_batches, ks=ks), PER_USER_METRICS)
 
 
 def summarise(per_user: DataFrame) -> DataFrame:
-    """Mean metric per segment and for ``all`` users: ``(segment, k, metric, value, users)``."""
+    """Mean metric per segment and for ``all`` users: ``(segment, k, metric, value, users)``.
+    A user has one row per (k, metric), so counting rows counts users (a distinct count
+    would cost a shuffle of every row)."""
     by_segment = per_user.groupBy("segment", "k", "metric").agg(F.avg("value").alias("value"),
-                                                                 F.countDistinct("user_id").alias("users"))
+                                                                 F.count("*").alias("users"))
     pooled = per_user.groupBy("k", "metric").agg(F.avg("value").alias("value"),
-                                                 F.countDistinct("user_id").alias("users"))
+                                                 F.count("*").alias("users"))
     return by_segment.unionByName(pooled.withColumn("segment", F.lit("all")))
 
 
-def list_properties(served: DataFrame, train: DataFrame, catalog_size: int, k: int) -> tuple[float, float]:
-    """Catalog coverage (share of products shown to anyone in a top-k) and novelty
-    (mean -log2 of a shown product's share of training interactions) at ``k``."""
-    shown = served.select("user_id", F.explode(F.slice("product_ids", 1, k)).alias("product_id"))
+def interaction_shares(train: DataFrame) -> tuple[DataFrame, int]:
+    """``((product_id, share), rows)``: each product's share of the training rows, and
+    their number; what ``list_properties`` reads (computed once for every algorithm)."""
     total = max(train.count(), 1)
-    share = train.groupBy("product_id").agg((F.count("*") / F.lit(total)).alias("share"))
+    return train.groupBy("product_id").agg((F.count("*") / F.lit(total)).alias("share")).localCheckpoint(), total
+
+
+def list_properties(served: DataFrame, shares: tuple[DataFrame, int], catalog_size: int,
+                    k: int) -> tuple[float, float]:
+    """Catalog coverage (share of products shown to anyone in a top-k) and novelty
+    (mean -log2 of a shown product's share of training interactions, ``shares`` from
+    ``interaction_shares``) at ``k``."""
+    shown = served.select("user_id", F.explode(F.slice("product_ids", 1, k)).alias("product_id"))
+    share, total = shares
     novelty = (shown.join(share, "product_id", "left")
                .select((-F.log2(F.coalesce("share", F.lit(1.0 / total)))).alias("self_information")))
     coverage = shown.select("product_id").distinct().count() / max(catalog_size, 1)
@@ -327,6 +348,7 @@ def score_algorithms(candidates: DataFrame, split: PreparedSplit, algorithms: tu
     ``candidates`` (any algorithm name; ``BASELINE`` needs only the global popular list)."""
     started, results = time.monotonic(), []
     users = split.held_out.count()
+    shares = interaction_shares(split.train)
     for algorithm in algorithms:
         served = served_lists(candidates, split.held_out, algorithm).localCheckpoint()
         summary = summarise(per_user_metrics(served, split.held_out, split.segments, ks))
@@ -334,7 +356,7 @@ def score_algorithms(candidates: DataFrame, split: PreparedSplit, algorithms: tu
             metric = r["metric"] if r["metric"] == "mrr" else f"{r['metric']}@{r['k']}"
             results.append((algorithm, r["segment"], metric, float(r["value"]), int(r["users"])))
         k = max(ks)
-        coverage, novelty = list_properties(served, split.train, catalog_size, k)
+        coverage, novelty = list_properties(served, shares, catalog_size, k)
         fallback_share = served.agg(F.avg(F.col("fallback").cast("double"))).first()[0] or 0.0
         for metric, value in ((f"coverage@{k}", coverage), (f"novelty@{k}", novelty),
                               ("fallback_share", fallback_share)):

@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
 from jobs.cli import run_algorithm_job
 from jobs.paths import DataPaths
+from jobs.top_n import best_per_row, lists_batch
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,7 @@ def fuse_lists(row_of_list: np.ndarray, list_weights: np.ndarray, list_lengths: 
     first = np.flatnonzero(np.r_[True, (item_row[1:] != item_row[:-1]) | (ids[1:] != ids[:-1])])
     row, ids, score = item_row[first], ids[first], np.add.reduceat(contribution, first)
     # Best first within each row, ties to the smaller id; keep each row's first top_n.
-    order = np.lexsort((ids, -score, row))
-    row, ids, score = row[order], ids[order], score[order]
-    row_starts = np.searchsorted(row, np.arange(rows))
-    keep = np.arange(len(row)) - np.repeat(row_starts, np.diff(np.r_[row_starts, len(row)])) < top_n
-    return np.bincount(row[keep], minlength=rows), ids[keep], score[keep]
+    return best_per_row(row, ids, score, rows, top_n)
 
 
 def _fuse_batches(batches: Iterator[pa.RecordBatch], weights: dict[str, float], rrf_k: int,
@@ -110,11 +107,7 @@ def _fuse_batches(batches: Iterator[pa.RecordBatch], weights: dict[str, float], 
             list_lengths=id_lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False),
             product_ids=id_lists.flatten().to_numpy(zero_copy_only=False).astype(np.int64),
             rows=len(lists), rrf_k=rrf_k, top_n=top_n)
-        offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
-        yield pa.RecordBatch.from_arrays(
-            [subjects, pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
-             pa.ListArray.from_arrays(offsets, pa.array(scores.astype(np.float32)))],
-            ["subject_id", "product_ids", "scores"])
+        yield lists_batch(subjects, lengths, ids, scores)
 
 
 def params_from_settings(settings: dict) -> HybridParams:

@@ -25,6 +25,12 @@ import logging
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -38,6 +44,7 @@ from jobs.delta_tables import ensure_table
 from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
 from jobs.segments import segment_scores, user_segments
+from jobs.top_n import best_per_row, lists_batch
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +119,10 @@ def popularity_candidates(interaction_rows: DataFrame, products: DataFrame,
                     .withColumn("relative", F.col("score") / F.max("score").over(per_category)))
     user_rows = rows if for_users is None else rows.join(for_users, "user_id", "left_semi")
     shares = user_category_shares(user_rows, products, params.user_top_categories)
-    user_scored = (shares.join(category_top, "category")
-                   .select("user_id", "product_id", (F.col("share") * F.col("relative")).alias("score")))
+    bought = None
     if params.exclude_purchased:
         bought = user_rows.where(F.col("event_type") == "purchase").select("user_id", "product_id").distinct()
-        user_scored = user_scored.join(bought, ["user_id", "product_id"], "left_anti")
-    user_lists = top_n_lists(user_scored, F.col("user_id"), params.user_top_n)
+    user_lists = favourite_category_lists(shares, category_top, bought, params.user_top_n)
 
     candidates = (as_candidates(global_lists, "global", ALGORITHM, version)
                   .unionByName(as_candidates(category_lists, "category", ALGORITHM, version))
@@ -128,6 +133,82 @@ def popularity_candidates(interaction_rows: DataFrame, products: DataFrame,
         segment_lists = top_n_lists(in_segment, F.col("profile_segment"), params.top_n)
         candidates = candidates.unionByName(as_candidates(segment_lists, "segment", ALGORITHM, version))
     return candidates
+
+
+LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
+
+
+def favourite_category_lists(shares: DataFrame, category_top: DataFrame, bought: DataFrame | None,
+                             top_n: int) -> DataFrame:
+    """``(subject_id, product_ids, scores)`` per user of ``shares``: the ``top_n`` best of
+    the products of ``category_top`` (``category, product_id, relative``) in the user's
+    categories, each scoring ``share * relative``, minus the user's ``bought``
+    ``(user_id, product_id)`` pairs; ordered as ``top_n_lists``; no row for a user left
+    with nothing.
+
+    Collects ``category_top`` to the driver (a Spark job runs here: categories x
+    user_top_n rows, small) and broadcasts it; each user's categories and purchases are
+    gathered into one row and ranked with NumPy (``rank_favourites``) a batch of users at
+    a time. Joining every user to each product of their categories and ranking those
+    rows in Spark shuffled users x categories x user_top_n rows twice, most of the
+    stage's time.
+    """
+    spark = shares.sparkSession
+    top = category_top.select("category", "product_id", "relative").orderBy("category", "product_id").toPandas()
+    categories, starts, counts = np.unique(top["category"].to_numpy(dtype=object), return_index=True,
+                                           return_counts=True)
+    # Plain containers only: the Python workers unpickle them (see jobs.als).
+    shared = spark.sparkContext.broadcast((
+        {c: i for i, c in enumerate(categories)}, starts.astype(np.int64), counts.astype(np.int64),
+        top["product_id"].to_numpy(np.int64), top["relative"].to_numpy(np.float64)))
+    per_user = shares.groupBy("user_id").agg(F.collect_list(F.struct("category", "share")).alias("favourites"))
+    if bought is not None:
+        per_user = per_user.join(bought.groupBy("user_id").agg(F.collect_list("product_id").alias("bought")),
+                                 "user_id", "left")
+    else:
+        per_user = per_user.withColumn("bought", F.lit(None).cast("array<bigint>"))
+    return per_user.mapInArrow(partial(_rank_batches, shared=shared, top_n=top_n), LISTS_SCHEMA)
+
+
+def rank_favourites(pair_row: np.ndarray, pair_category: np.ndarray, pair_share: np.ndarray,
+                    starts: np.ndarray, counts: np.ndarray, ids: np.ndarray, relative: np.ndarray,
+                    bought_row: np.ndarray, bought_ids: np.ndarray, rows: int, top_n: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``best_per_row`` of every (row, product of one of its categories) pair.
+
+    Pair ``j`` gives row ``pair_row[j]`` the category at ``starts[c] .. starts[c] +
+    counts[c]`` of ``ids``/``relative`` (``c = pair_category[j]``) at share
+    ``pair_share[j]``; ``(bought_row, bought_ids)`` pairs are left out. A product has one
+    category, so no row meets a product twice."""
+    length = counts[pair_category]
+    total = int(length.sum())
+    item_row = np.repeat(pair_row, length)
+    first_of_pair = np.cumsum(length) - length
+    position = np.arange(total) - np.repeat(first_of_pair, length) + np.repeat(starts[pair_category], length)
+    item_ids, score = ids[position], np.repeat(pair_share, length) * relative[position]
+    if len(bought_ids):
+        # Product ids fit 32 bits (schemas: PRODUCT_ID), rows fit the rest.
+        drop = np.isin((item_row.astype(np.int64) << 32) | item_ids, (bought_row.astype(np.int64) << 32) | bought_ids)
+        item_row, item_ids, score = item_row[~drop], item_ids[~drop], score[~drop]
+    return best_per_row(item_row, item_ids, score, rows, top_n)
+
+
+def _rank_batches(batches: Iterator[pa.RecordBatch], shared, top_n: int) -> Iterator[pa.RecordBatch]:
+    index, starts, counts, ids, relative = shared.value
+    for batch in batches:
+        users, favourites, bought = batch.column(0), batch.column(1), batch.column(2)
+        pairs = favourites.flatten()
+        pair_row = pc.list_parent_indices(favourites).to_numpy(zero_copy_only=False)
+        category = np.array([index.get(c, -1) for c in pairs.field("category").to_pylist()], dtype=np.int64)
+        known = category >= 0  # a category without an active scored product has no list
+        lengths, out_ids, out_scores = rank_favourites(
+            pair_row[known], category[known], pairs.field("share").to_numpy(zero_copy_only=False)[known],
+            starts, counts, ids, relative,
+            pc.list_parent_indices(bought).to_numpy(zero_copy_only=False),
+            pc.list_flatten(bought).to_numpy(zero_copy_only=False).astype(np.int64),
+            len(users), top_n)
+        listed = lengths > 0
+        yield lists_batch(pc.cast(users, pa.string()).filter(pa.array(listed)), lengths[listed], out_ids, out_scores)
 
 
 # --- I/O edges --------------------------------------------------------------

@@ -270,3 +270,40 @@ def test_shipped_conf_agrees_with_the_evaluation_on_activity_segments():
     settings = load_conf("jobs")
     assert settings["popularity"]["light_max_interactions"] == settings["evaluation"]["light_max_interactions"]
     assert PopularityParams(**settings["popularity"]).segment_features == ("country", "age_band")
+
+
+def test_favourite_category_lists_equal_the_join_formulation(spark):
+    """The NumPy ranking gives the lists the Spark join + top_n_lists gave: same ids,
+    same float scores, ties to the smaller id, bought products out, no empty lists."""
+    import random
+
+    from pyspark.sql import functions as F
+
+    from jobs.candidates import top_n_lists
+    from jobs.popularity import favourite_category_lists
+
+    draw = random.Random(3)
+    categories = [f"c{i}" for i in range(6)]
+    top = [(c, p, draw.choice([1.0, 0.5, 0.25, 0.125])) for i, c in enumerate(categories[:5])
+           for p in range(i * 100, i * 100 + draw.randint(1, 12))]  # c5 has no list
+    shares = [(u, c, draw.choice([0.2, 0.3, 0.5])) for u in range(1, 80) for c in draw.sample(categories, 3)]
+    shares += [(500, "c5", 1.0), (501, "c0", 1.0)]
+    bought = [(u, p) for u in range(1, 80) for _, p, _ in draw.sample(top, 4)]
+    bought += [(501, p) for c, p, _ in top if c == "c0"]  # 501 bought all of its only category
+    top_frame = spark.createDataFrame(top, "category string, product_id long, relative double")
+    share_frame = spark.createDataFrame(shares, "user_id long, category string, share double")
+    bought_frame = spark.createDataFrame(bought, "user_id long, product_id long")
+
+    joined = (share_frame.join(top_frame, "category")
+              .select("user_id", "product_id", (F.col("share") * F.col("relative")).alias("score"))
+              .join(bought_frame, ["user_id", "product_id"], "left_anti"))
+
+    def by_user(lists):
+        return {r.subject_id: (list(r.product_ids), list(r.scores)) for r in lists.collect()}
+
+    expected = by_user(top_n_lists(joined, F.col("user_id"), 7))
+    got = by_user(favourite_category_lists(share_frame, top_frame, bought_frame, 7))
+    assert "500" not in got and "501" not in got
+    assert got == expected and len(got) == 79
+    without_bought = by_user(favourite_category_lists(share_frame, top_frame, None, 7))
+    assert without_bought["501"][0] == [p for _, p in sorted((-r, p) for c, p, r in top if c == "c0")][:7]

@@ -42,3 +42,25 @@ def test_refuses_empty_relevant_and_bad_k():
         ranking_metrics([1], set(), k=1)
     with pytest.raises(ValueError):
         ranking_metrics([1], {1}, k=0)
+
+
+def test_many_users_at_once_equal_one_at_a_time_to_the_last_bit():
+    """many_ranking_metrics gives, per user, exactly ranking_metrics' and reciprocal_rank's values."""
+    import random
+
+    from jobs.ranking_metrics import many_ranking_metrics
+
+    draw = random.Random(11)
+    recommended = [draw.sample(range(1, 60), draw.randint(0, 30)) for _ in range(300)]
+    relevant = [[draw.randint(1, 70) for _ in range(draw.randint(1, 8))] for _ in range(300)]  # repeats too
+    recommended[0], relevant[0] = [2**32 - 1, 5], [2**32 - 1]
+    ks = (1, 5, 10, 20)
+    got = many_ranking_metrics([len(r) for r in recommended], [p for r in recommended for p in r],
+                               [len(r) for r in relevant], [p for r in relevant for p in r], ks)
+    for user, (rec, rel) in enumerate(zip(recommended, relevant)):
+        for k in ks:
+            for metric, value in ranking_metrics(rec, rel, k).items():
+                assert got[(metric, k)][user] == value, (user, metric, k)
+        assert got[("mrr", 0)][user] == reciprocal_rank(rec, rel)
+    with pytest.raises(ValueError):
+        many_ranking_metrics([1], [3], [0], [], ks)
