@@ -61,6 +61,18 @@ class CatalogChange:
     changed_at: float
 
 
+def newest_listings(found: Sequence[tuple[float, int, str]], limit: int) -> list[tuple[int, str]]:
+    """``new_products``' answer from ``(appeared_at, product_id, category)`` listings:
+    newest first, each product once (a product moved between categories is listed in
+    both), at most ``limit``."""
+    result, seen = [], set()
+    for _, product_id, category in sorted(found, key=lambda f: f[0], reverse=True):
+        if product_id not in seen and len(result) < limit:
+            seen.add(product_id)
+            result.append((product_id, category))
+    return result
+
+
 @dataclass(frozen=True)
 class Served:
     """What answered one request: the key that rewards are credited to."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Mapping, Protocol, Sequence
 
-from lookup_server.delta import CatalogChange
+from lookup_server.delta import CatalogChange, newest_listings
 
 # Views of more changed products than this are not cached (``[delta]
 # catalog_cache_max_products``): a reload reads every change (LMDB: ~1 ms per
@@ -103,13 +103,7 @@ class CatalogView:
                     seen.add(product_id)
                     found.append((appeared, product_id, category))
                     taken += 1
-        found.sort(key=lambda f: f[0], reverse=True)
-        result, seen = [], set()
-        for _, product_id, category in found:
-            if product_id not in seen and len(result) < limit:
-                seen.add(product_id)
-                result.append((product_id, category))
-        return result
+        return newest_listings(found, limit)
 
 
 class CatalogCache:

@@ -62,7 +62,7 @@ from typing import Callable, Iterator, Sequence
 import lmdb
 
 from lookup_server.delta import (
-    CatalogChange, DeltaEvent, DeltaLimits, DeltaUnavailable, RecentEvent, Served,
+    CatalogChange, DeltaEvent, DeltaLimits, DeltaUnavailable, RecentEvent, Served, newest_listings,
 )
 from lookup_server.delta.catalog_view import CatalogView
 
@@ -370,13 +370,7 @@ class LmdbDeltaStore:
                             found.append((appeared, product_id, category))
                             taken += 1
                     ok = cursor.prev()
-        found.sort(key=lambda f: f[0], reverse=True)
-        result, seen = [], set()
-        for _, product_id, category in found:
-            if product_id not in seen and len(result) < limit:
-                seen.add(product_id)
-                result.append((product_id, category))
-        return result
+        return newest_listings(found, limit)
 
     def trending(self, hours: int, limit: int) -> list[tuple[int, float]]:
         hours = min(hours, self.limits.trending_hours)  # older buckets are gone (or going)

@@ -52,7 +52,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from lookup_server.delta import (
-    CatalogChange, DeltaEvent, DeltaLimits, DeltaUnavailable, RecentEvent, Served,
+    CatalogChange, DeltaEvent, DeltaLimits, DeltaUnavailable, RecentEvent, Served, newest_listings,
 )
 from lookup_server.delta.catalog_view import CatalogView
 
@@ -346,14 +346,8 @@ class RedisDeltaStore:
         args = [self._key("new:"), low, limit, repr(cutoff), *dict.fromkeys(categories)]
         with self._errors():
             flat = self._new_products(keys=[self._key("catalog")], args=args)
-        found = sorted(((float(flat[i + 2]), int(flat[i]), flat[i + 1]) for i in range(0, len(flat), 3)),
-                       key=lambda f: f[0], reverse=True)
-        result, seen = [], set()
-        for _, product_id, category in found:
-            if product_id not in seen and len(result) < limit:
-                seen.add(product_id)
-                result.append((product_id, category))
-        return result
+        return newest_listings([(float(flat[i + 2]), int(flat[i]), flat[i + 1]) for i in range(0, len(flat), 3)],
+                               limit)
 
     def trending(self, hours: int, limit: int) -> list[tuple[int, float]]:
         hours = min(hours, self.limits.trending_hours)
