@@ -97,7 +97,7 @@ def many_ranking_metrics(rec_lengths, rec_ids, rel_lengths, rel_ids, ks: Sequenc
         ap = np.bincount(hit_row[within], weights=seen[within] / (hit_position[within] + 1), minlength=users)
         depth = np.minimum(k, n_relevant)
         # Python's own sum, term by term from 0, as ranking_metrics adds them.
-        ideal = np.array([sum(float(g) for g in gains[:d]) for d in range(int(depth.max()) + 1)])[depth]
+        ideal = np.array([sum(float(g) for g in gains[:d]) for d in range(int(depth.max(initial=0)) + 1)])[depth]
         out[("hit_rate", k)] = (n_hits > 0).astype(np.float64)
         out[("recall", k)] = n_hits / n_relevant
         out[("precision", k)] = n_hits / k

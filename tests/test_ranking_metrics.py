@@ -62,5 +62,6 @@ def test_many_users_at_once_equal_one_at_a_time_to_the_last_bit():
             for metric, value in ranking_metrics(rec, rel, k).items():
                 assert got[(metric, k)][user] == value, (user, metric, k)
         assert got[("mrr", 0)][user] == reciprocal_rank(rec, rel)
+    assert all(len(v) == 0 for v in many_ranking_metrics([], [], [], [], ks).values())  # an empty batch
     with pytest.raises(ValueError):
         many_ranking_metrics([1], [3], [0], [], ks)
