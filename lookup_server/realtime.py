@@ -104,6 +104,8 @@ class DeltaContext:
     _trending_cache: tuple[float, list[tuple[int, float]]] | None = None
     _trending_failed: bool = False
     _trending_refreshing: bool = False
+    # (trending copy, snapshot version, its products the catalog has active)
+    _trending_active: tuple[list, str, frozenset[int]] | None = None
 
     def trending(self) -> tuple[list[tuple[int, float]], bool]:
         """``((product_id, count), ...)`` trending now, and whether the last read failed.
@@ -119,6 +121,20 @@ class DeltaContext:
             self._trending_refreshing = True
             threading.Thread(target=self._refresh_trending, name="trending-refresh", daemon=True).start()
         return cached[1], self._trending_failed
+
+    def trending_in_catalog(self, reader: SnapshotReader) -> tuple[list[tuple[int, float]], frozenset[int], bool]:
+        """``trending()`` with the products of it that ``reader``'s catalog has, active.
+
+        Trending counts come from raw events, which may name products nobody catalogued.
+        The check reads one record per trending product (~50); it is kept with the copy
+        it was made for and the snapshot version, so it runs once per refresh, not per
+        request."""
+        trending, failed = self.trending()
+        memo = self._trending_active
+        if memo is None or memo[0] is not trending or memo[1] != reader.version:
+            memo = (trending, reader.version, frozenset(reader.active_in_catalog([p for p, _ in trending])))
+            self._trending_active = memo
+        return trending, memo[2], failed
 
     def _refresh_trending(self) -> tuple[list[tuple[int, float]], bool]:
         try:
@@ -266,10 +282,8 @@ def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, use
 
     trending_ids: frozenset[int] = frozenset()
     if answer.fallback == UNKNOWN_USER and settings.trending_size and settings.trending_weight and not degraded:
-        trending, failed = delta.trending()
+        trending, trending_ids, failed = delta.trending_in_catalog(reader)
         degraded = degraded or failed
-        # Trending counts come from raw events, which may name products nobody catalogued.
-        trending_ids = frozenset(reader.active_in_catalog([p for p, _ in trending]))
         if trending_ids:
             ranked = [p for p, _ in trending if p in trending_ids]
             answer = fuse(answer, {p: 1.0 / (settings.rrf_k + rank + 1) for rank, p in enumerate(ranked)},

@@ -349,3 +349,29 @@ def test_trending_is_read_once_then_refreshed_in_the_background(app, store):
     store.add_events(events(902, (40, "view"), (40, "click")))
     assert context.trending()[0] == [(21, 1.0)]  # the stale copy, at once
     wait_until(lambda: context.trending()[0][:1] == [(40, 2.0)], timeout=5, message="the refreshed copy")
+
+
+def test_trending_products_are_checked_against_the_catalog_once_per_copy(app, store):
+    """The catalog check of the trending products runs when the copy or the snapshot
+    version changes, not on every request."""
+    context = app_state(app).delta.context()
+    store.add_events(events(901, (999, "view"), (21, "view")))
+    calls = []
+
+    class CountingReader:
+        def __init__(self, version):
+            self.version = version
+
+        def active_in_catalog(self, product_ids):
+            calls.append(list(product_ids))
+            return [p for p in product_ids if p != 999]
+
+    first = CountingReader("v1")
+    trending, active, failed = context.trending_in_catalog(first)
+    assert active == {21} and not failed and len(calls) == 1
+    assert context.trending_in_catalog(first)[1] == {21} and len(calls) == 1
+    context.trending_in_catalog(CountingReader("v2"))
+    assert len(calls) == 2
+    context._refresh_trending()  # a new copy of the trending list
+    context.trending_in_catalog(CountingReader("v2"))
+    assert len(calls) == 3
