@@ -293,9 +293,7 @@ class LmdbDeltaStore:
                 self._reindex(txn, _CATALOG, key, stored[2] + ttl if stored else None,
                               change.changed_at + ttl)
             if changed:  # in the same transaction: a reader sees both or neither
-                version = txn.get(_CATALOG_VERSION, db=self._meta)
-                txn.put(_CATALOG_VERSION, _U64.pack((_U64.unpack(version)[0] if version else 0) + 1),
-                        db=self._meta)
+                txn.put(_CATALOG_VERSION, _U64.pack(self._catalog_version(txn) + 1), db=self._meta)
             self._sweep(txn, now)
 
     # --- read by the lookup server ------------------------------------------------
@@ -307,8 +305,7 @@ class LmdbDeltaStore:
         cutoff = self._clock() - self.limits.user_ttl_seconds
         with self._txn(write=False) as txn:
             raw = txn.get(_I64.pack(user_id), db=self._events)
-            version = txn.get(_CATALOG_VERSION, db=self._meta)
-        version = _U64.unpack(version)[0] if version else 0
+            version = self._catalog_version(txn)
         if raw is None:
             return [], version
         return [RecentEvent(product_id, event_type, ts)
@@ -317,14 +314,16 @@ class LmdbDeltaStore:
 
     def catalog_version(self) -> int:
         with self._txn(write=False) as txn:
-            version = txn.get(_CATALOG_VERSION, db=self._meta)
-        return _U64.unpack(version)[0] if version else 0
+            return self._catalog_version(txn)
+
+    def _catalog_version(self, txn) -> int:
+        raw = txn.get(_CATALOG_VERSION, db=self._meta)
+        return _U64.unpack(raw)[0] if raw else 0
 
     def catalog_view(self, max_products: int) -> CatalogView:
         ttl = self.limits.catalog_ttl_seconds
         with self._txn(write=False) as txn:
-            raw = txn.get(_CATALOG_VERSION, db=self._meta)
-            version = _U64.unpack(raw)[0] if raw else 0
+            version = self._catalog_version(txn)
             if max(txn.stat(self._catalog)["entries"], txn.stat(self._new)["entries"]) > max_products:
                 return CatalogView.too_large(version, ttl)
             # Copied as they are (expired ones too, until a write sweeps them): each is
@@ -339,10 +338,8 @@ class LmdbDeltaStore:
         with self._txn(write=False) as txn:
             for product_id in product_ids:
                 raw = txn.get(_I64.pack(product_id), db=self._catalog)
-                if raw is not None:
-                    active, category, changed_at, _ = json.loads(raw)
-                    if changed_at >= cutoff:
-                        status[product_id] = CatalogChange(product_id, active, category, changed_at)
+                if raw is not None and (change := _decode_catalog(product_id, raw)).changed_at >= cutoff:
+                    status[product_id] = change
         return status
 
     def new_products(self, categories: Sequence[str], since: float, limit: int) -> list[tuple[int, str]]:
