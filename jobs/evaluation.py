@@ -48,19 +48,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import datetime, timedelta, timezone
-from functools import partial
-from typing import Iterator
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from schemas.fields import spark_schema
 from schemas.settings import load_conf
-from schemas.tables import EVALUATIONS, GLOBAL_SUBJECT
+from schemas.tables import EVALUATIONS
 
 from jobs import als, content, hybrid, popularity
 from jobs.cli import configure_logging, job_parser, resolve_as_of
@@ -68,7 +63,7 @@ from jobs.delta_tables import ensure_table
 from jobs.evaluation_report import write_report
 from jobs.interactions import read_interactions
 from jobs.paths import DataPaths
-from jobs.ranking_metrics import many_ranking_metrics
+from jobs.scoring import BASELINE, ProductShares, product_shares, score, served_lists
 from jobs.segments import activity_segment
 from jobs.spark_session import get_spark
 from jobs.tuned import read_tuned, with_tuned, write_json_atomically
@@ -80,7 +75,6 @@ SEGMENTS = ("new", "light", "heavy")
 POLICY_METRIC, POLICY_K = "ndcg", 10
 POLICY_FILE = Path("evaluation") / "policy.json"
 REPORT_DIR = Path("evaluation") / "report"
-BASELINE = "global_popular"  # not a served algorithm: the floor every other must beat
 # Rounds of k-core filtering before giving up on a fixed point (each is two small
 # aggregations; real logs converge in a handful).
 MAX_K_CORE_ROUNDS = 20
@@ -197,85 +191,6 @@ def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) 
     return users.select("user_id").join(counts, "user_id", "left").select("user_id", segment.alias("segment"))
 
 
-def served_lists(candidates: DataFrame, users: DataFrame, algorithm: str) -> DataFrame:
-    """``(user_id, product_ids, fallback)``: each user's list from ``algorithm``, or the
-    global popular list (``fallback`` true) as the lookup server would answer.
-    ``BASELINE`` serves the global list to everyone (``fallback`` false)."""
-    own = (candidates.where((F.col("subject_kind") == "user") & (F.col("algorithm") == algorithm))
-           .select(F.col("subject_id").cast("long").alias("user_id"), "product_ids"))
-    popular = (candidates.where((F.col("subject_kind") == "global") & (F.col("algorithm") == "popular")
-                                & (F.col("subject_id") == GLOBAL_SUBJECT))
-               .select(F.col("product_ids").alias("popular_ids")))
-    if algorithm == BASELINE:
-        return users.select("user_id").crossJoin(popular).select(
-            "user_id", F.col("popular_ids").alias("product_ids"), F.lit(False).alias("fallback"))
-    return (users.select("user_id").join(own, "user_id", "left").crossJoin(popular)
-            .select("user_id", F.coalesce("product_ids", "popular_ids").alias("product_ids"),
-                    F.col("product_ids").isNull().alias("fallback")))
-
-
-PER_USER_METRICS = "user_id long, segment string, k int, metric string, value double"
-
-
-def _score_batches(batches: Iterator[pa.RecordBatch], ks: tuple[int, ...]) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        users, segments, recommended, relevant = (batch.column(i) for i in range(4))
-        values = many_ranking_metrics(
-            recommended.value_lengths().fill_null(0).to_numpy(zero_copy_only=False),
-            pc.list_flatten(recommended).to_numpy(zero_copy_only=False),
-            relevant.value_lengths().fill_null(0).to_numpy(zero_copy_only=False),
-            pc.list_flatten(relevant).to_numpy(zero_copy_only=False), ks)
-        rows, names = batch.num_rows, list(values)
-        yield pa.RecordBatch.from_arrays([
-            pa.array(np.tile(users.to_numpy(zero_copy_only=False), len(names))),
-            pa.concat_arrays([segments] * len(names)),
-            pa.array(np.repeat([k for _, k in names], rows).astype(np.int32)),
-            pa.array(np.repeat(np.array([m for m, _ in names], dtype=object), rows), pa.string()),
-            pa.array(np.concatenate([values[name] for name in names]))],
-            ["user_id", "segment", "k", "metric", "value"])
-
-
-def per_user_metrics(served: DataFrame, held_out: DataFrame, segments: DataFrame,
-                     ks: tuple[int, ...]) -> DataFrame:
-    """``(user_id, segment, k, metric, value)`` for every scored user (k = 0 for MRR),
-    a batch of users at a time (``many_ranking_metrics``)."""
-    joined = served.join(held_out, "user_id").join(segments, "user_id")
-    return joined.select("user_id", "segment", "product_ids", "relevant").mapInArrow(
-        partial(_score_batches, ks=ks), PER_USER_METRICS)
-
-
-def summarise(per_user: DataFrame) -> DataFrame:
-    """Mean metric per segment and for ``all`` users: ``(segment, k, metric, value, users)``.
-    A user has one row per (k, metric), so counting rows counts users (a distinct count
-    would cost a shuffle of every row)."""
-    by_segment = per_user.groupBy("segment", "k", "metric").agg(F.avg("value").alias("value"),
-                                                                 F.count("*").alias("users"))
-    pooled = per_user.groupBy("k", "metric").agg(F.avg("value").alias("value"),
-                                                 F.count("*").alias("users"))
-    return by_segment.unionByName(pooled.withColumn("segment", F.lit("all")))
-
-
-def interaction_shares(train: DataFrame) -> tuple[DataFrame, int]:
-    """``((product_id, share), rows)``: each product's share of the training rows, and
-    their number; what ``list_properties`` reads (computed once for every algorithm)."""
-    total = max(train.count(), 1)
-    return train.groupBy("product_id").agg((F.count("*") / F.lit(total)).alias("share")).localCheckpoint(), total
-
-
-def list_properties(served: DataFrame, shares: tuple[DataFrame, int], catalog_size: int,
-                    k: int) -> tuple[float, float]:
-    """Catalog coverage (share of products shown to anyone in a top-k) and novelty
-    (mean -log2 of a shown product's share of training interactions, ``shares`` from
-    ``interaction_shares``) at ``k``."""
-    shown = served.select("user_id", F.explode(F.slice("product_ids", 1, k)).alias("product_id"))
-    share, total = shares
-    novelty = (shown.join(share, "product_id", "left")
-               .select((-F.log2(F.coalesce("share", F.lit(1.0 / total)))).alias("self_information")))
-    coverage = shown.select("product_id").distinct().count() / max(catalog_size, 1)
-    mean_novelty = novelty.agg(F.avg("self_information")).first()[0] or 0.0
-    return coverage, mean_novelty
-
-
 # --- training every algorithm on the training part ---------------------------
 
 def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
@@ -329,6 +244,7 @@ class PreparedSplit:
     held_out: DataFrame
     segments: DataFrame
     train_until: datetime
+    shares: ProductShares  # what novelty reads
 
 
 def prepare_split(rows: DataFrame, as_of: datetime, params: EvaluationParams) -> PreparedSplit:
@@ -337,31 +253,20 @@ def prepare_split(rows: DataFrame, as_of: datetime, params: EvaluationParams) ->
     train = split.train.localCheckpoint()
     held_out = split.held_out.localCheckpoint()
     segments = user_segments(train, held_out, params).localCheckpoint()
-    log.info("%s split: %d training rows, %d users scored (%.0f s)", params.split, train.count(),
+    shares = product_shares(train)
+    log.info("%s split: %d training rows, %d users scored (%.0f s)", params.split, shares.rows,
              held_out.count(), time.monotonic() - started)
-    return PreparedSplit(train, held_out, segments, split.train_until)
+    return PreparedSplit(train, held_out, segments, split.train_until, shares)
 
 
 def score_algorithms(candidates: DataFrame, split: PreparedSplit, algorithms: tuple[str, ...],
                      catalog_size: int, ks: tuple[int, ...]) -> list[tuple]:
     """``(algorithm, segment, metric, value, users)`` for each algorithm's user lists in
     ``candidates`` (any algorithm name; ``BASELINE`` needs only the global popular list)."""
-    started, results = time.monotonic(), []
-    users = split.held_out.count()
-    shares = interaction_shares(split.train)
-    for algorithm in algorithms:
-        served = served_lists(candidates, split.held_out, algorithm).localCheckpoint()
-        summary = summarise(per_user_metrics(served, split.held_out, split.segments, ks))
-        for r in summary.collect():
-            metric = r["metric"] if r["metric"] == "mrr" else f"{r['metric']}@{r['k']}"
-            results.append((algorithm, r["segment"], metric, float(r["value"]), int(r["users"])))
-        k = max(ks)
-        coverage, novelty = list_properties(served, shares, catalog_size, k)
-        fallback_share = served.agg(F.avg(F.col("fallback").cast("double"))).first()[0] or 0.0
-        for metric, value in ((f"coverage@{k}", coverage), (f"novelty@{k}", novelty),
-                              ("fallback_share", fallback_share)):
-            results.append((algorithm, "all", metric, float(value), users))
-        log.info("%s scored (%.0f s)", algorithm, time.monotonic() - started)
+    started = time.monotonic()
+    served = served_lists(candidates, split.held_out, algorithms)
+    results = score(served, split.held_out, split.segments, split.shares, ks, catalog_size)
+    log.info("%s scored (%.0f s)", ", ".join(algorithms), time.monotonic() - started)
     return results
 
 

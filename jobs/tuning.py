@@ -47,13 +47,11 @@ from schemas.settings import load_conf
 
 from jobs import als, content, hybrid, popularity
 from jobs.cli import configure_logging, job_parser, resolve_as_of
-from jobs.evaluation import (
-    EvaluationParams, PreparedSplit, evaluation_rows, per_user_metrics, prepare_split, served_lists, split_rows,
-    summarise, write_evaluations,
-)
+from jobs.evaluation import EvaluationParams, PreparedSplit, evaluation_rows, prepare_split, split_rows, write_evaluations
 from jobs.evaluation import params_from_settings as evaluation_params
 from jobs.interactions import read_interactions
 from jobs.paths import DataPaths
+from jobs.scoring import ALL_USERS, score, served_lists
 from jobs.spark_session import get_spark
 from jobs.tuned import TUNED_FILE, write_json_atomically
 
@@ -174,12 +172,10 @@ def validation_split(rows: DataFrame, as_of: datetime, evaluation: EvaluationPar
 def score_lists(candidates: DataFrame, algorithm: str, validation: Validation) -> tuple[dict[str, float], int]:
     """Metrics of ``algorithm``'s user lists in ``candidates`` on the validation part (all users)."""
     split = validation.split
-    served = served_lists(candidates.unionByName(validation.popular), split.held_out, algorithm)
-    summary = summarise(per_user_metrics(served, split.held_out, split.segments, validation.ks))
-    rows = summary.where((F.col("segment") == "all") & F.col("metric").isin(*TRIAL_METRICS)).collect()
-    metrics = {f"{r['metric']}@{r['k']}": float(r["value"]) for r in rows}
-    users = max((int(r["users"]) for r in rows), default=0)
-    return metrics, users
+    served = served_lists(candidates.unionByName(validation.popular), split.held_out, (algorithm,))
+    results = score(served, split.held_out, split.segments, split.shares, validation.ks)
+    rows = [r for r in results if r[1] == ALL_USERS and r[2].split("@")[0] in TRIAL_METRICS]
+    return {metric: value for _, _, metric, value, _ in rows}, max((users for *_, users in rows), default=0)
 
 
 def run_trials(algorithm: str, configs: list, fit: Callable, describe: Callable[[object], dict],

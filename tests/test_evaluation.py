@@ -98,10 +98,10 @@ def test_served_lists_fall_back_to_global_popular(spark):
         ("user", "1", "als", [5, 6], [0.9, 0.1], "v"), ("global", "all", "popular", [7, 8], [2.0, 1.0], "v"),
     ], spark_schema(CANDIDATES))
     users = spark.createDataFrame([(1,), (2,)], "user_id long")
-    served = {r.user_id: (list(r.product_ids), r.fallback) for r in served_lists(candidates, users, "als").collect()}
-    assert served == {1: ([5, 6], False), 2: ([7, 8], True)}
-    baseline = {r.user_id: (list(r.product_ids), r.fallback) for r in served_lists(candidates, users, BASELINE).collect()}
-    assert baseline == {1: ([7, 8], False), 2: ([7, 8], False)}
+    served = {(r.algorithm, r.user_id): (list(r.product_ids), r.fallback)
+              for r in served_lists(candidates, users, ("als", BASELINE)).collect()}
+    assert served == {("als", 1): ([5, 6], False), ("als", 2): ([7, 8], True),
+                      (BASELINE, 1): ([7, 8], False), (BASELINE, 2): ([7, 8], False)}
 
 
 def test_popularity_evaluation_matches_hand_computation(spark, rows):
