@@ -21,6 +21,7 @@ import requests
 from jobs.generate_data import generate
 from schemas.settings import PROJECT_ROOT
 from schemas.snapshot import read_current_version, verify_snapshot_dir
+from tests.jvm import SHORT_LIVED_JVM
 from tests.lookup_fixtures import running_gunicorn
 from tests.snapshot_records import snapshot_records
 
@@ -52,6 +53,7 @@ class AirflowSandbox:
             "PATH": f"{spark_home}/bin:{os.environ['PATH']}",
             "SPARK_LOCAL_IP": "127.0.0.1",
             "OPENBLAS_NUM_THREADS": "1",
+            **SHORT_LIVED_JVM,
             "RECSYS_DATA_DIR": str(self.data),
             "RECSYS__JOBS__PUBLISH__TARGET": str(self.serving),
         })
