@@ -35,6 +35,8 @@ ALL_USERS = "all"            # the segment pooling every scored user
 # values and how many users; "shown" rows carry the distinct products the partition
 # showed in a top max(k), for coverage.
 SCORE_PARTS = "algorithm string, segment string, metric string, total double, users long, shown array<bigint>"
+_PARTS_SCHEMA = pa.schema([("algorithm", pa.string()), ("segment", pa.string()), ("metric", pa.string()),
+                           ("total", pa.float64()), ("users", pa.int64()), ("shown", pa.list_(pa.int64()))])
 # Per-user quantities summed beside the ranking metrics (not results themselves).
 _FALLBACK, _INFORMATION, _SHOWN_ITEMS, _SHOWN = "fallback", "self_information", "shown_items", "shown"
 
@@ -136,17 +138,11 @@ def _sum_partition(batches: Iterator[pa.RecordBatch], ks: tuple[int, ...], share
     if not sums:
         return
     total = pd.concat(sums).groupby(level=["algorithm", "segment"]).sum().reset_index()
-    long = total.melt(id_vars=["algorithm", "segment", "users"], var_name="metric", value_name="total")
-    names = list(shown)
-    yield pa.RecordBatch.from_arrays([
-        pa.array(long["algorithm"].tolist() + names, pa.string()),
-        pa.array(long["segment"].tolist() + [ALL_USERS] * len(names), pa.string()),
-        pa.array(long["metric"].tolist() + [_SHOWN] * len(names), pa.string()),
-        pa.array(long["total"].to_numpy(np.float64).tolist() + [0.0] * len(names), pa.float64()),
-        pa.array(long["users"].to_numpy(np.int64).tolist() + [0] * len(names), pa.int64()),
-        pa.array([None] * len(long) + [np.unique(np.concatenate(shown[n])) for n in names], pa.list_(pa.int64())),
-    ], schema=pa.schema([("algorithm", pa.string()), ("segment", pa.string()), ("metric", pa.string()),
-                         ("total", pa.float64()), ("users", pa.int64()), ("shown", pa.list_(pa.int64()))]))
+    summed = total.melt(id_vars=["algorithm", "segment", "users"], var_name="metric", value_name="total")
+    shown_rows = pd.DataFrame({"algorithm": list(shown), "segment": ALL_USERS, "metric": _SHOWN, "total": 0.0,
+                               "users": 0, "shown": [np.unique(np.concatenate(ids)) for ids in shown.values()]})
+    yield pa.RecordBatch.from_pandas(pd.concat([summed, shown_rows], ignore_index=True), schema=_PARTS_SCHEMA,
+                                     preserve_index=False)
 
 
 def _metric_name(metric: str, k: int) -> str:
