@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from jobs.evaluation import (
-    BASELINE, EvaluationParams, evaluate, k_core, leave_last_out_split, random_split, served_lists,
+    BASELINE, EvaluationParams, evaluate, k_core, leave_last_out_split, random_split, scored_users, served_lists,
     temporal_split, user_segments,
 )
 from jobs.ranking_metrics import ranking_metrics
@@ -92,6 +92,19 @@ def test_segments_by_training_interactions(rows):
     assert segments == {1: "light", 2: "new", 3: "heavy"}
 
 
+def test_scored_users_are_a_seeded_sample_past_the_cap(spark):
+    """The same users for the same seed, others for another; everyone under the cap or at 0."""
+    held_out = spark.createDataFrame([(u, [10]) for u in range(1, 201)], "user_id long, relevant array<bigint>")
+
+    def sample(cap, seed):
+        return {r.user_id for r in scored_users(held_out, cap, seed).collect()}
+
+    chosen = sample(50, 42)
+    assert len(chosen) == 50 and chosen <= set(range(1, 201))
+    assert sample(50, 42) == chosen and sample(50, 7) != chosen
+    assert sample(500, 42) == set(range(1, 201)) and scored_users(held_out, 0, 42) is held_out
+
+
 def test_served_lists_fall_back_to_global_popular(spark):
     """A user without a list gets the global popular list, flagged as a fallback."""
     candidates = spark.createDataFrame([
@@ -132,9 +145,9 @@ def _global_popular(spark, split, products, settings):
 
 
 def test_params_reject_bad_values():
-    """Unknown split, non-positive hold-out, bad k, no popular fallback, bad test share or k-core raise."""
+    """Unknown split, non-positive hold-out, bad k, no popular fallback, bad test share, k-core or sample size raise."""
     for bad in ({"split": "bogus"}, {"holdout_days": 0}, {"ks": (0,)}, {"algorithms": ("als",)},
-                {"test_fraction": 1.0}, {"min_interactions": -1}):
+                {"test_fraction": 1.0}, {"min_interactions": -1}, {"max_scored_users": -1}):
         with pytest.raises(ValueError):
             EvaluationParams(**bad)
 
