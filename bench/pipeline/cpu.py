@@ -1,32 +1,75 @@
 """CPU seconds used by the pipeline's own processes: with other work on the same
 cores, wall time alone cannot tell a slow stage from a starved one.
 
-Counted: the driver's Python, the JVM and every live process below it (the
-``pyspark.daemon`` and its workers), each with its reaped children (a worker that
-ended and was waited for counts through its parent's ``cutime``). A process that
-ended within the step without being reaped is missed: an approximation.
+Counted: the driver's Python, the JVM and every process below it (the
+``pyspark.daemon`` and its workers), sampled every ``interval`` seconds while a stage
+runs. Each process counts the user and system time it gained since the stage began
+(or since it started, if later), its own only: a reaped child's time also lands in
+its parent's counters, and counting those too would count it twice, while a worker
+whose parent does not wait for it would take its time away with it (the sum over
+the tree then fell between two reads: -752 s for a stage at 10M events). Missed:
+what a process spends between its last sample and its exit.
 """
 from __future__ import annotations
 
 import os
+import threading
 
 from bench.snapshot_build.peak_rss import PROC, descendants
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _ticks(pid: int) -> int:
+def _times(pid: int) -> tuple[tuple[int, int], int] | None:
+    """``((pid, start time), utime + stime in ticks)``; the start time tells a reused pid apart."""
     try:
-        # Fields after the command (which may hold spaces): utime, stime, cutime, cstime are 14-17.
+        # Fields after the command (which may hold spaces): utime 14, stime 15, starttime 22.
         fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-        return sum(int(f) for f in fields[11:15])
+        return (pid, int(fields[19])), int(fields[11]) + int(fields[12])
     except (OSError, ValueError, IndexError):
-        return 0
+        return None
 
 
-def tree_cpu_seconds(jvm_pid: int | None, python_pid: int | None = None) -> float:
-    """CPU seconds so far of the driver's Python, the JVM and the JVM's descendants."""
-    pids = [p for p in (python_pid or os.getpid(), jvm_pid) if p]
-    if jvm_pid:
-        pids += descendants(jvm_pid)
-    return sum(_ticks(pid) for pid in pids) / TICKS
+class CpuMeter:
+    """Use as a context manager around a stage; read ``seconds()`` during or after it."""
+
+    def __init__(self, jvm_pid: int | None, python_pid: int | None = None, interval: float = 0.2):
+        self.jvm_pid = jvm_pid
+        self.python_pid = python_pid or os.getpid()
+        self.interval = interval
+        self._start: dict[tuple[int, int], int] = {}
+        self._last: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> dict[tuple[int, int], int]:
+        pids = {self.python_pid, *([self.jvm_pid, *descendants(self.jvm_pid)] if self.jvm_pid else [])}
+        return dict(found for pid in pids if (found := _times(pid)) is not None)
+
+    def _sample(self) -> None:
+        read = self._read()
+        with self._lock:
+            self._last.update(read)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "CpuMeter":
+        self._start = self._read()
+        self._last = dict(self._start)
+        self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._sample()
+
+    def seconds(self) -> float:
+        """CPU seconds the processes spent since the block began (never negative)."""
+        with self._lock:
+            return sum(ticks - self._start.get(key, 0) for key, ticks in self._last.items()) / TICKS

@@ -20,7 +20,7 @@ from jobs.paths import DataPaths
 from jobs.run_pipeline import ALGORITHM_STEPS
 from jobs.tuned import with_tuned
 
-from bench.pipeline.cpu import tree_cpu_seconds
+from bench.pipeline.cpu import CpuMeter
 from bench.quality.environment import load_average
 from bench.snapshot_build.peak_rss import PeakRss, jvm_pid
 
@@ -66,8 +66,8 @@ def run_stages(spark, paths: DataPaths, as_of: datetime, settings: dict,
     for name in names:
         entry = {"stage": name, "status": "running", "load_average_start": load_average()}
         yield entry
-        started, cpu = time.perf_counter(), tree_cpu_seconds(pid)
-        with PeakRss(pid) as memory:
+        started = time.perf_counter()
+        with PeakRss(pid) as memory, CpuMeter(pid) as cpu:
             try:
                 entry["detail"] = actions[name]()
                 entry["status"] = "ok"
@@ -78,12 +78,12 @@ def run_stages(spark, paths: DataPaths, as_of: datetime, settings: dict,
             except BaseException:  # stopped (SIGTERM, Ctrl-C): say how far the stage had got
                 entry["status"] = "stopped"
                 entry["seconds"] = round(time.perf_counter() - started, 2)
-                entry["cpu_seconds"] = round(tree_cpu_seconds(pid) - cpu, 1)
+                entry["cpu_seconds"] = round(cpu.seconds(), 1)
                 entry["load_average_end"] = load_average()
                 raise
         entry["seconds"] = round(time.perf_counter() - started, 2)
         # Against 2 x wall on 2 cores: how much of the machine the stage got.
-        entry["cpu_seconds"] = round(tree_cpu_seconds(pid) - cpu, 1)
+        entry["cpu_seconds"] = round(cpu.seconds(), 1)
         entry["peak_rss_mb"] = memory.mb()
         entry["load_average_end"] = load_average()
         log.info("stage %s %s in %.1f s, peak RSS %s", name, entry["status"], entry["seconds"], entry["peak_rss_mb"])
