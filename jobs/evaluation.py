@@ -21,11 +21,12 @@ at least that many events, repeatedly, until both hold: on a sparse log most
 products are seen once, and no collaborative method can place those.
 
 A user is scored when they have held-out products they had not bought before the
-split; past ``max_scored_users`` of them, a seeded sample is scored. Each algorithm is scored as the server would answer: the user's list when
-there is one, else the global popular list. ``global_popular`` -- the global list
-for everyone -- is always scored too, as the baseline the others must beat (the
-``popular`` algorithm's per-user lists already favour the user's categories). Users are split into segments by their
-training interactions: ``new`` (none), ``light`` (at most ``light_max_interactions``)
+split; past ``max_scored_users`` of them, a seeded sample is scored. Each algorithm
+is scored as the server would answer: the user's list when there is one, else the
+global popular list. ``global_popular`` -- the global list for everyone -- is always
+scored too, as the baseline the others must beat (the ``popular`` algorithm's
+per-user lists already favour the user's categories). Users are split into segments
+by their training interactions: ``new`` (none), ``light`` (at most ``light_max_interactions``)
 and ``heavy``; segment ``all`` pools them.
 
 Writes (under ``--data-dir``): rows to the ``evaluations`` Delta table (one per run,
