@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import ExitStack
 
-from bench.snapshot_build.peak_rss import PROC, descendants
+from bench.snapshot_build.peak_rss import PROC, descendants, sampled_every
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -40,8 +41,7 @@ class CpuMeter:
         self._start: dict[tuple[int, int], int] = {}
         self._last: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sampling = ExitStack()
 
     def _read(self) -> dict[tuple[int, int], int]:
         pids = {self.python_pid, *([self.jvm_pid, *descendants(self.jvm_pid)] if self.jvm_pid else [])}
@@ -52,22 +52,14 @@ class CpuMeter:
         with self._lock:
             self._last.update(read)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
     def __enter__(self) -> "CpuMeter":
         self._start = self._read()
         self._last = dict(self._start)
-        self._thread = threading.Thread(target=self._run, name="cpu-meter", daemon=True)
-        self._thread.start()
+        self._sampling.enter_context(sampled_every(self.interval, self._sample, "cpu-meter"))
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        self._sample()
+        self._sampling.close()
 
     def seconds(self) -> float:
         """CPU seconds the processes spent since the block began (never negative)."""

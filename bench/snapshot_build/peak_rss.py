@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 PROC = Path("/proc")
 
@@ -56,6 +58,26 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+@contextmanager
+def sampled_every(interval: float, sample: Callable[[], None], name: str) -> Iterator[None]:
+    """Call ``sample()`` every ``interval`` seconds in a thread while the block runs, and
+    once more after it."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval):
+            sample()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sample()
+
+
 @dataclass
 class PeakRss:
     """Use as a context manager around the step; read ``mb()`` afterwards."""
@@ -64,8 +86,7 @@ class PeakRss:
     python_pid: int = field(default_factory=os.getpid)
     _peaks_kb: dict[str, int] = field(default_factory=dict)
     _exact: dict[str, bool] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _sampling: ExitStack = field(default_factory=ExitStack)
 
     def _singles(self) -> dict[str, int]:
         return {name: pid for name, pid in (("driver_python", self.python_pid), ("driver_jvm", self.jvm_pid))
@@ -78,23 +99,15 @@ class PeakRss:
             workers = sum(_status_kb(pid, "VmRSS") or 0 for pid in descendants(self.jvm_pid))
             self._peaks_kb["python_workers"] = max(self._peaks_kb.get("python_workers", 0), workers)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
     def __enter__(self) -> "PeakRss":
         for name, pid in self._singles().items():
             self._exact[name] = _reset_peak(pid)
         self._sample()
-        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
-        self._thread.start()
+        self._sampling.enter_context(sampled_every(self.interval, self._sample, "peak-rss"))
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-        self._sample()
+        self._sampling.close()
         for name, pid in self._singles().items():
             if self._exact.get(name):
                 self._peaks_kb[name] = max(self._peaks_kb[name], _status_kb(pid, "VmHWM") or 0)
