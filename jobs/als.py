@@ -30,13 +30,17 @@ broadcast: n x rank float32, so 1k x 32 = 128 KB, 100k x 32 = 12.8 MB, 1M x 32 =
 L2-normalised item factors themselves for cosine -- and, ``block_rows`` at a time,
 computes one ``block x n`` matrix product (BLAS sgemm) against every item, masks
 what must not be listed (the user's purchases, or the product itself) with
--inf, and keeps the top K per row with ``argpartition``. Memory per task is one
-block, at most 2^24 scores (64 MB); no pair ever becomes a Spark row, nothing is
-shuffled. Work is O((users + n) * n * rank) flops plus an O(n) argpartition per
-query row. Measured: ~0.9 ms per query row against 100k items on one core
-(sgemm + argpartition), so similar products for a 100k catalog take ~45 s on 2
-cores, and 1M products ~100x that (1e12 similarities: over an hour) -- the
-practical limit of this method on a small machine.
+-inf, and keeps the top K per row. The selection ranks only the items scoring at
+or above a floor taken from a random sample of the catalog (``top_k_lists``):
+``argpartition`` over every score wrote an int64 index per score and took ~2.5x
+the matrix product's time; the floor and the ranking of ~2k candidates per row
+take ~1.2x it. Memory per task is one block, at most 2^24 scores (64 MB); no
+pair ever becomes a Spark row, nothing is shuffled. Work is O((users + n) * n *
+rank) flops plus one comparison per score. The matrix product writes every score
+to memory (rank 32 is too few flops per score for the cache to help), ~2.5 ns per
+score on one core here: 1M users x 100k products is ~2 min on 2 cores before any
+selection, and 1M products 100x that -- the practical limit of this method on a
+small machine.
 
 Why not the alternatives: ``ALSModel.recommendForAllUsers`` computes the same
 scores but returns a fixed K per user, so purchases could only be removed after
@@ -78,6 +82,7 @@ from jobs.candidates import as_candidates, model_version, replace_algorithm_cand
 from jobs.cli import run_algorithm_job
 from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
+from jobs.top_n import top_columns
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,9 @@ INT32_MAX = 2**31 - 1
 CHECKPOINT_INTERVAL = 10
 # Upper bound on one block of scores (rows x catalog size), i.e. 64 MB of float32.
 BLOCK_SCORES = 1 << 24
+# Items sampled per list entry for the top-K floor (top_k_lists): 40 x 200 = 8k of a
+# 100k catalog leaves ~2k items per row to rank (the fastest of 4k..32k measured).
+SAMPLE_PER_K = 40
 
 # The item factors kept for request-time fold-in; overwritten by every run.
 @dataclass(frozen=True)
@@ -235,21 +243,33 @@ def _block_rows(n_items: int, block_rows: int | None) -> int:
 
 
 def top_k_lists(subject_ids: np.ndarray, queries: np.ndarray, items: np.ndarray, item_ids: np.ndarray, k: int,
-                excluded: tuple[np.ndarray, np.ndarray], block_rows: int) -> Iterator[pa.RecordBatch]:
+                excluded: tuple[np.ndarray, np.ndarray], block_rows: int,
+                sample_size: int | None = None) -> Iterator[pa.RecordBatch]:
     """Arrow batches of ``(subject_id, product_ids, scores)``: per query row, the ``k``
     items with the highest dot product, best first (ties: smaller id), leaving out
     the ``(query row, item row)`` pairs in ``excluded`` and subjects with nothing left.
 
     Computes ``block_rows x len(items)`` scores at a time, so memory stays bounded.
+    The items are shuffled once (seeded), so the first ``sample_size`` columns of a
+    block are a random sample: their k-th best score (exclusions applied) is a floor
+    under the k-th best of all, and only items scoring at or above it are ranked
+    (top_columns). Same result as ranking every item, which is what happens when
+    the sample would not be smaller than the catalog.
     """
     excluded_rows, excluded_cols = excluded
     k = min(k, len(items))
+    sample = SAMPLE_PER_K * k if sample_size is None else sample_size
+    sampled = k <= sample < len(items)
+    if sampled:
+        shuffle = np.random.default_rng(0).permutation(len(items))
+        items, item_ids = items[shuffle], item_ids[shuffle]
+        excluded_cols = np.argsort(shuffle)[excluded_cols]
     for start in range(0, len(queries), block_rows):
         scores = queries[start:start + block_rows] @ items.T
         in_block = (excluded_rows >= start) & (excluded_rows < start + len(scores))
         scores[excluded_rows[in_block] - start, excluded_cols[in_block]] = -np.inf
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        best_scores = np.take_along_axis(scores, best, axis=1)
+        floor = np.partition(scores[:, :sample], sample - k, axis=1)[:, sample - k] if sampled else None
+        best, best_scores = top_columns(scores, k, floor)
         best_ids = item_ids[best]
         order = np.lexsort((best_ids, -best_scores), axis=1)
         best_ids = np.take_along_axis(best_ids, order, axis=1)

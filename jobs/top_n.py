@@ -28,3 +28,30 @@ def lists_batch(subjects: pa.Array, lengths: np.ndarray, ids: np.ndarray, scores
         [subjects, pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int64())),
          pa.ListArray.from_arrays(offsets, pa.array(scores.astype(np.float32)))],
         ["subject_id", "product_ids", "scores"])
+
+
+def top_columns(scores: np.ndarray, k: int, floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(columns, values)``, each ``rows x k``: per row of ``scores``, the columns of
+    its ``k`` highest values, in no particular order (ties at the k-th value: any of
+    them). Rows with fewer than ``k`` columns at or above ``floor`` are padded with
+    ``-inf`` values, which the caller drops.
+
+    ``floor``, per row, must be no higher than the row's k-th highest value (e.g. the
+    k-th highest over a sample of its columns). Then only the columns at or above it
+    are ranked: on 100k-wide rows with ~2k such columns, one comparison pass and a
+    small ``argpartition`` cost about a third of an ``argpartition`` over the full
+    rows, which writes an int64 index for every score."""
+    if floor is None:
+        best = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, scores.shape[1] - k:]
+        return best, np.take_along_axis(scores, best, axis=1)
+    above = np.flatnonzero(scores >= floor[:, None])
+    rows, columns = np.divmod(above, scores.shape[1])
+    per_row = np.bincount(rows, minlength=len(scores))
+    width = max(int(per_row.max(initial=0)), k)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    candidates = np.zeros((len(scores), width), np.int64)
+    values = np.full((len(scores), width), -np.inf, scores.dtype)
+    candidates[rows, slot] = columns
+    values[rows, slot] = scores.reshape(-1)[above]
+    best = np.argpartition(values, width - k, axis=1)[:, width - k:]
+    return np.take_along_axis(candidates, best, axis=1), np.take_along_axis(values, best, axis=1)

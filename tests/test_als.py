@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jobs.als import (AlsParams, ItemMatrix, collect_item_matrix, confidence_from_interactions, dense_index,
-                      similar_products, user_recommendations)
+                      similar_products, top_k_lists, user_recommendations)
 from jobs.interactions import weighted
 from schemas.settings import load_conf
 from tests.candidate_contract import assert_candidates_contract
@@ -188,6 +188,32 @@ def test_user_recommendations_are_exact_top_n_minus_purchases(spark):
         best = sorted(allowed, key=lambda j: -scores[u, j])[:top_n]
         assert got_ids == items.ids[best].tolist(), u
         np.testing.assert_allclose(got_scores, scores[u, best], rtol=1e-4, atol=1e-4)
+
+
+def _lists(batches) -> dict[str, tuple[list, list]]:
+    return {subject: (ids, scores) for batch in batches
+            for subject, ids, scores in zip(*(batch.column(c).to_pylist() for c in range(3)))}
+
+
+@pytest.mark.parametrize("sample_size", [8, 9, 40, 299])
+def test_top_k_from_a_sampled_floor_equals_ranking_every_item(sample_size):
+    """The sampled floor only skips items that cannot make a list: same lists as
+    ranking all 300 items, exclusions included -- a user left with 3 allowed items
+    (the sample's floor is -inf), one with none (no list)."""
+    rng = np.random.default_rng(5)
+    items, item_ids = rng.normal(size=(300, 6)).astype(np.float32), np.arange(1000, 1300)
+    queries, k = rng.normal(size=(50, 6)).astype(np.float32), 8
+    rows = [np.repeat(q, n) for q, n in enumerate(rng.integers(0, 40, size=50))]
+    excluded = [(np.concatenate(rows), np.concatenate([rng.choice(300, len(r), replace=False) for r in rows]))]
+    others = ~np.isin(excluded[0][0], [5, 6])
+    excluded.append((np.r_[excluded[0][0][others], [5] * 297, [6] * 300],
+                     np.r_[excluded[0][1][others], np.arange(3, 300), np.arange(300)]))
+    subjects = np.arange(50)
+    for rows_cols in excluded:
+        every_item = _lists(top_k_lists(subjects, queries, items, item_ids, k, rows_cols, 7, sample_size=300))
+        sampled = _lists(top_k_lists(subjects, queries, items, item_ids, k, rows_cols, 7, sample_size=sample_size))
+        assert sampled == every_item
+    assert len(every_item["5"][0]) == 3 and "6" not in every_item and len(every_item) == 49
 
 
 def test_dense_index_numbers_distinct_ids_in_order(spark):
