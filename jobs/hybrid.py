@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
 from jobs.cli import run_algorithm_job
 from jobs.paths import DataPaths
-from jobs.top_n import best_per_row, lists_batch
+from jobs.top_n import best_per_row, by_row, lists_batch
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,17 @@ def fuse_lists(row_of_list: np.ndarray, list_weights: np.ndarray, list_lengths: 
     position = np.arange(len(product_ids)) - np.repeat(list_starts, list_lengths)
     item_row = np.repeat(row_of_list, list_lengths)
     contribution = np.repeat(list_weights, list_lengths) / (rrf_k + position + 1.0)
-    # Sum the contributions of each (row, product): sorted by both, one sum per run.
-    order = np.lexsort((product_ids, item_row))
-    item_row, ids, contribution = item_row[order], product_ids[order], contribution[order]
+    # Sum the contributions of each (row, product): each row's items sorted by id on
+    # their own (a rows x longest-row matrix, as best_per_row does), one sum per run.
+    per_row = np.bincount(item_row, minlength=rows)
+    width = int(per_row.max(initial=0))
+    padded_ids, padded_contribution = by_row(item_row, per_row, width, (product_ids, np.iinfo(np.int64).max),
+                                             (contribution, 0.0))
+    order = np.argsort(padded_ids, axis=1, kind="stable")
+    listed = np.arange(width) < per_row[:, None]  # the padding, the largest id, sorts last
+    item_row = np.broadcast_to(np.arange(rows)[:, None], (rows, width))[listed]
+    ids = np.take_along_axis(padded_ids, order, axis=1)[listed]
+    contribution = np.take_along_axis(padded_contribution, order, axis=1)[listed]
     first = np.flatnonzero(np.r_[True, (item_row[1:] != item_row[:-1]) | (ids[1:] != ids[:-1])])
     row, ids, score = item_row[first], ids[first], np.add.reduceat(contribution, first)
     # Best first within each row, ties to the smaller id; keep each row's first top_n.

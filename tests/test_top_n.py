@@ -1,0 +1,42 @@
+"""best_per_row against a plain-Python sort: score descending, ties to the smaller id."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs.top_n import best_per_row
+
+
+def _plain(row, ids, score, rows, top_n):
+    lengths, out_ids, out_scores = [], [], []
+    for r in range(rows):
+        items = sorted((-s, i) for rr, i, s in zip(row, ids, score) if rr == r)[:top_n]
+        lengths.append(len(items))
+        out_ids += [i for _, i in items]
+        out_scores += [-s for s, _ in items]
+    return lengths, out_ids, out_scores
+
+
+@pytest.mark.parametrize("shape", ["even", "one_long_row", "unsorted"])
+def test_best_per_row_matches_plain_sort(shape):
+    """Ties in score (scores drawn from 5 values), empty rows, rows shorter than top_n;
+    one very long row takes the one-sort path, rows out of order are sorted first."""
+    rng = np.random.default_rng(3)
+    rows, top_n = 40, 6
+    counts = rng.integers(0, 12, rows)
+    counts[[4, 9]] = 0
+    if shape == "one_long_row":
+        counts[7] = 2_000
+    row = np.repeat(np.arange(rows), counts)
+    ids = np.concatenate([rng.choice(5_000, c, replace=False) for c in counts]).astype(np.int64)
+    score = rng.choice([0.5, 1.0, 1.5, 2.0, 2.5], len(row))
+    if shape == "unsorted":
+        shuffle = rng.permutation(len(row))
+        row, ids, score = row[shuffle], ids[shuffle], score[shuffle]
+
+    lengths, got_ids, got_scores = best_per_row(row, ids, score, rows, top_n)
+
+    want_lengths, want_ids, want_scores = _plain(row.tolist(), ids.tolist(), score.tolist(), rows, top_n)
+    assert lengths.tolist() == want_lengths
+    assert got_ids.tolist() == want_ids
+    assert got_scores.tolist() == want_scores
