@@ -122,6 +122,7 @@ from jobs.candidates import as_candidates, model_version, replace_algorithm_cand
 from jobs.cli import run_algorithm_job
 from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
+from jobs.top_n import best_per_row
 
 log = logging.getLogger(__name__)
 
@@ -570,14 +571,7 @@ def rank_neighbours(row_of_touched: np.ndarray, touched_ids: np.ndarray, touched
     unseen = touched[hit] != candidate
     candidate, score = candidate[unseen], score[unseen]
 
-    row, at = candidate // n, candidate % n
-    # Best first within each row, ties to the smaller id: candidates are sorted by (row, id)
-    # already (positions ascend with ids) and lexsort is stable, so two keys do.
-    order = np.lexsort((-score, row))
-    row, at, score = row[order], at[order], score[order]
-    row_starts = np.searchsorted(row, np.arange(rows))
-    keep = np.arange(len(row)) - np.repeat(row_starts, np.diff(np.r_[row_starts, len(row)])) < top_n
-    return np.bincount(row[keep], minlength=rows), lists.catalog[at[keep]], score[keep]
+    return best_per_row(candidate // n, lists.catalog[candidate % n], score, rows, top_n)
 
 
 LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
