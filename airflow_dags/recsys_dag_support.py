@@ -42,6 +42,9 @@ LAKE_POOL = "recsys_lake"
 AS_OF = "{{ data_interval_end.isoformat() }}"
 
 
+JVM_START_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
+
+
 def _spark_toml() -> dict:
     with open(PROJECT_ROOT / "conf" / "spark.toml", "rb") as fh:
         return tomllib.load(fh)
@@ -56,9 +59,10 @@ def submit_args(job: str, *extra: str) -> dict:
     """``SparkSubmitOperator`` arguments that run ``jobs/<job>.py`` as ``scripts/submit`` does:
     the Delta jars on the classpath from JVM start (globs, resolved by spark-submit; Spark
     never downloads them), the jobs' Python for driver and executors, and the driver
-    memory from conf/spark.toml (the only setting that must be known before the JVM
-    starts; the job applies the rest of conf/spark.toml itself)."""
-    driver_memory = _spark_toml().get("conf", {}).get("spark.driver.memory")
+    memory and JVM options from conf/spark.toml (the settings that must be known before
+    the JVM starts; the job applies the rest of conf/spark.toml itself)."""
+    spark_conf = _spark_toml().get("conf", {})
+    jvm_options = {key: spark_conf[key] for key in JVM_START_OPTIONS if key in spark_conf}
     return {
         "conn_id": SPARK_CONN_ID,
         "application": str(PROJECT_ROOT / "jobs" / f"{job}.py"),
@@ -66,9 +70,10 @@ def submit_args(job: str, *extra: str) -> dict:
         "name": f"recsys-{job.replace('_', '-')}",
         "jars": f"{JARS_DIR}/delta-spark_*.jar,{JARS_DIR}/delta-storage-*.jar",
         "py_files": PY_FILES,
-        "driver_memory": driver_memory,
+        "driver_memory": spark_conf.get("spark.driver.memory"),
         "conf": {"spark.pyspark.python": JOBS_PYTHON, "spark.pyspark.driver.python": JOBS_PYTHON,
-                 "spark.log.level": "WARN"},  # the task log gets the job's own lines, not Spark's INFO
+                 "spark.log.level": "WARN",  # the task log gets the job's own lines, not Spark's INFO
+                 **jvm_options},
     }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.settings import PROJECT_ROOT
+from schemas.settings import PROJECT_ROOT, load_conf
 
 AIRFLOW_PYTHON = PROJECT_ROOT / ".venv-airflow" / "bin" / "python"
 DAGS_FOLDER = PROJECT_ROOT / "airflow_dags"
@@ -46,6 +46,7 @@ for dag_id, dag in bag.dags.items():
             "application_args": task.application_args,
             "jars": task.jars,
             "conf": task.conf,
+            "driver_memory": task._driver_memory,
             "packages": task.packages,
         }
     out["dags"][dag_id] = {
@@ -126,8 +127,10 @@ def test_retries_backoff_timeouts_and_callbacks(dagbag):
 
 def test_every_task_is_a_spark_submit_of_a_job(dagbag):
     """Each task spark-submits jobs/<name>.py on spark_default with the data dir, the interval's
-    end as --as-of, the Delta jars from .jars (never --packages) and the jobs' Python."""
+    end as --as-of, the Delta jars from .jars (never --packages), the jobs' Python, and the driver
+    memory and JVM options of conf/spark.toml."""
     jobs = {"build_snapshot": "build_snapshot", "publish": "publish_snapshot"}
+    spark_conf = load_conf("spark")["conf"]
     for dag_id, dag in dagbag["dags"].items():
         for task_id, task in dag["tasks"].items():
             where = f"{dag_id}.{task_id}"
@@ -140,6 +143,10 @@ def test_every_task_is_a_spark_submit_of_a_job(dagbag):
             assert task["packages"] is None, where
             python = str(PROJECT_ROOT / ".venv" / "bin" / "python")
             assert task["conf"]["spark.pyspark.python"] == task["conf"]["spark.pyspark.driver.python"] == python
+            # What only applies at JVM start comes from conf/spark.toml on the command line.
+            assert task["driver_memory"] == spark_conf["spark.driver.memory"], where
+            for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+                assert task["conf"][key] == spark_conf[key], where
 
 
 def test_writers_share_one_pool(dagbag):

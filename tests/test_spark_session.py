@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from jobs.spark_session import MissingJarsError, delta_jars
+from schemas.settings import load_conf
 from tests.jvm import SHORT_LIVED_JVM
 
 
@@ -25,7 +26,8 @@ def test_session_reads_and_writes_delta(spark, tmp_path: Path):
 @pytest.mark.spark
 def test_spark_submit_settings_win_over_conf(tmp_path: Path):
     """`scripts/submit --master local[1]`: the job's session runs on local[1], not on
-    conf/spark.toml's local[*] (a cluster's --master must reach the session)."""
+    conf/spark.toml's local[*] (a cluster's --master must reach the session); the
+    driver memory and JVM options of conf/spark.toml reach the driver JVM."""
     import os
     import subprocess
 
@@ -35,10 +37,16 @@ def test_spark_submit_settings_win_over_conf(tmp_path: Path):
     probe.write_text("from jobs.spark_session import get_spark\n"
                      "spark = get_spark('probe')\n"
                      "print('MASTER=' + spark.sparkContext.master)\n"
-                     "print('PARTITIONS=' + spark.conf.get('spark.sql.shuffle.partitions'))\n")
+                     "print('PARTITIONS=' + spark.conf.get('spark.sql.shuffle.partitions'))\n"
+                     "jvm = spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()\n"
+                     "print('JVM=' + ' '.join(jvm.getInputArguments()))\n")
     done = subprocess.run([str(PROJECT_ROOT / "scripts" / "submit"), "--master", "local[1]",
                            "--conf", "spark.sql.shuffle.partitions=7", str(probe)],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **SHORT_LIVED_JVM})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "MASTER=local[1]" in done.stdout and "PARTITIONS=7" in done.stdout, done.stdout
+    spark_conf = load_conf("spark")["conf"]
+    jvm = next(line for line in done.stdout.splitlines() if line.startswith("JVM=")).split()
+    assert f"-Xmx{spark_conf['spark.driver.memory']}" in jvm
+    assert spark_conf["spark.driver.extraJavaOptions"] in jvm
