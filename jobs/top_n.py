@@ -1,5 +1,6 @@
 """The best ``n`` items of many rows at once, with NumPy: the last step of every
-gather-then-rank list builder (hybrid fusion, popularity's user lists).
+gather-then-rank list builder (hybrid fusion, popularity's and content's user
+lists), and the top-K columns of ALS's score blocks.
 
 Ordering is ``top_n_lists``'s (jobs.candidates): score descending, ties to the
 smaller product id, so a NumPy builder and its Spark formulation agree exactly."""
@@ -48,7 +49,7 @@ def by_row(row: np.ndarray, per_row: np.ndarray, width: int, *columns: tuple[np.
     matrices, row ``r`` holding the values of the items with ``row == r`` in order and
     ``fill`` after them. ``row`` must be sorted, ``per_row`` its counts."""
     slot = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-    at = row * width + slot
+    at = row * width + slot  # flat positions: ~25% faster to assign than (row, slot) pairs
     matrices = []
     for values, fill in columns:
         matrix = np.full(len(per_row) * width, fill, dtype=values.dtype)
@@ -84,11 +85,6 @@ def top_columns(scores: np.ndarray, k: int, floor: np.ndarray | None = None) -> 
     rows, columns = np.divmod(above, scores.shape[1])
     per_row = np.bincount(rows, minlength=len(scores))
     width = max(int(per_row.max(initial=0)), k)
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-    candidates = np.zeros((len(scores), width), np.int64)
-    values = np.full((len(scores), width), -np.inf, scores.dtype)
-    at = rows * width + slot  # flat positions: ~25% faster than assigning at (rows, slot)
-    candidates.reshape(-1)[at] = columns
-    values.reshape(-1)[at] = scores.reshape(-1)[above]
+    candidates, values = by_row(rows, per_row, width, (columns, 0), (scores.reshape(-1)[above], -np.inf))
     best = np.argpartition(values, width - k, axis=1)[:, width - k:]
     return np.take_along_axis(candidates, best, axis=1), np.take_along_axis(values, best, axis=1)
