@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
 from jobs.cli import run_algorithm_job
 from jobs.paths import DataPaths
-from jobs.top_n import best_per_row, by_row, lists_batch
+from jobs.top_n import best_per_row, by_row, lists_batch, positions_in_runs
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,7 @@ def fuse_lists(row_of_list: np.ndarray, list_weights: np.ndarray, list_lengths: 
     ``list_lengths[j]`` consecutive ids of ``product_ids``. Returns, for each row in
     order, its best ``top_n`` products by fused score, ties to the smaller id, as
     ``(lengths, ids, scores)`` (concatenated rows)."""
-    list_starts = np.cumsum(list_lengths) - list_lengths
-    position = np.arange(len(product_ids)) - np.repeat(list_starts, list_lengths)
+    position = positions_in_runs(list_lengths)
     item_row = np.repeat(row_of_list, list_lengths)
     contribution = np.repeat(list_weights, list_lengths) / (rrf_k + position + 1.0)
     # Sum the contributions of each (row, product): each row's items sorted by id on

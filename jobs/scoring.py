@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from schemas.tables import GLOBAL_SUBJECT
 
 from jobs.ranking_metrics import many_ranking_metrics
+from jobs.top_n import positions_in_runs
 
 BASELINE = "global_popular"  # not a served algorithm: the floor every other must beat
 ALL_USERS = "all"            # the segment pooling every scored user
@@ -122,8 +123,7 @@ def _sum_partition(batches: Iterator[pa.RecordBatch], ks: tuple[int, ...], share
             pc.list_flatten(relevant).to_numpy(zero_copy_only=False), ks)
         # The top max(k) of each list: their self-information per user, and the products per algorithm.
         row = np.repeat(np.arange(batch.num_rows), rec_lengths)
-        position = np.arange(len(row)) - np.repeat(np.cumsum(rec_lengths) - rec_lengths, rec_lengths)
-        in_top = position < top
+        in_top = positions_in_runs(rec_lengths) < top
         top_row, top_ids = row[in_top], rec_ids[in_top]
         information = np.bincount(top_row, weights=self_information(top_ids, shared.value), minlength=batch.num_rows)
         for name in np.unique(algorithm):
