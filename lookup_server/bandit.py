@@ -129,14 +129,17 @@ class Bandit:
         self._counts: dict[tuple[str, str], tuple[float, float]] = {}
         self._pinned: str | None = None
         self._read_at: float | None = None
+        # Prior rates by (segment, candidates), for the priors object they came from:
+        # the same few combinations come back on every request.
+        self._rates: dict[tuple[str, tuple[str, ...]], dict[str, float]] = {}
+        self._rates_priors: object = None
 
     def choose(self, segment: str, algorithms: Sequence[str]) -> str:
         """The algorithm to answer with, among ``algorithms`` (non-empty)."""
         counts, pinned = self._shared()
         if pinned in algorithms:
             return pinned
-        offline = self.priors().get(POLICY_SEGMENT.get(segment, "all"), {})
-        rates = prior_rates(offline, algorithms, self.settings.prior_rate)
+        rates = self._prior_rates(segment, tuple(algorithms))
         n0 = self.settings.prior_impressions
         best, best_draw = algorithms[0], -1.0
         for algorithm in algorithms:
@@ -145,6 +148,16 @@ class Bandit:
             if draw > best_draw:
                 best, best_draw = algorithm, draw
         return best
+
+    def _prior_rates(self, segment: str, algorithms: tuple[str, ...]) -> dict[str, float]:
+        priors = self.priors()
+        if priors is not self._rates_priors:  # a new policy.json: start over
+            self._rates, self._rates_priors = {}, priors
+        rates = self._rates.get((segment, algorithms))
+        if rates is None:
+            offline = priors.get(POLICY_SEGMENT.get(segment, "all"), {})
+            rates = self._rates[segment, algorithms] = prior_rates(offline, algorithms, self.settings.prior_rate)
+        return rates
 
     def segment_and_order(self, available: Sequence[str], preference: Sequence[str],
                           activity: str | None = None) -> tuple[str, tuple[str, ...]]:

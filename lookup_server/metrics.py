@@ -103,10 +103,20 @@ class LookupMetrics:
             self.snapshots_rejected.labels(reason)
         self.scrape_errors = Counter(PREFIX + "scrape_errors",
                                      "Scrape-time reads that failed, by source.", ("source",), registry=r)
+        self._children: dict[tuple, object] = {}  # see child()
         self._sync_lock = threading.Lock()
         self._breaker = None            # the breaker whose counts were carried last
         self._breaker_seen = (0, 0)     # its (failed, skipped) then
         self._rejected_seen: dict[str, int] = {}  # by reason
+
+    def child(self, metric, *values: str):
+        """``metric.labels(*values)``, remembered: ``labels`` checks its arguments and
+        takes a lock on every call, and each request asks for the same few children."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def sync_process_counters(self, state: AppState) -> None:
         """Carry what this process counted in plain ints (breaker, snapshot watcher) into
@@ -165,8 +175,9 @@ def _observe_latency(response: Response) -> Response:
     started = g.pop("metrics_started", None)
     if started is not None:
         rule = request.url_rule
-        app_metrics().latency.labels(rule.rule if rule is not None else UNMATCHED,
-                                     f"{response.status_code // 100}xx").observe(time.perf_counter() - started)
+        metrics = app_metrics()
+        metrics.child(metrics.latency, rule.rule if rule is not None else UNMATCHED,
+                      f"{response.status_code // 100}xx").observe(time.perf_counter() - started)
     return response
 
 
@@ -176,10 +187,10 @@ def observe_answer(merged: MergedAnswer) -> None:
     metrics = app_metrics()
     endpoint = request.url_rule.rule
     answer = merged.recommendation
-    metrics.answers.labels(endpoint, answer.algorithm or "none", answer.fallback or "none",
-                           "true" if merged.degraded else "false").inc()
+    metrics.child(metrics.answers, endpoint, answer.algorithm or "none", answer.fallback or "none",
+                  "true" if merged.degraded else "false").inc()
     if answer.fallback is None:
-        metrics.personalised.labels(endpoint).inc()
+        metrics.child(metrics.personalised, endpoint).inc()
     if merged.explored:
         metrics.explored.inc(len(merged.explored))
     if merged.trending:

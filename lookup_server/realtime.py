@@ -44,7 +44,7 @@ from lookup_server.delta.breaker import CircuitBreaker
 from lookup_server.delta.catalog_view import DEFAULT_MAX_PRODUCTS, CatalogCache, CatalogView
 from lookup_server.impressions import ImpressionQueue
 from lookup_server.recommend import UNKNOWN_USER, Recommendation, recommend_for_user, similar_products
-from lookup_server.snapshot_reader import SnapshotReader
+from lookup_server.snapshot_reader import SnapshotReader, UserLookup
 
 log = logging.getLogger(__name__)
 
@@ -257,9 +257,11 @@ class _Unavailable:
 
 
 def recommend_with_delta(reader: SnapshotReader, delta: DeltaContext | None, user_id: int, k: int,
-                         algorithms: Sequence[str], similar_algorithms: Sequence[str]) -> MergedAnswer:
-    """The snapshot answer for ``user_id`` with the real-time delta merged in."""
-    base = recommend_for_user(reader, user_id, k + SLACK, algorithms)
+                         algorithms: Sequence[str], similar_algorithms: Sequence[str],
+                         known: UserLookup | None = None) -> MergedAnswer:
+    """The snapshot answer for ``user_id`` with the real-time delta merged in
+    (``known``: the reader's ``user_lookup`` of the user, when the caller has it)."""
+    base = recommend_for_user(reader, user_id, k + SLACK, algorithms, known)
     if delta is None:
         return MergedAnswer(_cut(base, k), False, 0, 0, ())
     settings, breaker, store = delta.settings, delta.breaker, delta.store

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from lookup_server.snapshot_reader import SnapshotReader
+from lookup_server.snapshot_reader import SnapshotReader, UserLookup
 
 POPULAR = "popular"  # the algorithm whose global and category lists back every fallback
 POPULAR_FALLBACK = "popular_fallback"  # the "algorithm" reported when a fallback answered
@@ -30,15 +30,20 @@ class Recommendation:
     fallback: str | None
 
 
-def recommend_for_user(reader: SnapshotReader, user_id: int, k: int,
-                       algorithms: Sequence[str]) -> Recommendation:
+def recommend_for_user(reader: SnapshotReader, user_id: int, k: int, algorithms: Sequence[str],
+                       known: UserLookup | None = None) -> Recommendation:
     """The first of ``algorithms`` with a list for this user; else the popular list of
-    the user's profile segment, when the snapshot knows both; else the global popular list."""
+    the user's profile segment, when the snapshot knows both; else the global popular list.
+
+    ``known``, the reader's ``user_lookup`` of this user when the caller has it, saves
+    looking for lists the user does not have and reading the user's record again."""
     for algorithm in algorithms:
+        if known is not None and algorithm not in known.algorithms:
+            continue
         found = reader.user_list(algorithm, user_id, k, active_only=True)
         if found is not None:
             return Recommendation(*found, algorithm=algorithm, fallback=None)
-    user = reader.user(user_id)
+    user = reader.user(user_id) if known is None else known.record
     if user is not None and user.profile_segment is not None:
         found = reader.segment_list(POPULAR, user.profile_segment, k, active_only=True)
         if found is not None:

@@ -11,14 +11,16 @@ import logging
 import os
 import threading
 import weakref
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import lmdb
 
+from lookup_server.catalog_index import CatalogIndex
 from schemas.snapshot import (
-    DATA_FILE, GLOBAL_KEY, PRODUCT_HEADER_SIZE, PRODUCTS_DB, USERS_DB, Manifest, ProductRecord, SnapshotFormatError, UserRecord,
+    DATA_FILE, GLOBAL_KEY, PRODUCTS_DB, USERS_DB, Manifest, ProductRecord, SnapshotFormatError, UserRecord,
     parse_recs_db_name, product_key, recs_db_name, unpack_product, unpack_ranked_list, unpack_user, user_key,
     verify_snapshot_dir,
 )
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 SKIP_SLACK = 10
 
 RankedList = tuple[tuple[int, ...], tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class UserLookup:
+    """What a snapshot knows of one user, read in one transaction."""
+    record: UserRecord | None     # activity and profile segment; None: not in the users database
+    algorithms: frozenset[str]    # the user algorithms with a list for this user
 
 
 # Why a version was refused, in one word: the ``reason`` label of the rejection metric.
@@ -84,15 +93,18 @@ class SnapshotReader:
         except Exception as exc:  # whatever the contents got wrong, this version is not served
             self._env.close()
             raise SnapshotOpenError(f"{self.version}: {type(exc).__name__}: {exc}", "bad_contents") from exc
-        # Inactive products, read once: a request then skips them with a set lookup
-        # instead of an LMDB read per listed item (catalogs hold few inactive products).
-        self._inactive = self._read_inactive()
+        # The catalogue's ids, categories and inactive products, read once: a request
+        # then skips inactive items with a set lookup and finds categories with a binary
+        # search, instead of an LMDB read per product.
+        self._catalog = self._read_catalog()
+        self._inactive = self._catalog.inactive
         self._algorithms: dict[str, tuple[str, ...]] = {}
         for name in sorted(self._dbs):
             parsed = parse_recs_db_name(name)
             if parsed is not None:
                 kind, algorithm = parsed
                 self._algorithms[kind] = self._algorithms.get(kind, ()) + (algorithm,)
+        self._user_list_dbs = tuple((a, self._dbs[recs_db_name("user", a)]) for a in self.algorithms("user"))
         self.loaded_at = datetime.now(timezone.utc)
 
     def _open_databases(self) -> dict:
@@ -122,16 +134,12 @@ class SnapshotReader:
                         unpack_ranked_list(value, 1)
         return dbs
 
-    def _read_inactive(self) -> frozenset[int]:
+    def _read_catalog(self) -> CatalogIndex:
         db = self._dbs.get(PRODUCTS_DB)
         if db is None:
-            return frozenset()
-        inactive = []
+            return CatalogIndex(())
         with self._env.begin(buffers=True) as txn, txn.cursor(db=db) as cursor:
-            for key, value in cursor:
-                if not value[1] & 1:  # the product record's flags byte: bit 0 = active
-                    inactive.append(int.from_bytes(key, "big"))
-        return frozenset(inactive)
+            return CatalogIndex(cursor)
 
     # --- what the snapshot holds ------------------------------------------
 
@@ -145,14 +153,17 @@ class SnapshotReader:
                   exclude: frozenset[int] = frozenset()) -> RankedList | None:
         return self._ranked_list(recs_db_name("user", algorithm), user_key(user_id), k, active_only, exclude)
 
-    def user_algorithms(self, user_id: int, algorithms: Sequence[str]) -> tuple[str, ...]:
-        """Those of ``algorithms`` with a list for this user, in the given order (one
-        read transaction, nothing decoded)."""
+    def user_lookup(self, user_id: int) -> UserLookup:
+        """The user's record and which algorithms have a list for them (one read
+        transaction; no list decoded): what choosing among the lists, and falling
+        back when there is none, needs to know without reading anything twice."""
         key = user_key(user_id)
+        users = self._dbs.get(USERS_DB)
         with self._env.begin(buffers=True) as txn:
-            return tuple(a for a in algorithms
-                         if (db := self._dbs.get(recs_db_name("user", a))) is not None
-                         and txn.get(key, db=db) is not None)
+            record = None if users is None else txn.get(key, db=users)
+            user = None if record is None else unpack_user(user_id, record)
+            listed = frozenset(a for a, db in self._user_list_dbs if txn.get(key, db=db) is not None)
+        return UserLookup(user, listed)
 
     def product_list(self, algorithm: str, product_id: int, k: int, *, active_only: bool = False,
                      exclude: frozenset[int] = frozenset()) -> RankedList | None:
@@ -182,26 +193,13 @@ class SnapshotReader:
             return None if record is None else unpack_product(product_id, record)
 
     def categories(self, product_ids: Sequence[int]) -> set[str]:
-        """The categories of those of ``product_ids`` the catalog has (one transaction)."""
-        db = self._dbs.get(PRODUCTS_DB)
-        if db is None:
-            return set()
-        found = set()
-        with self._env.begin(buffers=True) as txn:
-            for product_id in product_ids:
-                record = txn.get(product_key(product_id), db=db)
-                if record is not None and len(record) > PRODUCT_HEADER_SIZE:
-                    found.add(bytes(record[PRODUCT_HEADER_SIZE:]).decode("utf-8"))
-        return found
+        """The categories of those of ``product_ids`` the catalog has (no LMDB read)."""
+        return self._catalog.category_names(product_ids)
 
     def active_in_catalog(self, product_ids: Sequence[int]) -> list[int]:
-        """Those of ``product_ids`` the catalog has, active, in the given order (one transaction)."""
-        db = self._dbs.get(PRODUCTS_DB)
-        if db is None:
-            return []
-        with self._env.begin(buffers=True) as txn:
-            return [p for p in product_ids
-                    if p not in self._inactive and txn.get(product_key(p), db=db) is not None]
+        """Those of ``product_ids`` the catalog has, active, in the given order (no LMDB read)."""
+        catalog, inactive = self._catalog, self._inactive
+        return [p for p in product_ids if p not in inactive and p in catalog]
 
     def user(self, user_id: int) -> UserRecord | None:
         """The user's activity and profile segment; None when the snapshot does not know them."""

@@ -53,6 +53,17 @@ def test_offline_priors_tilt_the_start_and_evidence_overrides_them():
     assert later["content"] > 0.95 * sum(later.values())
 
 
+def test_a_new_policy_replaces_the_remembered_prior_rates():
+    """The chooser keeps each segment's prior rates; a new priors object (policy.json
+    rewritten) is used from the next request on."""
+    policies = [{"all": {"als": 0.3, "content": 0.001}}]
+    chooser = Bandit(BanditSettings(refresh_seconds=0, prior_impressions=5000.0), lambda: policies[-1],
+                     read_counts=dict, read_pinned=lambda: None, rng=random.Random(2))
+    assert shares(chooser, 300)["als"] == 300
+    policies.append({"all": {"als": 0.001, "content": 0.3}})
+    assert shares(chooser, 300)["content"] == 300
+
+
 def test_a_pin_answers_everything():
     assert set(shares(bandit(pinned="content"))) == {"content"}
     assert set(shares(bandit(pinned="gone"))) == {"als", "content"}  # a pin not in the snapshot is ignored

@@ -13,7 +13,7 @@ def test_synthetic_snapshot_has_every_list_the_server_reads(tmp_path):
     assert read_current_version(tmp_path) == "bench" and info["bytes"] > 0
     reader = open_snapshot(tmp_path / "bench")
     for user in (0, 299):
-        assert reader.user_algorithms(user, ALGORITHMS) == ALGORITHMS
+        assert reader.user_lookup(user).algorithms == set(ALGORITHMS)
         ids, scores = reader.user_list("hybrid", user, 20)
         assert len(set(ids)) == 20 and all(0 <= p < 500 for p in ids) and list(scores) == sorted(scores, reverse=True)
         assert reader.user(user).profile_segment in SEGMENTS

@@ -79,7 +79,7 @@ def test_requested_algorithm_without_row_falls_back(client):
 
 
 def test_request_ids_are_unique_hex(client):
-    """Each answer carries its own uuid4 hex request id."""
+    """Each answer carries its own random 32-hex-digit request id."""
     ids = {client.get("/v1/users/1/recommendations").get_json()["request_id"] for _ in range(3)}
     assert len(ids) == 3
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

@@ -16,7 +16,8 @@ JSON answer on the same route, same gunicorn settings). Then ``wrk`` (closed loo
 - ``unknown``: users the snapshot does not know (global list fused with trending).
 
 Last, a paced run of ``known`` at half the highest throughput measured, for the p99
-target. Results: ``<out>/serving.json`` (every number, machine, versions, command)
+target, and the floor paced at the same rate: the tail that wrk, gunicorn and the
+kernel's scheduling on the shared cores give even a constant answer. Results: ``<out>/serving.json`` (every number, machine, versions, command)
 and ``<out>/serving.md``.
 """
 from __future__ import annotations
@@ -178,6 +179,7 @@ def markdown(result: dict) -> str:
         f"{half['connections']} connections): {half['rps']:,.0f} req/s served, p50 {half['p50_ms']:.2f} ms, "
         f"p99 {half['p99_ms']:.2f} ms, p99.9 {half['p99_9_ms']:.2f} ms "
         f"(target p99 ≤ {TARGET_P99_MS} ms: {'met' if half['p99_ms'] <= TARGET_P99_MS else 'not met'}).",
+        *_floor_half_line(result.get("floor_half_load")),
         "- Worker memory after the runs (MB, RSS / PSS): "
         + ", ".join(f"{w.get('rss_mb')} / {w.get('pss_mb')}" for w in result["memory"]["workers"])
         + ". PSS splits the snapshot's shared pages between the workers that map them.",
@@ -185,6 +187,15 @@ def markdown(result: dict) -> str:
         f"Command: `{result['environment']['command']}`; commit {result['environment']['git']['commit']}.",
         "",
     ])
+
+
+def _floor_half_line(floor_half: dict | None) -> list[str]:
+    """The floor at the same pace: the tail a constant answer gets on the same cores."""
+    if not floor_half:  # results written before this run existed
+        return []
+    return [f"- The floor paced at the same rate: {floor_half['rps']:,.0f} req/s served, "
+            f"p50 {floor_half['p50_ms']:.2f} ms, p99 {floor_half['p99_ms']:.2f} ms, "
+            f"p99.9 {floor_half['p99_9_ms']:.2f} ms."]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         half = run_wrk(ours, half_connections, args.seconds * 2, scenarios["known"], rate=best["known"] / 2)
         half["target_rps"] = round(best["known"] / 2, 1)
         log.info("paced at %.0f req/s: %.0f served, p99 %.2f ms", half["target_rps"], half["rps"], half["p99_ms"])
+        floor_half = run_wrk(floor, half_connections, args.seconds * 2, scenarios["known"], rate=best["known"] / 2)
+        floor_half["target_rps"] = half["target_rps"]
+        log.info("floor paced at %.0f req/s: p99 %.2f ms", floor_half["target_rps"], floor_half["p99_ms"])
         memory = worker_memory(ours_process.pid)
 
     ratios = {name: round(best[name] / best["floor"], 3) for name in scenarios}
@@ -265,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "snapshot": snapshot_info,
         "runs": runs,
         "half_load": half,
+        "floor_half_load": floor_half,
         "memory": memory,
         "summary": {**{f"ratio_{k}": v for k, v in ratios.items()},
                     "ratio_met": min(ratios.values()) >= TARGET_RATIO,
