@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 TABLES = {t.name: t for t in (EVENTS, PRODUCTS, PROFILES)}
 STORED = {"events": EVENTS_STORED, "products": PRODUCTS_STORED, "profiles": PROFILES_STORED}
 _ORDER = "_order"
+# Duplicates of one batch joined back to its rows by broadcast up to this many (~40
+# bytes each); past it (a whole file landed twice, say) by a shuffle.
+MAX_BROADCAST_DUPLICATES = 1_000_000
 
 
 class AccountingError(RuntimeError):
@@ -80,23 +83,31 @@ def events_to_store(valid: DataFrame, ingest_batch: str) -> DataFrame:
             .withColumn("ingest_batch", F.lit(ingest_batch)))
 
 
-def mark_duplicate_events(events: DataFrame, stored: DataFrame) -> DataFrame:
-    """``events`` with ``_reason``: null for the first of each key that ``stored`` lacks,
-    else why the row is a duplicate (repeated in this batch, or already ingested).
+def duplicate_reasons(events: DataFrame, stored: DataFrame) -> DataFrame:
+    """``(_order, _reason)`` of the rows of ``events`` that are duplicates: all but the
+    first of each key in this batch, and any whose key ``stored`` has already.
 
     ``stored`` must leave out rows written by this same batch (``ingest_batch``), so
     that a replay after a crash, or a lazy re-evaluation after the write, marks alike.
-    One shuffle for the ranking and one join: persist the result before splitting it.
+    Only the key columns and each row's place are ranked, not whole rows (the raw text
+    is most of a row): at 10M events the ranking sorted 2.5 GB where this sorts a fifth.
     """
     key = list(EVENTS.key)
     join_on = key + ["event_date"]
-    ranked = events.withColumn(
+    places = events.select(*join_on, SOURCE_FILE, _ORDER).withColumn(
         "_nth", F.row_number().over(Window.partitionBy(*key).orderBy(SOURCE_FILE, _ORDER)))
     stored_keys = stored.select(*join_on).distinct().withColumn("_stored", F.lit(True))
-    return (ranked.join(stored_keys, on=join_on, how="left")
-            .withColumn("_reason", F.when(F.col("_nth") > 1, F.lit("duplicate event (repeated in this batch)"))
-                        .when(F.col("_stored"), F.lit("duplicate event (already ingested)")))
-            .drop("_nth", "_stored"))
+    reason = (F.when(F.col("_nth") > 1, F.lit("duplicate event (repeated in this batch)"))
+              .when(F.col("_stored"), F.lit("duplicate event (already ingested)")))
+    return (places.join(stored_keys, on=join_on, how="left")
+            .select(_ORDER, reason.alias("_reason")).where(F.col("_reason").isNotNull()))
+
+
+def mark_duplicate_events(events: DataFrame, reasons: DataFrame, broadcast: bool) -> DataFrame:
+    """``events`` with ``_reason`` from ``duplicate_reasons`` (null: a new event).
+    ``broadcast`` the reasons when they are few, as they usually are: ``events`` is then
+    not shuffled for the join."""
+    return events.join(F.broadcast(reasons) if broadcast else reasons, on=_ORDER, how="left")
 
 
 def products_to_store(valid: DataFrame, as_of: datetime) -> DataFrame:
@@ -219,17 +230,22 @@ class TableIngest:
         dates = [r[0] for r in events.select("event_date").distinct().collect()]
         stored = (self.spark.read.format("delta").load(self.stored_path)
                   .where(F.col("event_date").isin(dates) & (F.col("ingest_batch") != ingest_batch)))
-        marked = mark_duplicate_events(events, stored).persist()
+        reasons = duplicate_reasons(events, stored).persist()
+        few = reasons.count() <= MAX_BROADCAST_DUPLICATES
+        marked = mark_duplicate_events(events, reasons, broadcast=few)
+        if not few:  # a shuffled join is worth keeping; a broadcast one is cheaper to redo than to cache
+            marked = marked.persist()
         try:
             # Quarantine first: a write to the events table drops every cached plan that
-            # reads it (Spark re-caches by path after a write), ``marked`` included, and
-            # its duplicates would then be ranked all over again (~50 s at 10M events).
+            # reads it (Spark re-caches by path after a write), the reasons included, and
+            # the duplicates would then be ranked all over again (~50 s at 10M events).
             duplicates = rejected_rows(marked.where(F.col("_reason").isNotNull()), self.as_of)
             rejected_count = self._append(rejected.unionByName(duplicates), self.rejected_path, batch_id, stream_id)
             new = marked.where(F.col("_reason").isNull()).select(*EVENTS_STORED.names)
             return self._append_partitioned(new, batch_id, stream_id), rejected_count
         finally:
             marked.unpersist()
+            reasons.unpersist()
 
     def _append_partitioned(self, df: DataFrame, batch_id: int, stream_id: str) -> int:
         df = df.persist()

@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.delta_tables import table_version
-from jobs.ingest import AccountingError, IngestCounts, run_ingest
+from jobs.ingest import AccountingError, IngestCounts, duplicate_reasons, mark_duplicate_events, run_ingest
 from jobs.paths import DataPaths
 
 pytestmark = pytest.mark.spark
@@ -212,3 +212,27 @@ def test_counts_refuse_to_lose_a_row():
     """The accounting check raises when received != accepted + rejected."""
     with pytest.raises(AccountingError):
         IngestCounts().add(received=3, accepted=1, rejected=1)
+
+
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_duplicates_are_marked_alike_joined_by_broadcast_or_by_shuffle(spark, broadcast):
+    """The first of a key by (file, arrival) is new, the later ones repeats; a key the
+    table has (same date) is already ingested; other rows keep a null reason."""
+    stamp = datetime(2026, 10, 3, 12, tzinfo=timezone.utc)
+    rows = [  # user, type, product, file, arrival order
+        (1, "view", 10, "b.jsonl", 0), (1, "view", 10, "a.jsonl", 5), (1, "view", 10, "a.jsonl", 7),
+        (2, "view", 10, "a.jsonl", 1), (3, "purchase", 11, "a.jsonl", 2), (3, "view", 11, "a.jsonl", 3),
+    ]
+    events = spark.createDataFrame(
+        [(u, t, p, stamp, "2026-10-03", "batch-2", f, o, f"raw {o} {f}") for u, t, p, f, o in rows],
+        "user_id long, event_type string, product_id long, timestamp timestamp, event_date string, "
+        "ingest_batch string, _source_file string, _order long, _raw string")
+    stored = spark.createDataFrame([(3, "purchase", 11, stamp, "2026-10-03", "batch-1")],
+                                   "user_id long, event_type string, product_id long, timestamp timestamp, "
+                                   "event_date string, ingest_batch string")
+    marked = mark_duplicate_events(events, duplicate_reasons(events, stored), broadcast=broadcast)
+    reasons = {(r["_source_file"], r["_order"]): r["_reason"] for r in marked.collect()}
+    repeated, known = "duplicate event (repeated in this batch)", "duplicate event (already ingested)"
+    assert reasons == {("a.jsonl", 5): None, ("a.jsonl", 7): repeated, ("b.jsonl", 0): repeated,
+                       ("a.jsonl", 1): None, ("a.jsonl", 2): known, ("a.jsonl", 3): None}
+    assert marked.count() == len(rows) and set(marked.columns) == set(events.columns) | {"_reason"}
