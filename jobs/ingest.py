@@ -90,7 +90,8 @@ def duplicate_reasons(events: DataFrame, stored: DataFrame) -> DataFrame:
     ``stored`` must leave out rows written by this same batch (``ingest_batch``), so
     that a replay after a crash, or a lazy re-evaluation after the write, marks alike.
     Only the key columns and each row's place are ranked, not whole rows (the raw text
-    is most of a row): at 10M events the ranking sorted 2.5 GB where this sorts a fifth.
+    is most of a row): at 10M events the shuffle for the ranking went from 554 to 256 MB
+    and its sort from 45 to 16 s, and no cache of every marked row is built any more.
     """
     key = list(EVENTS.key)
     join_on = key + ["event_date"]
