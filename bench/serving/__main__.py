@@ -17,8 +17,8 @@ JSON answer on the same route, same gunicorn settings). Then ``wrk`` (closed loo
 
 Last, a paced run of ``known`` at half the highest throughput measured, for the p99
 target, and the floor paced at the same rate: the tail that wrk, gunicorn and the
-kernel's scheduling on the shared cores give even a constant answer. Results: ``<out>/serving.json`` (every number, machine, versions, command)
-and ``<out>/serving.md``.
+kernel's scheduling on the shared cores give even a constant answer. Results:
+``<out>/serving.json`` (every number, machine, versions, command) and ``<out>/serving.md``.
 """
 from __future__ import annotations
 
