@@ -16,6 +16,7 @@ from schemas.settings import PROJECT_ROOT, load_conf
 log = logging.getLogger(__name__)
 
 DELTA_JAR_PREFIXES = ("delta-spark_", "delta-storage-")
+DRIVER_LIBRARY_PATH = "spark.driver.extraLibraryPath"
 
 
 class MissingJarsError(RuntimeError):
@@ -30,6 +31,14 @@ def delta_jars(jars_dir: Path) -> list[Path]:
             raise MissingJarsError(
                 f"no {prefix}*.jar in {jars_dir}: run `make jars` (Spark must not download at start-up)")
     return found
+
+
+def with_library_path(current: str | None, extra: str | None) -> str | None:
+    """``LD_LIBRARY_PATH`` with ``extra`` in front (once), or ``current`` if there is no extra."""
+    if not extra:
+        return current
+    parts = [p for p in (current or "").split(os.pathsep) if p]
+    return os.pathsep.join([extra, *[p for p in parts if p != extra]])
 
 
 def get_spark(app_name: str | None = None, overrides: Mapping | None = None):
@@ -62,6 +71,14 @@ def get_spark(app_name: str | None = None, overrides: Mapping | None = None):
         from pyspark import SparkContext
 
         SparkContext._ensure_initialized()
+    else:
+        # spark-submit puts spark.driver.extraLibraryPath on the driver JVM's library
+        # path, but PySpark's own launch of a local JVM ignores it: do it here. It is
+        # how the JVM finds the single-threaded OpenBLAS (see conf/spark.toml).
+        library_path = with_library_path(os.environ.get("LD_LIBRARY_PATH"),
+                                         settings.get("conf", {}).get(DRIVER_LIBRARY_PATH))
+        if library_path:
+            os.environ["LD_LIBRARY_PATH"] = library_path
     existing = SparkConf()  # holds whatever spark-submit already set
     builder = SparkSession.builder.appName(app_name or settings["app_name"])
     if not existing.contains("spark.master"):

@@ -128,7 +128,7 @@ def test_retries_backoff_timeouts_and_callbacks(dagbag):
 def test_every_task_is_a_spark_submit_of_a_job(dagbag):
     """Each task spark-submits jobs/<name>.py on spark_default with the data dir, the interval's
     end as --as-of, the Delta jars from .jars (never --packages), the jobs' Python, and the driver
-    memory and JVM options of conf/spark.toml."""
+    memory, JVM options and library paths of conf/spark.toml."""
     jobs = {"build_snapshot": "build_snapshot", "publish": "publish_snapshot"}
     spark_conf = load_conf("spark")["conf"]
     for dag_id, dag in dagbag["dags"].items():
@@ -145,7 +145,8 @@ def test_every_task_is_a_spark_submit_of_a_job(dagbag):
             assert task["conf"]["spark.pyspark.python"] == task["conf"]["spark.pyspark.driver.python"] == python
             # What only applies at JVM start comes from conf/spark.toml on the command line.
             assert task["driver_memory"] == spark_conf["spark.driver.memory"], where
-            for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+            for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions",
+                        "spark.driver.extraLibraryPath", "spark.executor.extraLibraryPath"):
                 assert task["conf"][key] == spark_conf[key], where
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.spark_session import MissingJarsError, delta_jars
+from jobs.spark_session import DRIVER_LIBRARY_PATH, MissingJarsError, delta_jars, with_library_path
 from schemas.settings import load_conf
 from tests.jvm import SHORT_LIVED_JVM
 
@@ -12,6 +12,31 @@ def test_delta_jars_missing_names_the_fix(tmp_path: Path):
     """An empty jars folder fails with the make target that fills it."""
     with pytest.raises(MissingJarsError, match="make jars"):
         delta_jars(tmp_path)
+
+
+def test_library_path_goes_first_once():
+    """conf's library folder goes in front of LD_LIBRARY_PATH, without repeating it."""
+    assert with_library_path(None, "/blas") == "/blas"
+    assert with_library_path("/a:/b", "/blas") == "/blas:/a:/b"
+    assert with_library_path("/a:/blas:", "/blas") == "/blas:/a"
+    assert with_library_path("/a", None) == "/a"
+    assert with_library_path(None, "") is None
+
+
+@pytest.mark.spark
+def test_local_jvm_loads_blas_from_the_configured_folder(spark):
+    """The JVM that get_spark starts has conf/spark.toml's library folder first on its
+    library path, and netlib's native BLAS loads OpenBLAS from there when it exists."""
+    folder = load_conf("spark")["conf"][DRIVER_LIBRARY_PATH]
+    jvm = spark._jvm
+    assert (jvm.java.lang.System.getenv("LD_LIBRARY_PATH") or "").split(":")[0] == folder
+    if not Path(folder, "libblas.so.3").exists():
+        pytest.skip(f"no {folder}/libblas.so.3 here (make system-packages installs it)")
+    assert jvm.dev.ludovic.netlib.blas.NativeBLAS.getInstance().getClass().getSimpleName() == "JNIBLAS"
+    pid = int(jvm.java.lang.ProcessHandle.current().pid())
+    mapped = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+              if "blas" in line and "/" in line}
+    assert f"{folder}/libblas.so.3" in mapped, mapped
 
 
 @pytest.mark.spark
@@ -27,7 +52,7 @@ def test_session_reads_and_writes_delta(spark, tmp_path: Path):
 def test_spark_submit_settings_win_over_conf(tmp_path: Path):
     """`scripts/submit --master local[1]`: the job's session runs on local[1], not on
     conf/spark.toml's local[*] (a cluster's --master must reach the session); the
-    driver memory and JVM options of conf/spark.toml reach the driver JVM."""
+    driver memory, JVM options and library path of conf/spark.toml reach the driver JVM."""
     import os
     import subprocess
 
@@ -39,7 +64,8 @@ def test_spark_submit_settings_win_over_conf(tmp_path: Path):
                      "print('MASTER=' + spark.sparkContext.master)\n"
                      "print('PARTITIONS=' + spark.conf.get('spark.sql.shuffle.partitions'))\n"
                      "jvm = spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()\n"
-                     "print('JVM=' + ' '.join(jvm.getInputArguments()))\n")
+                     "print('JVM=' + ' '.join(jvm.getInputArguments()))\n"
+                     "print('LIBS=' + str(spark._jvm.java.lang.System.getenv('LD_LIBRARY_PATH')))\n")
     done = subprocess.run([str(PROJECT_ROOT / "scripts" / "submit"), "--master", "local[1]",
                            "--conf", "spark.sql.shuffle.partitions=7", str(probe)],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
@@ -50,3 +76,5 @@ def test_spark_submit_settings_win_over_conf(tmp_path: Path):
     jvm = next(line for line in done.stdout.splitlines() if line.startswith("JVM=")).split()
     assert f"-Xmx{spark_conf['spark.driver.memory']}" in jvm
     assert spark_conf["spark.driver.extraJavaOptions"] in jvm
+    libs = next(line for line in done.stdout.splitlines() if line.startswith("LIBS="))
+    assert spark_conf[DRIVER_LIBRARY_PATH] in libs.removeprefix("LIBS=").split(":"), libs
