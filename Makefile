@@ -26,7 +26,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-pipeline clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-blas bench-pipeline clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -103,7 +103,7 @@ $(AUDIT_VENV)/.installed: Makefile | $(UV)
 	$(UV_INSTALL) $(AUDIT_VENV)/bin/python pip-audit==$(PIP_AUDIT_VERSION)
 	touch $@
 
-bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
+bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-blas bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 
 bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
 	$(PY) -m bench.serving --quick $(BENCH_ARGS)
@@ -133,6 +133,9 @@ bench-content-similar: setup  ## similar products of 10k products, NumPy against
 bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
 	$(UV_INSTALL) $(PY) -e ".[test,bench]"
 	$(PY) -m bench.als_topk $(BENCH_ARGS)
+
+bench-als-blas: setup  ## Spark's ALS fit on OpenBLAS's single-threaded build against the pthread one, alternating JVMs (~15 min)
+	$(PY) -m bench.als_blas $(BENCH_ARGS)
 
 bench-pipeline: setup  ## the nightly pipeline at 1M, 3M and 10M generated events: time and peak RSS per stage, growth plots (1 h+ on 2 cores; --quick: BENCH_ARGS=--quick)
 	$(PY) -m bench.pipeline $(BENCH_ARGS)
