@@ -103,14 +103,16 @@ def summary(runs: list[dict]) -> dict:
     """Per build: the median wall and CPU seconds of the warm fits, the warm-ups' median;
     and the pthread build's median over the serial build's (above 1: serial is faster)."""
     builds = {}
+    def median(values: list[float]) -> float | None:
+        return round(statistics.median(values), 2) if values else None
+
     for name, folder in (("serial", SERIAL), ("pthread", PTHREAD)):
         mine = [r for r in runs if r["library_path"] == folder]
         warm = [f for r in mine for f in r["fits"][1:]]
         builds[name] = {"runs": len(mine), "libblas": sorted({lib for r in mine for lib in r["libblas"]}),
-                        "median_seconds": statistics.median(f["seconds"] for f in warm) if warm else None,
-                        "median_cpu_seconds": statistics.median(f["cpu_seconds"] for f in warm) if warm else None,
-                        "median_first_fit_seconds": statistics.median(r["fits"][0]["seconds"] for r in mine)
-                        if mine else None}
+                        "median_seconds": median([f["seconds"] for f in warm]),
+                        "median_cpu_seconds": median([f["cpu_seconds"] for f in warm]),
+                        "median_first_fit_seconds": median([r["fits"][0]["seconds"] for r in mine])}
     serial, pthread = builds["serial"]["median_seconds"], builds["pthread"]["median_seconds"]
     return {"builds": builds, "ratio_pthread_over_serial": round(pthread / serial, 2) if serial and pthread else None}
 
