@@ -60,8 +60,8 @@ def submit_args(job: str, *extra: str) -> dict:
     """``SparkSubmitOperator`` arguments that run ``jobs/<job>.py`` as ``scripts/submit`` does:
     the Delta jars on the classpath from JVM start (globs, resolved by spark-submit; Spark
     never downloads them), the jobs' Python for driver and executors, and the driver
-    memory, JVM options and library paths from conf/spark.toml (the settings that must be known before
-    the JVM starts; the job applies the rest of conf/spark.toml itself)."""
+    memory, JVM options and library paths from conf/spark.toml (the settings that must
+    be known before the JVM starts; the job applies the rest of conf/spark.toml itself)."""
     spark_conf = _spark_toml().get("conf", {})
     jvm_options = {key: spark_conf[key] for key in JVM_START_OPTIONS if key in spark_conf}
     return {
