@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.pipeline.cpu import TICKS, process_times
 from schemas.settings import PROJECT_ROOT, load_conf
 
 log = logging.getLogger("bench.als_blas")
@@ -54,9 +54,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def jvm_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of the JVM ``pid`` so far."""
+    return process_times(pid)[1] / TICKS
 
 
 def worker(args: argparse.Namespace, size: dict) -> None:

@@ -21,7 +21,7 @@ from bench.snapshot_build.peak_rss import PROC, descendants, sampled_every
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _times(pid: int) -> tuple[tuple[int, int], int] | None:
+def process_times(pid: int) -> tuple[tuple[int, int], int] | None:
     """``((pid, start time), utime + stime in ticks)``; the start time tells a reused pid apart."""
     try:
         # Fields after the command (which may hold spaces): utime 14, stime 15, starttime 22.
@@ -45,7 +45,7 @@ class CpuMeter:
 
     def _read(self) -> dict[tuple[int, int], int]:
         pids = {self.python_pid, *([self.jvm_pid, *descendants(self.jvm_pid)] if self.jvm_pid else [])}
-        return dict(found for pid in pids if (found := _times(pid)) is not None)
+        return dict(found for pid in pids if (found := process_times(pid)) is not None)
 
     def _sample(self) -> None:
         read = self._read()
