@@ -115,7 +115,6 @@ bench-sharding: setup  ## 1, 2 and 4 snapshot shards behind nginx: throughput, l
 	$(PY) -m bench.sharding $(BENCH_ARGS)
 
 bench-quality: setup  ## offline quality on the real samples in ../shared/data, `implicit` ALS side by side
-	$(UV_INSTALL) $(PY) -e ".[test,bench]"
 	$(PY) -m bench.quality $(BENCH_ARGS)
 
 bench-snapshot: setup  ## the snapshot build at 1M users x 100 candidates, 1 and 4 algorithms (~10 min with the lake; --quick: BENCH_ARGS=--quick)
@@ -131,7 +130,6 @@ bench-content-similar: setup  ## similar products of 10k products, NumPy against
 	$(PY) -m bench.content_similar --numpy-only 100000 $(BENCH_ARGS)
 
 bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
-	$(UV_INSTALL) $(PY) -e ".[test,bench]"
 	$(PY) -m bench.als_topk $(BENCH_ARGS)
 
 bench-als-blas: setup  ## Spark's ALS fit on OpenBLAS's single-threaded build against the pthread one, alternating JVMs (~15 min)

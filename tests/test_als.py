@@ -9,12 +9,13 @@ only views product i+3, and views then buys the other six.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
-from jobs.als import (AlsParams, ItemMatrix, collect_item_matrix, confidence_from_interactions, dense_index,
+from jobs.als import (SOLVERS, AlsParams, ItemMatrix, collect_item_matrix, confidence_from_interactions, dense_index,
                       similar_products, top_k_lists, user_recommendations)
 from jobs.interactions import weighted
 from schemas.settings import load_conf
@@ -60,12 +61,12 @@ def interactions(spark):
     return spark.createDataFrame(ROWS, "user_id long, product_id long, event_type string, timestamp timestamp")
 
 
-@pytest.fixture(scope="module")
-def run(interactions):
-    """(candidate rows by (kind, subject), item factor rows) of the PARAMS run."""
+@pytest.fixture(scope="module", params=SOLVERS)
+def run(request, interactions):
+    """(candidate rows by (kind, subject), item factor rows) of the PARAMS run, per solver."""
     from jobs.als import als_candidates
 
-    candidates, factors = als_candidates(interactions, AS_OF, PARAMS)
+    candidates, factors = als_candidates(interactions, AS_OF, replace(PARAMS, solver=request.param))
     rows = assert_candidates_contract(candidates)
     return {(r["subject_kind"], int(r["subject_id"])): r for r in rows}, factors.collect()
 
@@ -107,17 +108,15 @@ def test_viewed_but_not_bought_products_stay_in(run):
 
 def test_purchases_are_listed_when_not_excluded(interactions):
     """exclude_purchased = false: every user's list holds some of what they bought."""
-    from dataclasses import replace
-
-    from jobs.als import als_ratings, fit_als, item_factors, user_factors
+    from jobs.als import als_ratings, fit_factors, item_factors, user_factors
 
     params = replace(PARAMS, exclude_purchased=False)
     confidence = confidence_from_interactions(weighted(interactions, AS_OF, params))
     users, products = dense_index(confidence, "user_id"), dense_index(confidence, "product_id")
-    model = fit_als(als_ratings(confidence, users, products), params)
-    items = collect_item_matrix(item_factors(model, products, "test"))
+    fitted = fit_factors(als_ratings(confidence, users, products), users.count(), products.count(), params)
+    items = collect_item_matrix(item_factors(fitted, products, "test"))
     purchased = interactions.where("event_type = 'purchase'").select("user_id", "product_id")
-    rows = user_recommendations(user_factors(model, users), items, purchased, params).collect()
+    rows = user_recommendations(user_factors(fitted, users), items, purchased, params).collect()
     assert len(rows) == 20
     for r in rows:
         assert len(r["product_ids"]) == params.top_n
@@ -244,7 +243,7 @@ def test_conf_als_section_is_valid():
     {"rank": 0}, {"max_iter": 0}, {"top_n": 0}, {"similar_top_n": -1}, {"rank": 2.5}, {"rank": True},
     {"reg_param": -0.1}, {"alpha": float("nan")}, {"half_life_days": 0}, {"exclude_purchased": "yes"},
     {"event_weights": {"like": 1.0}}, {"event_weights": {"view": -1.0}},
-    {"event_weights": {"view": 0.0}},
+    {"event_weights": {"view": 0.0}}, {"solver": "sgd"},
 ])
 def test_params_reject_bad_values(bad):
     with pytest.raises(ValueError):

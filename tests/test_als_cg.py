@@ -1,0 +1,86 @@
+"""Conjugate-gradient ALS on Spark (jobs.als_cg): the blocks hold every rating once,
+and the distributed fit is implicit's own fit, factor for factor."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.sparse import csr_matrix
+
+from bench.als_topk.interactions import generate
+from jobs import als_cg
+
+ALPHA = 10.0
+
+
+def _ratings(spark, users, items, ratings):
+    return spark.createDataFrame([(int(u), int(i), float(r)) for u, i, r in zip(users, items, ratings)],
+                                 "user int, item int, rating float")
+
+
+def test_csr_arrays_sort_columns_within_rows_and_keep_empty_rows():
+    indptr, indices, values = als_cg.csr_arrays(np.array([2, 0, 2, 0]), np.array([5, 3, 1, 4]),
+                                                np.array([1.0, 2.0, 3.0, 4.0]), n_rows=4)
+    assert indptr.tolist() == [0, 2, 2, 4, 4]
+    assert indices.tolist() == [3, 4, 1, 5]
+    assert values.tolist() == [2.0, 4.0, 3.0, 1.0]
+    assert (indptr.dtype, indices.dtype, values.dtype) == (np.int32, np.int32, np.float32)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("side", [("user", "item"), ("item", "user")])
+def test_blocks_hold_every_rating_once_as_its_confidence(spark, side):
+    row, col = side
+    users, items, ratings = generate(90, 40, 700, seed=5)
+    blocks = als_cg.build_blocks(_ratings(spark, users, items, ratings), row, col, n_blocks=3, alpha=ALPHA).collect()
+
+    assert 1 <= len(blocks) <= 3
+    seen, covered = {}, []
+    for block in blocks:
+        indptr = np.frombuffer(block["indptr"], np.int32)
+        indices = np.frombuffer(block["indices"], np.int32)
+        confidence = np.frombuffer(block["confidence"], np.float32)
+        covered.append((block["first"], len(indptr) - 1))
+        for offset in range(len(indptr) - 1):
+            for at in range(indptr[offset], indptr[offset + 1]):
+                seen[(block["first"] + offset, int(indices[at]))] = float(confidence[at])
+    expected_rows, expected_cols = (users, items) if row == "user" else (items, users)
+    expected = {(int(r), int(c)): float(np.float32(1 + ALPHA * v))
+                for r, c, v in zip(expected_rows, expected_cols, ratings)}
+    assert seen == pytest.approx(expected)
+    # The blocks' row ranges tile 0..n-1 with no gap and no overlap.
+    ranges = sorted(covered)
+    assert ranges[0][0] == 0 and sum(n for _, n in ranges) == max(expected_rows) + 1
+    assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))
+
+
+@pytest.mark.spark
+def test_fit_on_spark_is_implicits_fit_from_the_same_start(spark):
+    """The same kernel per row, so from the same initial factors the distributed fit
+    and implicit's single-process fit agree to float rounding, whatever the blocks."""
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    users, items, ratings = generate(300, 120, 5000, seed=7)
+    n_users, n_items, rank, iterations, regularization = int(users.max()) + 1, int(items.max()) + 1, 8, 3, 0.05
+    start = als_cg.initial_factors(n_users, n_items, rank, seed=1)
+    frame = _ratings(spark, users, items, ratings)
+
+    ours = als_cg.fit(frame, n_users, n_items, rank, iterations, regularization, ALPHA, seed=1, start=start,
+                      n_blocks=3)
+
+    matrix = csr_matrix(((1 + ALPHA * ratings).astype(np.float32), (users, items)), shape=(n_users, n_items))
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=rank, iterations=iterations, regularization=regularization,
+                                        alpha=1.0, num_threads=1, random_state=1)
+        model.user_factors, model.item_factors = start.users.copy(), start.items.copy()
+        model.fit(matrix, show_progress=False)
+    assert np.abs(start.users - ours.users).max() > 0.1  # it moved from the start
+    np.testing.assert_allclose(ours.users, model.user_factors, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.items, model.item_factors, rtol=1e-5, atol=1e-6)
+
+
+def test_initial_factors_are_seeded_and_small():
+    a, b = als_cg.initial_factors(5, 3, 4, seed=9), als_cg.initial_factors(5, 3, 4, seed=9)
+    assert a.users.shape == (5, 4) and a.items.shape == (3, 4) and a.users.dtype == np.float32
+    assert np.array_equal(a.users, b.users) and np.array_equal(a.items, b.items)
+    assert 0 <= a.users.min() and a.users.max() < als_cg.INITIAL_SCALE
