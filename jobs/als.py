@@ -388,10 +388,12 @@ def als_candidates(interaction_rows: DataFrame, as_of: datetime, params: AlsPara
     """``(candidates, item_factors)``: ALS user and product lists in the CANDIDATES
     layout, and the fitted item factors in the ITEM_FACTORS layout. Without
     ``product_lists`` only the user lists (all an offline evaluation scores).
-    ``for_users`` (``user_id`` rows): user lists for these users only, each the same as in a run for everyone: the model is fitted on every user's interactions all the same.
+    ``for_users`` (``user_id`` rows): user lists for these users only, each the same
+    as in a run for everyone: the model is fitted on every user's interactions all
+    the same.
 
     Fits the model and collects the item factors (Spark actions run here); the
-    frames returned are lazy over the fitted model.
+    frames returned are lazy over the fitted factors.
     """
     version = model_version(ALGORITHM, as_of, asdict(params))
     with _timed("confidence and dense user/product indexes"):

@@ -25,8 +25,10 @@ function its CPU fit calls), so what Spark adds is only the distribution:
 Semantics, as implicit 0.7.3 given ``c`` as its matrix value: an observed pair has
 preference 1 and confidence ``c = 1 + alpha * rating`` (Spark ML's too), a missing
 pair preference 0 and confidence 1; the regularisation is added as it is, not
-multiplied by the row's rating count as Spark ML's ALS-WR does; initial factors
-are uniform in [0, 0.01) from the seed.
+multiplied by the row's rating count as Spark ML's ALS-WR does; the initial
+factors are drawn as implicit draws them (``default_rng(seed)``, users then items,
+uniform in [0, 0.01)). So a fit here is implicit's fit with the same seed, factor
+for factor (tests/test_als_cg.py), only distributed.
 
 Limits: both factor matrices live on the driver and, broadcast, in every Python
 worker: (users + items) x rank x 4 bytes, 141 MB for 1M users and 100k items at
@@ -66,6 +68,7 @@ class Factors:
 
 
 def initial_factors(n_users: int, n_items: int, rank: int, seed: int) -> Factors:
+    """implicit 0.7.3's initial factors for ``random_state=seed`` (its ``fit``)."""
     rng = np.random.default_rng(seed)
     return Factors(users=rng.random((n_users, rank), dtype=np.float32) * INITIAL_SCALE,
                    items=rng.random((n_items, rank), dtype=np.float32) * INITIAL_SCALE)
@@ -144,13 +147,11 @@ def solve_side(blocks: RDD, fixed, own, shape: tuple[int, int], regularization: 
 
 
 def fit(ratings: DataFrame, n_users: int, n_items: int, rank: int, iterations: int, regularization: float,
-        alpha: float, seed: int, cg_steps: int = CG_STEPS, start: Factors | None = None,
-        n_blocks: int | None = None) -> Factors:
+        alpha: float, seed: int, cg_steps: int = CG_STEPS, n_blocks: int | None = None) -> Factors:
     """ALS on ``(user, item, rating)`` rows with dense indexes ``0..n_users-1`` and
-    ``0..n_items-1``. ``start`` replaces the random initial factors; ``n_blocks``
-    the blocks per side (block_count's choice)."""
+    ``0..n_items-1``; ``n_blocks`` overrides the blocks per side (block_count's choice)."""
     sc = ratings.sparkSession.sparkContext
-    factors = start or initial_factors(n_users, n_items, rank, seed)
+    factors = initial_factors(n_users, n_items, rank, seed)
     started = time.monotonic()
     cached_here = not ratings.is_cached  # read three times below; a caller's cache stays
     if cached_here:

@@ -5,7 +5,7 @@ trains every algorithm of ``jobs.evaluation`` on the training part, fits the
 ``implicit`` library's ALS on the same training part with the same confidences and
 hyper-parameters, and scores all of them with the same code
 (``jobs.evaluation.score_algorithms``). It reports each algorithm against the
-global popularity baseline, and Spark's ALS against implicit's in quality and wall
+global popularity baseline, and the job's ALS against implicit's in quality and wall
 time.
 
 Modules: ``datasets`` (Taobao, MovieLens into interaction and product frames),

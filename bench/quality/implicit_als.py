@@ -6,19 +6,19 @@ Input. Per (user, product), ``rating = log1p(sum of decayed event weights)``, co
 by the very functions Spark's job uses (``jobs.als.confidence_from_interactions``
 over ``jobs.interactions.weighted``), collected to the driver.
 
-Confidence. Spark's implicit ALS gives an observed pair confidence
-``c = 1 + alpha * rating`` (preference 1). implicit 0.7.3 takes the matrix value
-itself as the confidence -- its solvers add ``(c - 1) y y^T`` to the normal
-equations and ``c y`` to the right-hand side, Spark's terms exactly -- after
-multiplying the matrix by its own ``alpha``. So the matrix holds
-``1 + alpha * rating`` and implicit's ``alpha`` stays 1.0 (its fit skips the
-multiplication then).
+Confidence. The job's ALS gives an observed pair confidence ``c = 1 + alpha *
+rating`` (preference 1). implicit 0.7.3 takes the matrix value itself as the
+confidence -- its solvers add ``(c - 1) y y^T`` to the normal equations and ``c y``
+to the right-hand side, the job's terms exactly -- after multiplying the matrix by
+its own ``alpha``. So the matrix holds ``1 + alpha * rating`` and implicit's
+``alpha`` stays 1.0 (its fit skips the multiplication then).
 
-Not matched, on purpose: Spark multiplies ``regParam`` by each user's (item's)
-number of ratings (ALS-WR), implicit adds ``regularization`` as it is; the same
-number goes to both. Spark solves each user's normal equations exactly, implicit
-(``use_cg``, its default) takes 3 conjugate-gradient steps from the last
-iteration's factors; their random initial factors differ too.
+Solver. The job's default solver (``jobs.als_cg``) runs implicit's own
+conjugate-gradient kernel (``use_cg``, its default: 3 steps per row from the last
+iteration's factors) with the regularisation added as it is, distributed over
+Spark; only the random initial factors differ. With ``solver = "spark"`` the job
+uses Spark ML's ALS instead, which solves each row exactly and multiplies
+``regParam`` by the row's number of ratings (ALS-WR).
 
 Lists. The ``top_n`` products per user by factor dot product, minus what the user
 purchased in the training part, as Spark's job lists them: ``recommend`` filters

@@ -23,19 +23,21 @@ NOTES = (
     "Same split, same training part, same scoring code for every row: implicit's lists are scored "
     "by jobs.evaluation.score_algorithms like the project's own.",
     "Confidence matched: both ALS read rating = log1p(sum of decayed event weights) per (user, product). "
-    "Spark uses c = 1 + alpha * rating; implicit 0.7.3 uses its matrix value as c (after scaling by its "
-    "alpha), so it is given 1 + alpha * rating with its alpha = 1.",
-    "Regularisation not matched: Spark multiplies regParam by each user's / item's rating count "
-    "(ALS-WR), implicit adds the same number unscaled. Solvers differ too: Spark solves exactly, implicit "
-    "takes 3 conjugate-gradient steps per iteration; initial factors differ.",
+    "The job's ALS uses c = 1 + alpha * rating; implicit 0.7.3 uses its matrix value as c (after scaling "
+    "by its alpha), so it is given 1 + alpha * rating with its alpha = 1.",
+    "Solver: the job's ALS is conf's solver, named in each protocol's ALS line. With \"cg\" (the "
+    "default) it runs implicit's own conjugate-gradient kernel (3 steps per row and iteration, "
+    "regularisation added as it is) from the same initial factors, distributed over Spark by "
+    "jobs.als_cg: its lists are implicit's. With \"spark\", Spark ML solves exactly and multiplies "
+    "regParam by each user's / item's rating count (ALS-WR).",
     "Same rank, iterations, regularisation value, seed, list length (top_n) and purchase filter; "
     "implicit on its CPU model with as many threads as Spark has cores.",
-    "Wall time: Spark = confidences + dense indexes + fit + user lists (materialised); implicit = fit + "
+    "Wall time: the job's ALS = confidences + dense indexes + fit + user lists (materialised); implicit = fit + "
     "user lists. Collecting implicit's input from Spark into a CSR matrix is timed apart "
     "(implicit_als_prepare) and left out of the ratio.",
-    "Spark's timed run is its second fit on the same training part (the evaluation's came first), so "
+    "The job's timed run is its second fit on the same training part (the evaluation's came first), so "
     "JVM start-up and JIT warm-up are not in it; other work on the machine inflates either figure.",
-    "hybrid fuses the project's own lists (Spark ALS, content, popular), not implicit's.",
+    "hybrid fuses the project's own lists (the job's ALS, content, popular), not implicit's.",
     "Users without a list of an algorithm are served the global popular list, as the server would.",
 )
 
@@ -96,7 +98,7 @@ def metrics_table(run: ProtocolRun) -> list[str]:
 def comparison_lines(run: ProtocolRun) -> list[str]:
     ratios = comparisons(run)
     seconds = run.seconds
-    lines = [f"- Spark ALS / implicit ALS: NDCG@{TABLE_K} ratio {_number(ratios['spark_over_implicit_ndcg'], 2)}, "
+    lines = [f"- the job's ALS / implicit ALS: NDCG@{TABLE_K} ratio {_number(ratios['spark_over_implicit_ndcg'], 2)}, "
              f"wall-time ratio {_number(ratios['spark_over_implicit_seconds'], 2)} "
              f"({seconds['spark_als']:.2f} s / {seconds['implicit_als']:.2f} s; implicit's input collected "
              f"in {seconds['implicit_als_prepare']:.2f} s more)"]
@@ -117,7 +119,8 @@ def setup_lines(run: ProtocolRun) -> list[str]:
         f"({data['source']}); clock {data['as_of']}",
         f"- split: {split['training_rows']:,} training rows up to {split['train_until']}, "
         f"{split['users_scored']:,} users scored",
-        f"- ALS (both): rank {als['rank']}, {als['max_iter']} iterations, regularisation {als['reg_param']}, "
+        f"- ALS (both): the job's solver {als.get('solver', 'spark')}, rank {als['rank']}, "
+        f"{als['max_iter']} iterations, regularisation {als['reg_param']}, "
         f"alpha {als['alpha']}, half-life {als['half_life_days']:g} days, top {als['top_n']}; "
         f"hybrid weights {json.dumps(settings['hybrid'].get('weights'))}",
     ]
