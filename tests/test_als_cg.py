@@ -12,11 +12,6 @@ from jobs import als_cg
 ALPHA = 10.0
 
 
-def _ratings(spark, users, items, ratings):
-    return spark.createDataFrame([(int(u), int(i), float(r)) for u, i, r in zip(users, items, ratings)],
-                                 "user int, item int, rating float")
-
-
 def test_csr_arrays_sort_columns_within_rows_and_keep_empty_rows():
     indptr, indices, values = als_cg.csr_arrays(np.array([2, 0, 2, 0]), np.array([5, 3, 1, 4]),
                                                 np.array([1.0, 2.0, 3.0, 4.0]), n_rows=4)
@@ -26,31 +21,26 @@ def test_csr_arrays_sort_columns_within_rows_and_keep_empty_rows():
     assert (indptr.dtype, indices.dtype, values.dtype) == (np.int32, np.int32, np.float32)
 
 
-@pytest.mark.spark
-@pytest.mark.parametrize("side", [("user", "item"), ("item", "user")])
-def test_blocks_hold_every_rating_once_as_its_confidence(spark, side):
-    row, col = side
+@pytest.mark.parametrize("n_blocks", [1, 3, 7])
+def test_side_blocks_tile_the_rows_and_hold_every_entry_once(n_blocks):
     users, items, ratings = generate(90, 40, 700, seed=5)
-    blocks = als_cg.build_blocks(_ratings(spark, users, items, ratings), row, col, n_blocks=3, alpha=ALPHA).collect()
+    n_rows = int(users.max()) + 1
+    blocks = als_cg.side_blocks(users, items, ratings, n_rows, n_blocks)
 
-    assert 1 <= len(blocks) <= 3
+    assert 1 <= len(blocks) <= n_blocks
     seen, covered = {}, []
-    for block in blocks:
-        indptr = np.frombuffer(block["indptr"], np.int32)
-        indices = np.frombuffer(block["indices"], np.int32)
-        confidence = np.frombuffer(block["confidence"], np.float32)
-        covered.append((block["first"], len(indptr) - 1))
+    for first, indptr, indices, values in blocks:
+        assert indptr[0] == 0 and indptr[-1] == len(indices) == len(values)
+        covered.append((first, len(indptr) - 1))
         for offset in range(len(indptr) - 1):
             for at in range(indptr[offset], indptr[offset + 1]):
-                seen[(block["first"] + offset, int(indices[at]))] = float(confidence[at])
-    expected_rows, expected_cols = (users, items) if row == "user" else (items, users)
-    expected = {(int(r), int(c)): float(np.float32(1 + ALPHA * v))
-                for r, c, v in zip(expected_rows, expected_cols, ratings)}
-    assert seen == pytest.approx(expected)
-    # The blocks' row ranges tile 0..n-1 with no gap and no overlap.
-    ranges = sorted(covered)
-    assert ranges[0][0] == 0 and sum(n for _, n in ranges) == max(expected_rows) + 1
-    assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))
+                seen[(first + offset, int(indices[at]))] = float(values[at])
+    assert seen == {(int(u), int(i)): float(r) for u, i, r in zip(users, items, ratings)}
+    # The row ranges tile 0..n-1 with no gap and no overlap, with about as many entries each.
+    assert covered[0][0] == 0 and sum(n for _, n in covered) == n_rows
+    assert all(a + n == b for (a, n), (b, _) in zip(covered, covered[1:]))
+    sizes = [len(indices) for _, _, indices, _ in blocks]
+    assert max(sizes) <= len(users) / n_blocks + max(np.bincount(users))
 
 
 @pytest.mark.spark
@@ -62,7 +52,8 @@ def test_fit_on_spark_is_implicits_fit_with_the_same_seed(spark):
 
     users, items, ratings = generate(300, 120, 5000, seed=7)
     n_users, n_items, rank, iterations, regularization = int(users.max()) + 1, int(items.max()) + 1, 8, 3, 0.05
-    frame = _ratings(spark, users, items, ratings)
+    frame = spark.createDataFrame([(int(u), int(i), float(r)) for u, i, r in zip(users, items, ratings)],
+                                  "user int, item int, rating float")
 
     ours = als_cg.fit(frame, n_users, n_items, rank, iterations, regularization, ALPHA, seed=1, n_blocks=3)
 

@@ -5,6 +5,8 @@ against the project's blocked top-K (``jobs.als.user_recommendations``).
 
     python -m bench.als_topk            # 50k users x 20k items, ~1M interactions, rank 64, 10 iterations
     python -m bench.als_topk --quick    # 10k x 5k, ~200k interactions, 5 iterations
+    python -m bench.als_topk --fit-only --users 1000000 --items 100000 --interactions 13000000 --rank 32
+                                        # the pipeline's size: the fits only, into als_fit.{json,md}
     python -m bench.als_topk --help
 
 Interactions are generated with NumPy (``interactions``): skewed user activity
@@ -75,14 +77,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=100, help="items per user (default 100)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-implicit", action="store_true", help="skip the implicit library's fit")
+    p.add_argument("--fit-only", action="store_true",
+                   help="the job's and implicit's fits only, no Spark ML and no top-N (recommendForAllUsers "
+                        "takes hours at 1M users); writes als_fit.json/.md")
+    p.add_argument("--driver-memory", default=None, help="spark.driver.memory (default: conf/spark.toml's)")
     p.add_argument("--out", type=Path, default=None,
-                   help=f"folder for als_topk.json/.md (default bench/results; --quick {QUICK_OUT})")
+                   help=f"folder for the results (default bench/results; --quick {QUICK_OUT})")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
 def fit_implicit(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, shape: tuple[int, int],
-                 params: als.AlsParams, threads: int) -> dict:
+                 params: als.AlsParams, threads: int, recommend_all: bool = True) -> dict:
     import implicit
     from scipy.sparse import csr_matrix
     from threadpoolctl import threadpool_limits
@@ -95,37 +101,17 @@ def fit_implicit(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, shap
             use_gpu=False, num_threads=threads, random_state=params.seed)
         with timed(f"implicit {implicit.__version__}: fit") as fit:
             model.fit(matrix, show_progress=False)
-        with timed("implicit: recommend for all users") as recommend:
-            model.recommend(np.arange(shape[0]), matrix, N=params.top_n, filter_already_liked_items=False)
-    return {"version": implicit.__version__, "threads": threads, "fit_seconds": round(fit.seconds, 2),
-            "recommend_all_seconds": round(recommend.seconds, 2)}
+        result = {"version": implicit.__version__, "threads": threads, "fit_seconds": round(fit.seconds, 2)}
+        if recommend_all:
+            with timed("implicit: recommend for all users") as recommend:
+                model.recommend(np.arange(shape[0]), matrix, N=params.top_n, filter_already_liked_items=False)
+            result["recommend_all_seconds"] = round(recommend.seconds, 2)
+    return result
 
 
-def run(args: argparse.Namespace) -> dict:
-    size = QUICK if args.quick else FULL
-    n_users, n_items = args.users or size["users"], args.items or size["items"]
-    draws = args.interactions or size["interactions"]
-    params = als.AlsParams(rank=args.rank, max_iter=args.iterations or size["iterations"],
-                           reg_param=args.reg_param, alpha=args.alpha, top_n=args.top,
-                           exclude_purchased=False, seed=args.seed)
-    spark = get_spark("bench-als-topk")
-    result = {"benchmark": "als_topk", "quick": args.quick, **environment(spark.version),
-              "params": asdict(params), "targets": {"fit_time_ratio_job_over_implicit": TARGET_FIT_RATIO}}
-    with timed("interactions generated") as watch:
-        users, items, ratings = generate(n_users, n_items, draws, args.seed)
-    result["data"] = {"users": int(users.max()) + 1, "items": int(items.max()) + 1, "pairs": len(users),
-                      "draws": draws, "seconds": round(watch.seconds, 2)}
-    log.info("data: %s", result["data"])
-    frame = spark.createDataFrame(pa.table({"user": users, "item": items, "rating": ratings})).cache()
-    frame.count()
-
+def spark_ml_and_top_n(spark, frame, params: als.AlsParams, result: dict) -> None:
+    """Spark ML's fit, then recommendForAllUsers against the blocked top-K on its factors."""
     pid = jvm_pid(spark)
-    result["cg_fit"] = {"seconds": [], "blocks": als_cg.block_count(len(users), spark.sparkContext.defaultParallelism)}
-    for attempt in ("first", "second"):
-        with timed(f"the job's ALS fit (jobs.als_cg, {attempt})") as fit:
-            als_cg.fit(frame, n_users, n_items, params.rank, params.max_iter, params.reg_param, params.alpha,
-                       params.seed)
-        result["cg_fit"]["seconds"].append(round(fit.seconds, 2))
     with PeakRss(pid) as memory, timed(f"Spark ALS fit (rank {params.rank}, {params.max_iter} iterations)") as fit:
         model = als.fit_als(frame, params)
         model.userFactors.cache().count()
@@ -144,6 +130,35 @@ def run(args: argparse.Namespace) -> dict:
     with timed("lists compared"):
         result["comparison"] = compare_lists(ours, theirs)
     log.info("comparison: %s", result["comparison"])
+
+
+def run(args: argparse.Namespace) -> dict:
+    size = QUICK if args.quick else FULL
+    n_users, n_items = args.users or size["users"], args.items or size["items"]
+    draws = args.interactions or size["interactions"]
+    params = als.AlsParams(rank=args.rank, max_iter=args.iterations or size["iterations"],
+                           reg_param=args.reg_param, alpha=args.alpha, top_n=args.top,
+                           exclude_purchased=False, seed=args.seed)
+    conf = {"spark.driver.memory": args.driver_memory} if args.driver_memory else {}
+    spark = get_spark("bench-als-topk", {"conf": conf})
+    result = {"benchmark": "als_fit" if args.fit_only else "als_topk", "quick": args.quick, **environment(spark.version),
+              "params": asdict(params), "targets": {"fit_time_ratio_job_over_implicit": TARGET_FIT_RATIO}}
+    with timed("interactions generated") as watch:
+        users, items, ratings = generate(n_users, n_items, draws, args.seed)
+    result["data"] = {"users": int(users.max()) + 1, "items": int(items.max()) + 1, "pairs": len(users),
+                      "draws": draws, "seconds": round(watch.seconds, 2)}
+    log.info("data: %s", result["data"])
+    frame = spark.createDataFrame(pa.table({"user": users, "item": items, "rating": ratings})).cache()
+    frame.count()
+
+    result["cg_fit"] = {"seconds": [], "blocks": als_cg.block_count(len(users), spark.sparkContext.defaultParallelism)}
+    for attempt in ("first", "second"):
+        with timed(f"the job's ALS fit (jobs.als_cg, {attempt})") as fit:
+            als_cg.fit(frame, n_users, n_items, params.rank, params.max_iter, params.reg_param, params.alpha,
+                       params.seed)
+        result["cg_fit"]["seconds"].append(round(fit.seconds, 2))
+    if not args.fit_only:
+        spark_ml_and_top_n(spark, frame, params, result)
     frame.unpersist()
     spark.stop()
 
@@ -152,9 +167,11 @@ def run(args: argparse.Namespace) -> dict:
     else:
         try:
             result["implicit"] = fit_implicit(users, items, ratings, (n_users, n_items), params,
-                                              threads=os.cpu_count() or 1)
+                                              threads=os.cpu_count() or 1, recommend_all=not args.fit_only)
             fit_seconds = result["implicit"]["fit_seconds"]
-            result["fit_time_ratio_spark_over_implicit"] = round(result["spark_fit"]["seconds"] / fit_seconds, 2)
+            if "spark_fit" in result:
+                result["fit_time_ratio_spark_over_implicit"] = round(
+                    result["spark_fit"]["seconds"] / fit_seconds, 2)
             result["fit_time_ratio_cg_over_implicit"] = [round(s / fit_seconds, 2)
                                                          for s in result["cg_fit"]["seconds"]]
         except ImportError as exc:  # a project dependency, so only in a broken install
@@ -163,9 +180,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown(result: dict) -> str:
-    data, params, cmp_ = result["data"], result["params"], result["comparison"]
+    data, params = result["data"], result["params"]
     top = params["top_n"]
-    lines = [f"# ALS top-{top} for all users: {data['users']:,} users x {data['items']:,} items, "
+    title = "ALS fit" if result["benchmark"] == "als_fit" else f"ALS fit and top-{top} for all users"
+    lines = [f"# {title}: {data['users']:,} users x {data['items']:,} items, "
              f"{data['pairs']:,} interactions, rank {params['rank']}, {params['max_iter']} iterations", "",
              "| step | seconds | note |", "|---|---|---|"]
     imp, cg = result.get("implicit", {}), result["cg_fit"]
@@ -176,24 +194,28 @@ def markdown(result: dict) -> str:
             ratio = seconds / imp["fit_seconds"]
             note += f"{'; ' if note else ''}/ implicit = **{ratio:.1f}x** (target <= {target:.0f}x)"
         lines.append(f"| the job's ALS fit (`jobs.als_cg`, conjugate gradient), {attempt} | {seconds:.1f} | {note} |")
-    lines += [
-             f"| Spark ML ALS fit | {result['spark_fit']['seconds']:.1f} | {result['spark_fit']['blocks']} blocks |",
-             f"| `recommendForAllUsers({top})` | {result['recommend_for_all_users']['seconds']:.1f} | collected |",
-             f"| blocked top-{top} (`jobs.als.user_recommendations`) | {result['blocked']['seconds']:.1f} "
-             f"| collected; **{result['speedup']:.1f}x faster** |"]
+    if "spark_fit" in result:
+        ratio = result.get("fit_time_ratio_spark_over_implicit")
+        lines.append(f"| Spark ML ALS fit | {result['spark_fit']['seconds']:.1f} | "
+                     f"{result['spark_fit']['blocks']} blocks" + (f"; / implicit = {ratio:.1f}x |" if ratio else " |"))
     if "fit_seconds" in imp:
-        ratio = result["fit_time_ratio_spark_over_implicit"]
-        lines += [f"| implicit {imp['version']} fit ({imp['threads']} threads) | {imp['fit_seconds']:.1f} "
-                  f"| Spark ML / implicit = {ratio:.1f}x |",
-                  f"| implicit recommend, all users | {imp['recommend_all_seconds']:.1f} | |"]
+        lines.append(f"| implicit {imp['version']} fit ({imp['threads']} threads) | {imp['fit_seconds']:.1f} | |")
     else:
         lines.append(f"| implicit | - | {imp.get('skipped')} |")
-    lines += ["", f"Lists compared ({cmp_['users']:,} users, {top} items each): "
-                  f"{cmp_['identical']:,} identical; {cmp_['same_ids_other_order']:,} same ids in another order; "
-                  f"{cmp_['different_ids']:,} with different ids, of which {cmp_['different_ids_ties']:,} are "
-                  f"ties (scores equal position by position within {cmp_['tolerance']}); largest score "
-                  f"difference at equal positions {cmp_['max_score_difference']:.2e}.", ""]
-    lines += [machine_line(result, "other work shared the cores"), ""]
+    if "comparison" in result:
+        cmp_ = result["comparison"]
+        lines += [f"| `recommendForAllUsers({top})` (Spark ML model) | "
+                  f"{result['recommend_for_all_users']['seconds']:.1f} | collected |",
+                  f"| blocked top-{top} (`jobs.als.user_recommendations`), same factors | "
+                  f"{result['blocked']['seconds']:.1f} | collected; **{result['speedup']:.1f}x faster** |"]
+        if "recommend_all_seconds" in imp:
+            lines.append(f"| implicit recommend, all users | {imp['recommend_all_seconds']:.1f} | |")
+        lines += ["", f"Lists compared ({cmp_['users']:,} users, {top} items each): "
+                      f"{cmp_['identical']:,} identical; {cmp_['same_ids_other_order']:,} same ids in another order; "
+                      f"{cmp_['different_ids']:,} with different ids, of which {cmp_['different_ids_ties']:,} are "
+                      f"ties (scores equal position by position within {cmp_['tolerance']}); largest score "
+                      f"difference at equal positions {cmp_['max_score_difference']:.2e}."]
+    lines += ["", machine_line(result, "other work shared the cores"), ""]
     return "\n".join(lines)
 
 
@@ -202,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     result = run(args)
-    write_results(out, "als_topk", result, markdown(result))
-    log.info("written %s and %s", out / "als_topk.json", out / "als_topk.md")
+    write_results(out, result["benchmark"], result, markdown(result))
+    log.info("written %s and %s", out / f"{result['benchmark']}.json", out / f"{result['benchmark']}.md")
     return 0
 
 
