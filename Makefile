@@ -26,7 +26,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-blas bench-pipeline clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline clean dist-jobs airflow airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -103,7 +103,7 @@ $(AUDIT_VENV)/.installed: Makefile | $(UV)
 	$(UV_INSTALL) $(AUDIT_VENV)/bin/python pip-audit==$(PIP_AUDIT_VERSION)
 	touch $@
 
-bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-blas bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
+bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 
 bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
 	$(PY) -m bench.serving --quick $(BENCH_ARGS)
@@ -129,10 +129,13 @@ bench-content: setup  ## content user lists of 100k users (10k products, 1M gene
 bench-content-similar: setup  ## similar products of 10k products, NumPy against the Spark formulation it replaced, and NumPy alone at 100k (~15 min; --quick: BENCH_ARGS='--quick --numpy-only 0')
 	$(PY) -m bench.content_similar --numpy-only 100000 $(BENCH_ARGS)
 
-bench-als: setup  ## recommendForAllUsers against the blocked top-K on one ALS model (50k x 20k), `implicit`'s fit beside Spark's (~6 min)
+bench-als: setup  ## ALS fits (the job's CG, Spark ML's, implicit's) on 1M ratings; recommendForAllUsers against the blocked top-K (~6 min)
 	$(PY) -m bench.als_topk $(BENCH_ARGS)
 
-bench-als-blas: setup  ## Spark's ALS fit on OpenBLAS's single-threaded build against the pthread one, alternating JVMs (~15 min)
+bench-als-fit: setup  ## the ALS fits alone at the pipeline's size (1M x 100k, 12.9M ratings, rank 32): the job's CG against implicit (~8 min)
+	$(PY) -m bench.als_topk --fit-only --users 1000000 --items 100000 --interactions 13000000 --rank 32 --driver-memory 12g $(BENCH_ARGS)
+
+bench-als-blas: setup  ## Spark ML's ALS fit on OpenBLAS's single-threaded build against the pthread one, alternating JVMs (~15 min)
 	$(PY) -m bench.als_blas $(BENCH_ARGS)
 
 bench-pipeline: setup  ## the nightly pipeline at 1M, 3M and 10M generated events: time and peak RSS per stage, growth plots (1 h+ on 2 cores; --quick: BENCH_ARGS=--quick)
