@@ -17,9 +17,9 @@ turns it into ``1 + alpha * rating``. The log keeps a user who viewed one produc
 
 Solver (``solver``): ``"cg"``, the default, is conjugate-gradient ALS distributed
 over Spark (``jobs.als_cg``: the ``implicit`` library's kernel per block of rows,
-~3x faster than Spark ML here, regularisation added as it is); ``"spark"`` is
+2-4x faster than Spark ML's here, regularisation added as it is); ``"spark"`` is
 Spark ML's ALS (exact solves, regularisation scaled by each row's rating count),
-which keeps the factors in the executors and so goes further past 10M users.
+which keeps the factors in the executors, the choice past a few million users.
 
 Ids: ALS wants int32 ids, ours are int64 users and uint32 products, so both get a
 dense 0..n-1 index (``dense_index``): the distinct ids are sorted, each row is

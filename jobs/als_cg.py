@@ -4,8 +4,7 @@ ALS job's default solver (``solver = "cg"``; ``"spark"`` is Spark ML's ALS).
 Why not Spark ML's ALS: it solves every row's normal equations exactly, a
 rank x rank Cholesky per user and per product each iteration, assembled from one
 rank-one update per rating. Profiled, those solves were ~79 % of its fit, which
-took 13.7x the ``implicit`` library's on the same data (bench/results/als_blas.md,
-als_topk.md). Conjugate gradient (Takacs, Pilaszy & Tikk, RecSys 2011) never forms
+took 11-15x the ``implicit`` library's on the same data (bench/results/als_topk.md). Conjugate gradient (Takacs, Pilaszy & Tikk, RecSys 2011) never forms
 that matrix: a few CG steps per row, started from the row's factors of the last
 iteration, cost O(ratings x rank) each, and converge as the iterations go on.
 
@@ -35,8 +34,10 @@ for factor (tests/test_als_cg.py), only distributed.
 
 Limits: both factor matrices live on the driver and, broadcast, in every Python
 worker: (users + items) x rank x 4 bytes, 141 MB for 1M users and 100k items at
-rank 32; the ratings pass through the driver once (12.9M: ~0.2 GB as arrays). Past ~10M rows a side that stops being cheap; Spark ML's ALS
-(``solver = "spark"``) keeps factors in the executors' blocks instead.
+rank 32; the ratings pass through the driver once (12.9M: ~0.2 GB as arrays).
+Past a few million rows a side (a few hundred MB in every worker) that stops
+being cheap; Spark ML's ALS (``solver = "spark"``) keeps factors in the
+executors' blocks instead (docs/scaling.md).
 """
 from __future__ import annotations
 

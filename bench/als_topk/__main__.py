@@ -141,8 +141,8 @@ def run(args: argparse.Namespace) -> dict:
                            exclude_purchased=False, seed=args.seed)
     conf = {"spark.driver.memory": args.driver_memory} if args.driver_memory else {}
     spark = get_spark("bench-als-topk", {"conf": conf})
-    result = {"benchmark": "als_fit" if args.fit_only else "als_topk", "quick": args.quick, **environment(spark.version),
-              "params": asdict(params), "targets": {"fit_time_ratio_job_over_implicit": TARGET_FIT_RATIO}}
+    result = {"benchmark": "als_fit" if args.fit_only else "als_topk", "quick": args.quick,
+              **environment(spark.version), "params": asdict(params), "targets": {"fit_time_ratio_job_over_implicit": TARGET_FIT_RATIO}}
     with timed("interactions generated") as watch:
         users, items, ratings = generate(n_users, n_items, draws, args.seed)
     result["data"] = {"users": int(users.max()) + 1, "items": int(items.max()) + 1, "pairs": len(users),
