@@ -4,9 +4,10 @@ ALS job's default solver (``solver = "cg"``; ``"spark"`` is Spark ML's ALS).
 Why not Spark ML's ALS: it solves every row's normal equations exactly, a
 rank x rank Cholesky per user and per product each iteration, assembled from one
 rank-one update per rating. Profiled, those solves were ~79 % of its fit, which
-took 11-15x the ``implicit`` library's on the same data (bench/results/als_topk.md). Conjugate gradient (Takacs, Pilaszy & Tikk, RecSys 2011) never forms
-that matrix: a few CG steps per row, started from the row's factors of the last
-iteration, cost O(ratings x rank) each, and converge as the iterations go on.
+took 11-15x the ``implicit`` library's on the same data (bench/results/als_topk.md).
+Conjugate gradient (Takacs, Pilaszy & Tikk, RecSys 2011) never forms that matrix:
+a few CG steps per row, started from the row's factors of the last iteration, cost
+O(ratings x rank) each, and converge as the iterations go on.
 
 The per-row kernel is ``implicit``'s own (its native ``_least_squares_cg``, the
 function its CPU fit calls), so what Spark adds is only the distribution:
