@@ -101,10 +101,10 @@ def run_once(library_path: str, args: argparse.Namespace) -> dict:
 def summary(runs: list[dict]) -> dict:
     """Per build: the median wall and CPU seconds of the warm fits, the warm-ups' median;
     and the pthread build's median over the serial build's (above 1: serial is faster)."""
-    builds = {}
     def median(values: list[float]) -> float | None:
         return round(statistics.median(values), 2) if values else None
 
+    builds = {}
     for name, folder in (("serial", SERIAL), ("pthread", PTHREAD)):
         mine = [r for r in runs if r["library_path"] == folder]
         warm = [f for r in mine for f in r["fits"][1:]]

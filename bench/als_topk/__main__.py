@@ -28,7 +28,8 @@ in different orders, so near-equal scores can swap).
 implicit: the same (user, item) matrix with values ``1 + alpha * rating`` (its alpha
 1, as ``bench/quality/implicit_als.py`` explains), the same rank, iterations,
 regularisation value and seed, as many threads as Spark has cores, after Spark has
-stopped. Both Spark fits' times are set against its. Results: ``<out>/als_topk.json`` and ``<out>/als_topk.md``.
+stopped. Both Spark fits' times are set against its. Results: ``<out>/als_topk.json``
+and ``<out>/als_topk.md``.
 """
 from __future__ import annotations
 
@@ -142,7 +143,8 @@ def run(args: argparse.Namespace) -> dict:
     conf = {"spark.driver.memory": args.driver_memory} if args.driver_memory else {}
     spark = get_spark("bench-als-topk", {"conf": conf})
     result = {"benchmark": "als_fit" if args.fit_only else "als_topk", "quick": args.quick,
-              **environment(spark.version), "params": asdict(params), "targets": {"fit_time_ratio_job_over_implicit": TARGET_FIT_RATIO}}
+              **environment(spark.version), "params": asdict(params),
+              "targets": {"fit_time_ratio_job_over_implicit": TARGET_FIT_RATIO}}
     with timed("interactions generated") as watch:
         users, items, ratings = generate(n_users, n_items, draws, args.seed)
     result["data"] = {"users": int(users.max()) + 1, "items": int(items.max()) + 1, "pairs": len(users),
@@ -151,7 +153,8 @@ def run(args: argparse.Namespace) -> dict:
     frame = spark.createDataFrame(pa.table({"user": users, "item": items, "rating": ratings})).cache()
     frame.count()
 
-    result["cg_fit"] = {"seconds": [], "blocks": als_cg.block_count(len(users), spark.sparkContext.defaultParallelism)}
+    blocks = als_cg.block_count(len(users), spark.sparkContext.defaultParallelism)
+    result["cg_fit"] = {"seconds": [], "blocks": blocks}
     for attempt in ("first", "second"):
         with timed(f"the job's ALS fit (jobs.als_cg, {attempt})") as fit:
             als_cg.fit(frame, n_users, n_items, params.rank, params.max_iter, params.reg_param, params.alpha,
@@ -188,10 +191,10 @@ def markdown(result: dict) -> str:
              "| step | seconds | note |", "|---|---|---|"]
     imp, cg = result.get("implicit", {}), result["cg_fit"]
     target = result["targets"]["fit_time_ratio_job_over_implicit"]
-    for attempt, seconds in zip(("first", "second"), cg["seconds"]):
+    ratios = result.get("fit_time_ratio_cg_over_implicit", [None] * len(cg["seconds"]))
+    for attempt, seconds, ratio in zip(("first", "second"), cg["seconds"], ratios):
         note = f"{cg['blocks']} blocks a side" if attempt == "first" else ""
-        if "fit_seconds" in imp:
-            ratio = seconds / imp["fit_seconds"]
+        if ratio is not None:
             note += f"{'; ' if note else ''}/ implicit = **{ratio:.1f}x** (target <= {target:.0f}x)"
         lines.append(f"| the job's ALS fit (`jobs.als_cg`, conjugate gradient), {attempt} | {seconds:.1f} | {note} |")
     if "spark_fit" in result:
