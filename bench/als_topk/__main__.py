@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> dict:
     frame = spark.createDataFrame(pa.table({"user": users, "item": items, "rating": ratings})).cache()
     frame.count()
 
-    blocks = als_cg.block_count(len(users), spark.sparkContext.defaultParallelism)
+    sc = spark.sparkContext
+    blocks = als_cg.block_count(len(users), als_cg.task_slots(sc.master, sc.defaultParallelism))
     result["cg_fit"] = {"seconds": [], "blocks": blocks}
     for attempt in ("first", "second"):
         with timed(f"the job's ALS fit (jobs.als_cg, {attempt})") as fit:
