@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=PROJECT_ROOT / "var" / "bench" / "serving",
                         help="where python -m bench.serving keeps its snapshots (reused)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--pstats", type=int, default=0, metavar="N",
+                        help="also print each kind's top N functions under cProfile")
+    parser.add_argument("--pstats-sort", default="tottime", choices=("tottime", "cumtime", "ncalls"),
+                        help="the order of --pstats")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("lookup_server").setLevel(logging.WARNING)
@@ -258,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
                 client.get(path)
             profile.disable()
             by_caller = lmdb_calls(profile)
+            if args.pstats:
+                print(f"\n--- {kind}: {len(paths)} requests under cProfile, by {args.pstats_sort}")
+                pstats.Stats(profile).sort_stats(args.pstats_sort).print_stats(args.pstats)
             n = len(paths)
             results[kind] = {
                 "requests": n, "us_per_request": round(best, 1), "us_median_pass": round(median, 1),
