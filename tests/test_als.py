@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jobs.als import (SOLVERS, AlsParams, ItemMatrix, collect_item_matrix, confidence_from_interactions, dense_index,
-                      similar_products, top_k_lists, user_recommendations)
+                      similar_products, top_by_norm, top_k_lists, user_recommendations)
 from jobs.interactions import weighted
 from schemas.settings import load_conf
 from tests.candidate_contract import assert_candidates_contract
@@ -258,3 +258,60 @@ def test_no_interactions_is_an_error_not_an_empty_run(spark):
                                    "user_id long, product_id long, event_type string, timestamp timestamp")
     with pytest.raises(ValueError, match="no interactions"):
         als_candidates(future, AS_OF, PARAMS)
+
+
+@pytest.mark.parametrize(("first_width", "block_rows"), [(10, 7), (23, 7), (23, 60), (100, 60)])
+@pytest.mark.parametrize("norms", ["skewed", "equal"])
+def test_top_k_by_norm_equals_ranking_every_item(norms, first_width, block_rows):
+    """Pruning by norm only skips items that cannot make a list: the same lists as
+    ranking all 400 items, exclusions included (a user left with 3 allowed items,
+    one with none), whether the norms are skewed (with a shared direction, as ALS
+    factors have, half the rows stop at a short prefix, some at a longer one) or all
+    equal (nothing can be pruned), from any first prefix."""
+    rng = np.random.default_rng(8)
+    items = np.abs(rng.normal(size=(400, 6))).astype(np.float32)
+    if norms == "skewed":
+        items *= (rng.pareto(1.5, size=400) + 0.01).astype(np.float32)[:, None]
+    else:
+        items /= np.linalg.norm(items, axis=1, keepdims=True)
+    item_ids, queries, k = np.arange(5000, 5400), rng.normal(size=(60, 6)).astype(np.float32), 10
+    queries[:30] = np.abs(queries[:30])
+    rows = [np.repeat(q, n) for q, n in enumerate(rng.integers(0, 50, size=60))]
+    some = (np.concatenate(rows), np.concatenate([rng.choice(400, len(r), replace=False) for r in rows]))
+    others = ~np.isin(some[0], [5, 6])
+    excluded = (np.r_[some[0][others], [5] * 397, [6] * 400], np.r_[some[1][others], np.arange(3, 400), np.arange(400)])
+    subjects = np.arange(60)
+    every_item = _lists(top_k_lists(subjects, queries, items, item_ids, k, excluded, block_rows, sample_size=400))
+    by_norm = _lists(top_k_lists(subjects, queries, items, item_ids, k, excluded, block_rows,
+                                 sample_size=first_width, by_norm=True))
+    assert by_norm.keys() == every_item.keys()
+    assert len(every_item["5"][0]) == 3 and "6" not in every_item and len(every_item) == 59
+    for subject, (ids, scores) in every_item.items():
+        assert by_norm[subject][0] == ids, subject
+        np.testing.assert_allclose(by_norm[subject][1], scores, rtol=1e-6)
+
+
+class _PrefixesRead(np.ndarray):
+    """An item matrix that records the prefix lengths sliced from it."""
+    stops: list = []
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            _PrefixesRead.stops.append(key.stop)
+        return super().__getitem__(key)
+
+
+def test_top_by_norm_stops_at_a_short_prefix_when_norms_are_skewed():
+    """With one item far longer than the rest, every query's best item is known from
+    the first prefix: the rest of the catalog is never scored."""
+    rng = np.random.default_rng(3)
+    items = np.vstack([[100.0, 0.0], rng.normal(size=(999, 2)) * 0.01]).astype(np.float32)
+    norms = np.linalg.norm(items, axis=1)
+    items, norms = items[np.argsort(-norms)], np.sort(norms)[::-1]  # as top_k_lists passes them
+    queries = (np.abs(rng.normal(size=(20, 2))) + [1.0, 0.0]).astype(np.float32)
+    _PrefixesRead.stops = []
+    columns, values = top_by_norm(queries, items.view(_PrefixesRead), norms, 1,
+                                  (np.array([], int), np.array([], int)), first_width=4)
+    assert _PrefixesRead.stops == [4]
+    assert (columns[:, 0] == 0).all()
+    np.testing.assert_allclose(values[:, 0], queries[:, 0] * 100.0, rtol=1e-6)
