@@ -312,7 +312,7 @@ def top_k_lists(subject_ids: np.ndarray, queries: np.ndarray, items: np.ndarray,
     - ``by_norm`` (dot products, whose item norms vary): the items are ranked by
       norm, largest first, and a row is scored against longer and longer prefixes
       until its k-th best beats ``|query| x`` the largest norm left, which no later
-      item can pass (``top_by_norm``);
+      item can pass (``top_by_norm``; the first prefix is ``sample_size`` wide);
     - else (unit rows, cosine): the items are shuffled once (seeded), so the first
       ``sample_size`` columns of a block are a random sample: their k-th best score
       (exclusions applied) is a floor under the k-th best of all, and only items
