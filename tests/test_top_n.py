@@ -17,19 +17,22 @@ def _plain(row, ids, score, rows, top_n):
     return lengths, out_ids, out_scores
 
 
-@pytest.mark.parametrize("shape", ["even", "one_long_row", "unsorted"])
+@pytest.mark.parametrize("shape", ["even", "one_long_row", "unsorted", "wide_ties"])
 def test_best_per_row_matches_plain_sort(shape):
     """Ties in score (scores drawn from 5 values), empty rows, rows shorter than top_n;
-    one very long row takes the one-sort path, rows out of order are sorted first."""
+    one very long row takes the one-sort path, rows out of order are sorted first;
+    rows of 20-60 items drawn from 2 scores tie many items with the top_n-th best."""
     rng = np.random.default_rng(3)
     rows, top_n = 40, 6
     counts = rng.integers(0, 12, rows)
     counts[[4, 9]] = 0
     if shape == "one_long_row":
         counts[7] = 2_000
+    if shape == "wide_ties":
+        counts = rng.integers(20, 60, rows)
     row = np.repeat(np.arange(rows), counts)
     ids = np.concatenate([rng.choice(5_000, c, replace=False) for c in counts]).astype(np.int64)
-    score = rng.choice([0.5, 1.0, 1.5, 2.0, 2.5], len(row))
+    score = rng.choice([1.0, 2.0] if shape == "wide_ties" else [0.5, 1.0, 1.5, 2.0, 2.5], len(row))
     if shape == "unsorted":
         shuffle = rng.permutation(len(row))
         row, ids, score = row[shuffle], ids[shuffle], score[shuffle]
