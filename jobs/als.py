@@ -323,15 +323,16 @@ def top_k_lists(subject_ids: np.ndarray, queries: np.ndarray, items: np.ndarray,
     k = min(k, len(items))
     sample = SAMPLE_PER_K * k if sample_size is None else sample_size
     sampled = k <= sample < len(items)
-    order = None
+    order = norms = None
     if by_norm:
-        order = np.argsort(-np.linalg.norm(items, axis=1), kind="stable")
+        norms = np.linalg.norm(items, axis=1)
+        order = np.argsort(-norms, kind="stable")
+        norms = norms[order]
     elif sampled:
         order = np.random.default_rng(0).permutation(len(items))
     if order is not None:
         items, item_ids = items[order], item_ids[order]
         excluded_cols = np.argsort(order)[excluded_cols]
-    norms = np.linalg.norm(items, axis=1) if by_norm else None
     for start in range(0, len(queries), block_rows):
         block = queries[start:start + block_rows]
         in_block = (excluded_rows >= start) & (excluded_rows < start + len(block))

@@ -60,8 +60,8 @@ def _contenders(padded_ids: np.ndarray, negated: np.ndarray, top_n: int) -> list
     cut = np.partition(negated, top_n - 1, axis=1)[:, top_n - 1]
     rows, columns = np.nonzero(~(negated > cut[:, None]))  # not "<=": a NaN stays, as it would unsorted
     per_row = np.bincount(rows, minlength=len(negated))
-    return by_row(rows, per_row, int(per_row.max(initial=0)), (padded_ids[rows, columns], np.iinfo(padded_ids.dtype).max),
-                  (negated[rows, columns], np.inf))
+    return by_row(rows, per_row, int(per_row.max(initial=0)),
+                  (padded_ids[rows, columns], np.iinfo(padded_ids.dtype).max), (negated[rows, columns], np.inf))
 
 
 def by_row(row: np.ndarray, per_row: np.ndarray, width: int, *columns: tuple[np.ndarray, object]
