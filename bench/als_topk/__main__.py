@@ -219,7 +219,7 @@ def markdown(result: dict) -> str:
                       f"{cmp_['different_ids']:,} with different ids, of which {cmp_['different_ids_ties']:,} are "
                       f"ties (scores equal position by position within {cmp_['tolerance']}); largest score "
                       f"difference at equal positions {cmp_['max_score_difference']:.2e}."]
-    lines += ["", machine_line(result, "other work shared the cores"), ""]
+    lines += ["", machine_line(result), ""]
     return "\n".join(lines)
 
 

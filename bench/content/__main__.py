@@ -220,7 +220,7 @@ def markdown(result: dict) -> str:
               f"current lists, {check['only_baseline']} only in the baseline's. Run to run: current "
               f"{again['identical']:,} of {again['users']:,} identical, baseline {old_again['identical']:,} of "
               f"{old_again['users']:,}.", "",
-              machine_line(result, shared="the machine was shared with other work during this run") +
+              machine_line(result) +
               f" Load average at the end: {result['load_average_end']}.", ""]
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@ peak RSS, load), the totals against issue 6's target, what dominates, how cost g
 from __future__ import annotations
 
 from bench.growth import growth_markdown
+from bench.quality.environment import load_note
 
 ROLES = (("driver_jvm", "JVM"), ("driver_python", "driver Python"), ("python_workers", "Python workers"))
 
@@ -61,8 +62,8 @@ def scale_section(name: str, entry: dict) -> list[str]:
     versions = env.get("versions", {})
     git = env.get("git", {})
     lines += ["", f"Machine: {machine.get('cores')} cores, {machine.get('memory_gb')} GB, {machine.get('platform')}; "
-              f"load average {machine.get('load_average')} at the start, {machine.get('load_average_end')} at the end "
-              f"(other work shared the cores). Spark {versions.get('spark')} ({entry.get('master')}, driver memory "
+              f"{load_note(machine.get('load_average'))}, {machine.get('load_average_end')} at the end "
+              f"(the run's own work included). Spark {versions.get('spark')} ({entry.get('master')}, driver memory "
               f"{entry.get('driver_memory')}), delta-spark {versions.get('delta-spark')}, Python {versions.get('python')}; "
               f"commit {str(git.get('commit'))[:10]}{' (dirty tree)' if git.get('dirty') else ''}; {env.get('date')}. "
               f"Command: `{env.get('command')}`.", ""]

@@ -24,6 +24,10 @@ def memory_gb() -> float | None:
         return None
 
 
+# A 1-minute load this high as a benchmark starts means something else held about a core.
+BUSY_LOAD = 1.0
+
+
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load: timings mean little if other work shared the cores."""
     try:
@@ -66,11 +70,22 @@ def environment(spark_version: str) -> dict:
     }
 
 
-def machine_line(result: dict, shared: str = "other work may share the cores") -> str:
+def load_note(load: list[float] | None) -> str:
+    """The load at a run's start, as a report states it: flagged when the 1-minute load
+    was BUSY_LOAD or more, so the reader knows other work ran in the minute before and
+    may have gone on during the run (the load average lags: after an earlier step of
+    the same run it stays high for a minute); a quiet start is not flagged."""
+    if not load:
+        return "load average unknown at the start"
+    busy = " (other work ran within the minute before, maybe during the run too)" if load[0] >= BUSY_LOAD else ""
+    return f"load average {load} at the start{busy}"
+
+
+def machine_line(result: dict) -> str:
     """The closing line of a benchmark's Markdown: machine, load, Spark, commit, command."""
     machine = result["machine"]
-    return (f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, load average "
-            f"{machine['load_average']} at the start ({shared}). Spark {result['versions']['spark']}, commit "
+    return (f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, "
+            f"{load_note(machine['load_average'])}. Spark {result['versions']['spark']}, commit "
             f"{str(result['git']['commit'])[:10]}{' (dirty tree)' if result['git']['dirty'] else ''}. "
             f"Command: `{result['command']}`.")
 

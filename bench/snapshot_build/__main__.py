@@ -40,7 +40,7 @@ from jobs.cli import configure_logging
 from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
 
-from bench.quality.environment import environment
+from bench.quality.environment import environment, load_note
 from bench.snapshot_build.baseline import builder_at
 from bench.snapshot_build.peak_rss import PeakRss, jvm_pid
 from bench.snapshot_build.synthetic import LakeShape, write_lake
@@ -223,8 +223,8 @@ def markdown(result: dict) -> str:
               f"this layout, reached only when keys arrive in ascending order (the writer then appends and "
               f"fills each page; a key out of order splits a page in half). Bytes per list in the first "
               f"algorithm's user database alone: {per_list}.",
-              f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, load average "
-              f"{machine['load_average']} at the start, {machine.get('load_average_end')} at the end (other work shared the cores). Spark "
+              f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, {load_note(machine['load_average'])}, "
+              f"{machine.get('load_average_end')} at the end (the run's own work included). Spark "
               f"{result['versions']['spark']}, commit {str(result['git']['commit'])[:10]}"
               f"{' (dirty tree)' if result['git']['dirty'] else ''}. Command: `{result['command']}`.", ""]
     return "\n".join(lines)
