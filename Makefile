@@ -105,8 +105,18 @@ $(AUDIT_VENV)/.installed: Makefile | $(UV)
 
 bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline  ## every benchmark; results in bench/results/ (serving and sharding need wrk and nginx: make system-packages)
 
-bench-quick: setup  ## a few-minute serving benchmark (100k users); results in var/bench/
-	$(PY) -m bench.serving --quick $(BENCH_ARGS)
+QUICK_OUT ?= var/bench/quick
+bench-quick: setup  ## every benchmark at smoke size (~10 min on 2 cores): checks the harness end to end, not the figures; results in var/bench/quick/
+	$(PY) -m bench.serving --quick --out $(QUICK_OUT)
+	$(PY) -m bench.sharding --quick --out $(QUICK_OUT)
+	$(PY) -m bench.quality --quick --out $(QUICK_OUT)
+	$(PY) -m bench.snapshot_build --quick --out $(QUICK_OUT)
+	$(PY) -m bench.hybrid --quick --out $(QUICK_OUT)
+	$(PY) -m bench.content --quick --out $(QUICK_OUT)
+	$(PY) -m bench.content_similar --quick --numpy-only 0 --out $(QUICK_OUT)
+	$(PY) -m bench.als_topk --quick --out $(QUICK_OUT)
+	$(PY) -m bench.als_blas --quick --out $(QUICK_OUT)
+	$(PY) -m bench.pipeline --quick --out $(QUICK_OUT)
 
 bench-serving: setup  ## lookup serving at 1M users against the Flask floor (wrk, gunicorn, ~10 min)
 	$(PY) -m bench.serving $(BENCH_ARGS)

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "als_blas", "quick": args.quick, **environment(runs[0]["spark"]),
               "data": {**size, "pairs": runs[0]["pairs"]}, "rank": args.rank, "iterations": args.iterations,
               "fits": args.fits, "pairs": pairs, "runs": runs, "summary": summary(runs)}
-    result["machine_line"] = machine_line(result, "other work may share the cores")
+    result["machine_line"] = machine_line(result)
     write_results(args.out or (QUICK_OUT if args.quick else DEFAULT_OUT), "als_blas", result, markdown(result))
     return 0
 
