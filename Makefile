@@ -118,8 +118,11 @@ bench-quick: setup  ## every benchmark at smoke size (~10 min on 2 cores): check
 	$(PY) -m bench.als_blas --quick --out $(QUICK_OUT)
 	$(PY) -m bench.pipeline --quick --out $(QUICK_OUT)
 
-bench-serving: setup  ## lookup serving at 1M users against the Flask floor (wrk, gunicorn, ~10 min)
+bench-serving: setup  ## lookup serving against the Flask floor at 1M users, then 100k and 5M for growth (wrk, gunicorn, ~25 min; 5M users: a 20 GB snapshot)
 	$(PY) -m bench.serving $(BENCH_ARGS)
+	$(PY) -m bench.serving --users 100000 --products 10000 --name serving_100k $(BENCH_ARGS)
+	$(PY) -m bench.serving --users 5000000 --name serving_5M $(BENCH_ARGS)
+	$(PY) -m bench.growth
 
 bench-sharding: setup  ## 1, 2 and 4 snapshot shards behind nginx: throughput, latency, memory per server (~6 min; --quick: BENCH_ARGS=--quick)
 	$(PY) -m bench.sharding $(BENCH_ARGS)

@@ -1,7 +1,7 @@
 """How cost grows with scale: the pipeline's time and memory against events
 (``bench/results/pipeline.json``), lookup latency against snapshot users
-(``bench/results/serving.json`` and any other serving results given; serving is not
-re-run here).
+(``bench/results/serving*.json``, one per snapshot size, or the serving results given;
+serving is not re-run here).
 
     python -m bench.growth                      # reads bench/results, writes the PNGs and growth.md there
     python -m bench.growth --serving a.json b.json --out somewhere/
@@ -44,6 +44,8 @@ def fit_exponent(sizes: list[float], costs: list[float]) -> float | None:
 def describe(exponent: float | None) -> str:
     if exponent is None:
         return "not enough points"
+    if abs(exponent) < 0.15:
+        return "flat (about the same at every size)"
     if exponent < 0.85:
         return "sub-linear (fixed costs still weigh)"
     if exponent <= 1.15:
@@ -168,17 +170,23 @@ def growth_markdown(result: dict, serving: list[dict]) -> str:
     sizes = [f"{p['users']:,}" for p in serving]
     if len(serving) < 2:
         lines += [f"Lookup latency: serving results for {len(serving)} snapshot size(s) ({', '.join(sizes) or 'none'}"
-                  f" users); the 100k and 5M points of issue 6 need `python -m bench.serving` at those sizes "
-                  "(not re-run here). Give their JSON files with `python -m bench.growth --serving ...`.", ""]
+                  f" users); `make bench-serving` also measures 100k and 5M users (serving_100k.json, "
+                  "serving_5M.json), or give other results with `python -m bench.growth --serving ...`.", ""]
     lines += [f"Plots: `{PIPELINE_PNG}` (time per stage), `{MEMORY_PNG}` (peak RSS), `{SERVING_PNG}` (lookups).", ""]
     return "\n".join(lines)
+
+
+def serving_results(folder: Path) -> list[Path]:
+    """``bench.serving``'s results in ``folder``: ``serving.json`` and the other sizes'
+    ``serving_*.json`` (``make bench-serving`` writes three)."""
+    return sorted(folder.glob("serving*.json"))
 
 
 def write_all(out: Path, serving_paths: list[Path] | None = None, results: Path | None = None) -> str:
     """Write the PNGs and growth.md into ``out``; return the Markdown."""
     results = results or out / "pipeline.json"
     result = json.loads(results.read_text()) if results.exists() else {"scales": {}}
-    paths = serving_paths if serving_paths is not None else [p for p in [out / "serving.json"] if p.exists()]
+    paths = serving_paths if serving_paths is not None else serving_results(out)
     serving = serving_points([json.loads(p.read_text()) for p in paths])
     target = result.get("rules", {}).get("target_seconds")
     plot_series(stage_series(result), out / PIPELINE_PNG, "Nightly pipeline: time per stage (2 cores)",
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.growth", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=None, help="pipeline results (default <out>/pipeline.json)")
     p.add_argument("--serving", type=Path, nargs="*", default=None,
-                   help="serving results, one per snapshot size (default <out>/serving.json if present)")
+                   help="serving results, one per snapshot size (default <out>/serving*.json)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the PNGs and growth.md go (default bench/results)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

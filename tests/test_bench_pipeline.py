@@ -55,3 +55,18 @@ def test_growth_writes_plots_and_states_the_exponent(tmp_path):
     assert "1 snapshot size(s)" in text
     for png in (growth.PIPELINE_PNG, growth.MEMORY_PNG, growth.SERVING_PNG):
         assert (tmp_path / png).stat().st_size > 0
+
+
+def test_growth_reads_every_serving_size_and_calls_flat_latency_flat(tmp_path):
+    """make bench-serving writes serving.json, serving_100k.json and serving_5M.json:
+    growth reads them all, and a latency that does not move with users is "flat"."""
+    (tmp_path / "pipeline.json").write_text(json.dumps({"scales": {}}))
+    for name, users, p50 in (("serving", 1_000_000, 1.0), ("serving_100k", 100_000, 1.0),
+                             ("serving_5M", 5_000_000, 1.02)):
+        serving = {"setup": {"users": users}, "half_load": {"p99_ms": 3.3},
+                   "runs": [{"scenario": "known", "connections": 4, "p50_ms": p50, "p99_ms": 2.4, "rps": 3400.0}]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(serving))
+    text = growth.write_all(tmp_path)
+    assert "| lookup p50 | 3 | 0.00 | flat (about the same at every size) | 100,000: 1.0, 1,000,000: 1.0, " \
+           "5,000,000: 1.0 ms |" in text
+    assert "snapshot size(s)" not in text

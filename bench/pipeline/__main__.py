@@ -101,8 +101,8 @@ def save_results(out: Path, result: dict) -> None:
     tmp = out / f".{RESULTS}.tmp"
     tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
     os.replace(tmp, out / RESULTS)
-    serving = out / "serving.json"  # lookup latency per snapshot size, if bench.serving was run
-    points = growth.serving_points([json.loads(serving.read_text())]) if serving.exists() else []
+    # lookup latency per snapshot size, if bench.serving was run
+    points = growth.serving_points([json.loads(path.read_text()) for path in growth.serving_results(out)])
     (out / "pipeline.md").write_text(markdown(result, TARGET_SECONDS, points))
 
 

@@ -18,7 +18,9 @@ JSON answer on the same route, same gunicorn settings). Then ``wrk`` (closed loo
 Last, a paced run of ``known`` at half the highest throughput measured, for the p99
 target, and the floor paced at the same rate: the tail that wrk, gunicorn and the
 kernel's scheduling on the shared cores give even a constant answer. Results:
-``<out>/serving.json`` (every number, machine, versions, command) and ``<out>/serving.md``.
+``<out>/serving.json`` (every number, machine, versions, command) and ``<out>/serving.md``
+(``--name`` for another name: ``make bench-serving`` also runs 100k and 5M users, as
+``serving_100k`` and ``serving_5M``, for ``bench.growth``).
 """
 from __future__ import annotations
 
@@ -212,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=PROJECT_ROOT / "var" / "bench" / "serving",
                         help="snapshots are kept here and reused while their size matches")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
+    parser.add_argument("--name", default="serving",
+                        help="results go to <out>/<name>.json and .md (bench.growth reads every serving*.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.quick:
@@ -286,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                     "p99_at_half_load_ms": half["p99_ms"], "p99_met": half["p99_ms"] <= TARGET_P99_MS},
     }
     out = args.out if not args.quick or args.out != parser.get_default("out") else data_dir
-    write_results(out, "serving", result, markdown(result))
-    log.info("written %s and %s", out / "serving.json", out / "serving.md")
+    write_results(out, args.name, result, markdown(result))
+    log.info("written %s and %s", out / f"{args.name}.json", out / f"{args.name}.md")
     return 0
 
 
