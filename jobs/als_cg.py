@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from pyspark import RDD, SparkContext, StorageLevel
+from pyspark import RDD, Broadcast, SparkContext, StorageLevel
 from pyspark.sql import DataFrame
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,17 @@ def side_blocks(rows: np.ndarray, cols: np.ndarray, confidence: np.ndarray, n_ro
              values[indptr[first]:indptr[stop]]) for first, stop in zip(starts, starts[1:])]
 
 
-def cached_blocks(sc: SparkContext, blocks: list) -> RDD:
-    """The blocks as an RDD, one per partition, cached and materialised."""
-    rdd = sc.parallelize(blocks, len(blocks)).persist(StorageLevel.MEMORY_AND_DISK)
+def cached_blocks(sc: SparkContext, blocks: list) -> tuple[RDD, list[Broadcast]]:
+    """The blocks as an RDD, one per partition, cached and materialised, and the
+    broadcasts it was built from (destroy them with the RDD: a lost partition is
+    rebuilt from them). Each block travels as its own broadcast, read by the task that
+    caches it: parallelizing the blocks themselves would put them into every task of
+    every iteration (Spark's "task of very large size" warning, 4-12 MB a task)."""
+    shared = [sc.broadcast(block) for block in blocks]
+    rdd = (sc.parallelize(range(len(blocks)), len(blocks)).map(lambda index: shared[index].value)
+           .persist(StorageLevel.MEMORY_AND_DISK))
     rdd.count()
-    return rdd
+    return rdd, shared
 
 
 def block_solver(fixed, own, regularization: float, cg_steps: int) -> Callable:
@@ -164,8 +170,8 @@ def fit(ratings: DataFrame, n_users: int, n_items: int, rank: int, iterations: i
     confidence = 1.0 + alpha * table.column("rating").to_numpy()
     del table
     count = n_blocks or block_count(len(confidence), task_slots(sc.master, sc.defaultParallelism))
-    user_blocks = cached_blocks(sc, side_blocks(users_of, items_of, confidence, n_users, count))
-    item_blocks = cached_blocks(sc, side_blocks(items_of, users_of, confidence, n_items, count))
+    user_blocks, user_shared = cached_blocks(sc, side_blocks(users_of, items_of, confidence, n_users, count))
+    item_blocks, item_shared = cached_blocks(sc, side_blocks(items_of, users_of, confidence, n_items, count))
     log.info("als cg: %d ratings in %d user and %d item blocks, %.1f s", len(confidence),
              user_blocks.getNumPartitions(), item_blocks.getNumPartitions(), time.monotonic() - started)
 
@@ -187,3 +193,5 @@ def fit(ratings: DataFrame, n_users: int, n_items: int, rank: int, iterations: i
         items.destroy()
         user_blocks.unpersist()
         item_blocks.unpersist()
+        for block in (*user_shared, *item_shared):
+            block.destroy()
