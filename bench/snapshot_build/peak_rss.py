@@ -7,6 +7,9 @@ processes report ``VmHWM`` (the kernel's exact peak, reset at the start of the
 step by writing 5 to ``/proc/<pid>/clear_refs``) or, where that cannot be reset,
 the highest sample; the workers report the highest sum of their sampled RSS,
 every ``interval`` seconds (a worker that lives shorter than that may be missed).
+A child the JVM is still spawning (``posix_spawn`` clones it sharing the JVM's memory,
+until it runs its own program) is not a worker: its RSS is the JVM's, and counting it
+put the JVM's 4-6 GB into the workers' sum (``worker_pids``).
 """
 from __future__ import annotations
 
@@ -96,7 +99,7 @@ class PeakRss:
         for name, pid in self._singles().items():
             self._peaks_kb[name] = max(self._peaks_kb.get(name, 0), _status_kb(pid, "VmRSS") or 0)
         if self.jvm_pid:
-            workers = sum(_status_kb(pid, "VmRSS") or 0 for pid in descendants(self.jvm_pid))
+            workers = sum(_status_kb(pid, "VmRSS") or 0 for pid in worker_pids(self.jvm_pid))
             self._peaks_kb["python_workers"] = max(self._peaks_kb.get("python_workers", 0), workers)
 
     def __enter__(self) -> "PeakRss":
@@ -115,6 +118,24 @@ class PeakRss:
     def mb(self) -> dict[str, float]:
         """Peak MB per role: driver_python, driver_jvm, python_workers (sum)."""
         return {name: round(kb / 1024, 1) for name, kb in sorted(self._peaks_kb.items())}
+
+
+def worker_pids(jvm: int) -> list[int]:
+    """The JVM's descendants, less those that still run the JVM's own executable: a
+    child between the JVM's clone and its exec (Hadoop's shell commands, for one)
+    shares the JVM's address space, so its VmRSS would count the JVM again."""
+    try:
+        jvm_exe = os.readlink(PROC / str(jvm) / "exe")
+    except OSError:
+        return descendants(jvm)
+    return [pid for pid in descendants(jvm) if _exe(pid) != jvm_exe]
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(PROC / str(pid) / "exe")
+    except OSError:
+        return None
 
 
 def jvm_pid(spark) -> int | None:
