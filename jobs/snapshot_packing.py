@@ -23,11 +23,11 @@ import pyarrow.compute as pc
 
 from schemas.fields import UINT32_MAX
 from schemas.snapshot import (
-    LAYOUT_VERSION, MAX_ITEMS, SnapshotFormatError, pack_product, pack_ranked_list, pack_user, product_key,
-    subject_key, user_key,
+    LIST_LAYOUT_VERSION, MAX_ITEMS, SnapshotFormatError, pack_product, pack_ranked_list,
+    pack_user, product_key, subject_key, user_key,
 )
 
-SLICE_ROWS = 50_000  # records per slice: ~40 MB of packed 100-item lists
+SLICE_ROWS = 50_000  # records per slice: ~30 MB of packed 100-item lists
 _U32 = np.dtype("<u4")
 _KEY_DTYPES = {"user": np.dtype(">u8"), "product": np.dtype(">u4")}
 
@@ -132,28 +132,40 @@ def _vectorisable(product_ids: pa.Array, scores: pa.Array) -> bool:
 
 
 def _pack_lists(product_ids: pa.ListArray, scores: pa.ListArray) -> list[bytes]:
-    """Ranked-list records of lists already checked by ``_vectorisable``: every record
-    is whole 32-bit words (header, ids, scores), written into one buffer."""
+    """Ranked-list records (layout 2) of lists already checked by ``_vectorisable``.
+
+    Lists of one length are packed together as rows of one structured array (header,
+    scale, ids, scaled float16 scores), so the usual case, top-N for everyone, is a
+    single block; other lengths each get a block of their own.
+    """
     lengths = product_ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
     ids = product_ids.flatten().to_numpy(zero_copy_only=False).astype(_U32)
-    values = scores.flatten().to_numpy(zero_copy_only=False).astype("<f4").view(_U32)
-    n = len(lengths)
-    if n and (lengths == lengths[0]).all():  # the usual case, top-N for everyone: one 2-D block
-        width = int(lengths[0])
-        out = np.empty((n, 1 + 2 * width), _U32)
-        out[:, 0] = LAYOUT_VERSION | (width << 16)
-        out[:, 1:1 + width] = ids.reshape(n, width)
-        out[:, 1 + width:] = values.reshape(n, width)
-        return _split(out.tobytes(), 4 * (1 + 2 * width))
-    record_starts = np.concatenate([[0], np.cumsum(1 + 2 * lengths)])  # in 32-bit words
-    out = np.empty(record_starts[-1], _U32)
-    out[record_starts[:-1]] = LAYOUT_VERSION | (lengths << 16)  # uint8 layout, uint8 flags 0, uint16 n
-    list_starts = np.cumsum(lengths) - lengths
-    id_words = np.arange(len(ids)) + np.repeat(record_starts[:-1] + 1 - list_starts, lengths)
-    out[id_words] = ids
-    out[id_words + np.repeat(lengths, lengths)] = values
-    blob, ends = out.tobytes(), (record_starts * 4).tolist()
-    return [blob[ends[i]:ends[i + 1]] for i in range(n)]
+    values = scores.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    starts = np.cumsum(lengths) - lengths
+    records: list[bytes] = [b""] * len(lengths)
+    for width in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == width)
+        items = starts[rows, None] + np.arange(width)
+        for row, record in zip(rows.tolist(), equal_length_lists(ids[items], values[items])):
+            records[row] = record
+    return records
+
+
+def equal_length_lists(ids: np.ndarray, values: np.ndarray) -> list[bytes]:
+    """Ranked-list records (layout 2) of lists of one length, packed as one block:
+    ``ids`` (uint32) and ``values`` (float32) are (lists, length) arrays."""
+    count, width = ids.shape
+    finite = np.where(np.isfinite(values), np.abs(values), np.float32(0))
+    scale = finite.max(axis=1, initial=np.float32(0))
+    divisor = np.where(scale > 0, scale, np.float32(1))[:, None]
+    block = np.empty(count, np.dtype([("head", "<u4"), ("scale", "<f4"), ("ids", "<u4", (width,)),
+                                      ("quotients", "<f2", (width,))]))
+    block["head"] = LIST_LAYOUT_VERSION | (width << 16)  # uint8 layout, uint8 flags 0, uint16 n
+    block["scale"] = scale
+    block["ids"] = ids
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinite scores pass through
+        block["quotients"] = (values.astype(np.float64) / divisor).astype(np.float16)
+    return _split(block.tobytes(), block.itemsize)
 
 
 def _ranked_lists_one_by_one(kind: str, subject_ids: pa.Array, product_ids: pa.Array, scores: pa.Array,

@@ -11,16 +11,27 @@ Named databases inside the environment:
 ``recs/<kind>/<algorithm>`` (kind: user, product, category, segment, global)
     key: user id as 8-byte big-endian unsigned; product id as 4-byte big-endian
     unsigned; category and profile segment key as UTF-8; global as ``b"all"``.
-    value: a *ranked list record*::
+    value: a *ranked list record*, layout 2::
 
-        offset 0   uint8    layout version (1)
+        offset 0   uint8    layout version (2)
         offset 1   uint8    flags (0, reserved)
         offset 2   uint16   n, number of items (little-endian, as all below)
-        offset 4   uint32[n] product ids, best first
-        offset 4+4n float32[n] scores, non-increasing
+        offset 4   float32  scale: the largest |score| among the finite ones (0: none)
+        offset 8   uint32[n] product ids, best first
+        offset 8+4n float16[n] score / scale, non-increasing
 
-    4 + 8n bytes: a 100-item list is 804 bytes. The first k ids and scores are read
-    straight from the LMDB page with ``struct.unpack_from`` (no copy of the record).
+    8 + 6n bytes: a 100-item list is 608 bytes, so six fit a 4 KB page with their
+    keys (four of layout 1's 804). Dividing by the list's largest score keeps every
+    float16 within [-1, 1], so none overflows whatever the algorithm's range, and
+    each score keeps its own 11 significant bits (relative error <= 2^-11, about
+    0.05 %; scores below 2^-14 of the largest lose more, down to 2^-24 of it in
+    absolute terms). Rounding is monotone, so a non-increasing list stays
+    non-increasing. NaN and infinite scores are kept as they are. The first k ids
+    and scores are read straight from the LMDB page with ``struct.unpack_from`` (no
+    copy of the record).
+
+    Layout 1 (read, no longer written): the same header without the scale, then
+    uint32[n] ids at offset 4 and float32[n] scores at 4+4n; 4 + 8n bytes.
 
 ``products``
     key: product id (4-byte big-endian). value: a *product record*::
@@ -51,7 +62,8 @@ import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 1  # of product and user records
+LIST_LAYOUT_VERSION = 2  # of ranked list records written now; LAYOUT_VERSION's are still read
 FORMAT_VERSION = 1
 CURRENT_POINTER = "CURRENT"
 MANIFEST_FILE = "manifest.json"
@@ -64,6 +76,8 @@ GLOBAL_KEY = b"all"
 MAX_ITEMS = 65_535  # n is a uint16
 
 _LIST_HEADER = struct.Struct("<BBH")
+_SCALED_LIST_HEADER = struct.Struct("<BBHf")
+SCORE_RELATIVE_ERROR = 2.0 ** -11  # of a score at least 2^-14 of its list's largest (float16's 11 bits)
 _PRODUCT_HEADER = struct.Struct("<BBHf")
 PRODUCT_HEADER_SIZE = _PRODUCT_HEADER.size  # the category's UTF-8 bytes follow it
 _USER_HEADER = struct.Struct("<BBH")
@@ -120,34 +134,49 @@ def subject_key(kind: str, subject_id: str) -> bytes:
 # --- ranked list records --------------------------------------------------
 
 def pack_ranked_list(product_ids, scores) -> bytes:
-    """Encode a ranked list. ``product_ids`` and ``scores`` are equal-length sequences."""
+    """Encode a ranked list (layout 2). ``product_ids`` and ``scores`` are equal-length sequences."""
     n = len(product_ids)
     if n != len(scores):
         raise SnapshotFormatError(f"{n} product ids but {len(scores)} scores")
     if n > MAX_ITEMS:
         raise SnapshotFormatError(f"{n} items exceed the {MAX_ITEMS} a record holds")
     try:
-        return _LIST_HEADER.pack(LAYOUT_VERSION, 0, n) + struct.pack(f"<{n}I{n}f", *product_ids, *scores)
-    except struct.error as exc:  # an id outside 0 .. 2^32-1, or a score that is no number
+        scale = list_scale(scores)
+        divisor = scale or 1.0
+        return (_SCALED_LIST_HEADER.pack(LIST_LAYOUT_VERSION, 0, n, scale)
+                + struct.pack(f"<{n}I{n}e", *product_ids, *(s / divisor for s in scores)))
+    except (struct.error, TypeError, OverflowError) as exc:  # an id outside 0 .. 2^32-1, a score that is no number
         raise SnapshotFormatError(f"cannot pack ranked list: {exc}") from exc
 
 
+def list_scale(scores) -> float:
+    """A list's scale: its largest finite |score| as float32 (so the reader's product
+    matches the writer's quotient), 0.0 when it has none."""
+    largest = max((abs(s) for s in scores if math.isfinite(s)), default=0.0)
+    return struct.unpack("<f", struct.pack("<f", largest))[0]
+
+
 def unpack_ranked_list(buf, k: int | None = None) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """Decode the first ``k`` (default all) items of a ranked list record.
+    """Decode the first ``k`` (default all) items of a ranked list record, either layout.
 
     ``buf`` may be a memoryview straight from an LMDB read transaction.
     """
     if len(buf) < _LIST_HEADER.size:
         raise SnapshotFormatError("ranked list record shorter than its header")
     layout, _flags, n = _LIST_HEADER.unpack_from(buf, 0)
-    if layout != LAYOUT_VERSION:
-        raise SnapshotFormatError(f"ranked list layout {layout}, expected {LAYOUT_VERSION}")
-    if len(buf) != _LIST_HEADER.size + 8 * n:
-        raise SnapshotFormatError(f"ranked list of {n} items has {len(buf)} bytes")
     m = n if k is None else max(0, min(k, n))
-    ids = struct.unpack_from(f"<{m}I", buf, 4)
-    scores = struct.unpack_from(f"<{m}f", buf, 4 + 4 * n)
-    return ids, scores
+    if layout == LIST_LAYOUT_VERSION:
+        if len(buf) != _SCALED_LIST_HEADER.size + 6 * n:
+            raise SnapshotFormatError(f"ranked list of {n} items has {len(buf)} bytes")
+        scale = _SCALED_LIST_HEADER.unpack_from(buf, 0)[3]
+        ids = struct.unpack_from(f"<{m}I", buf, 8)
+        quotients = struct.unpack_from(f"<{m}e", buf, 8 + 4 * n)
+        return ids, (tuple(map(scale.__mul__, quotients)) if scale else quotients)
+    if layout == LAYOUT_VERSION:
+        if len(buf) != _LIST_HEADER.size + 8 * n:
+            raise SnapshotFormatError(f"ranked list of {n} items has {len(buf)} bytes")
+        return struct.unpack_from(f"<{m}I", buf, 4), struct.unpack_from(f"<{m}f", buf, 4 + 4 * n)
+    raise SnapshotFormatError(f"ranked list layout {layout}, expected {LIST_LAYOUT_VERSION} or {LAYOUT_VERSION}")
 
 
 # --- product records ------------------------------------------------------

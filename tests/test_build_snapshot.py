@@ -13,7 +13,7 @@ from jobs.delta_tables import ensure_table
 from jobs.paths import DataPaths
 from schemas import CANDIDATES, PRODUCTS_STORED, spark_schema
 from schemas.snapshot import (
-    PRODUCTS_DB, USERS_DB, UserRecord, product_key, read_current_version, recs_db_name, unpack_product,
+    PRODUCTS_DB, SCORE_RELATIVE_ERROR, USERS_DB, UserRecord, product_key, read_current_version, recs_db_name, unpack_product,
     unpack_ranked_list, unpack_user, user_key, verify_snapshot_dir,
 )
 from schemas.tables import USER_SEGMENTS
@@ -67,7 +67,7 @@ def test_builds_publishes_and_reads_back(spark, lake):
     products = env.open_db(PRODUCTS_DB.encode())
     with env.begin(buffers=True) as txn:
         ids, scores = unpack_ranked_list(txn.get(user_key(7), db=users))
-        assert ids == (3, 1) and scores == pytest.approx((0.9, 0.5))
+        assert ids == (3, 1) and scores == pytest.approx((0.9, 0.5), rel=SCORE_RELATIVE_ERROR)
         assert txn.get(user_key(99), db=users) is None
         record = unpack_product(2, txn.get(product_key(2), db=products))
         assert (record.category, record.price, record.active) == ("a.b", None, False)

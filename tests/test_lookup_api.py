@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from lookup_server import app_state
+from schemas.snapshot import SCORE_RELATIVE_ERROR
 
 from tests.lookup_fixtures import SnapshotContent, publish_snapshot
 
@@ -32,7 +33,7 @@ def test_known_user_gets_own_list_in_order(client):
     assert body["fallback"] is None
     assert body["snapshot_version"] == "v1"
     assert [p for p, _ in _items(response)] == [10, 11, 12, 14, 15, 99]
-    assert [s for _, s in _items(response)] == pytest.approx([0.9, 0.8, 0.7, 0.5, 0.4, 0.3])
+    assert [s for _, s in _items(response)] == pytest.approx([0.9, 0.8, 0.7, 0.5, 0.4, 0.3], rel=SCORE_RELATIVE_ERROR)
 
 
 def test_preference_order_picks_first_algorithm_with_row(client):

@@ -13,6 +13,7 @@ from tests.lookup_fixtures import (
 )
 from lookup_server import app_state, start_snapshot_watcher
 from lookup_server.snapshot_reader import open_snapshot
+from schemas.snapshot import SCORE_RELATIVE_ERROR
 
 
 def _content_with_user_1(items) -> SnapshotContent:
@@ -101,7 +102,7 @@ def test_old_reader_usable_after_swap_then_freed(make_app, snapshot_root):
     assert snapshot.refresh()
 
     assert snapshot.reader.version == "v2"
-    assert held.user_list("popular", 1, 2) == ((10, 11), pytest.approx((0.9, 0.8)))
+    assert held.user_list("popular", 1, 2) == ((10, 11), pytest.approx((0.9, 0.8), rel=SCORE_RELATIVE_ERROR))
     reader_ref, env_ref = weakref.ref(held), weakref.ref(held._env)
     del held
     assert reader_ref() is None and env_ref() is None  # freed by refcount, no gc needed

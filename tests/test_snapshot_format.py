@@ -13,10 +13,10 @@ from jobs.snapshot_writer import (
     SnapshotWriter, list_versions, new_version, prune, publish, remove_abandoned_builds,
 )
 from schemas.snapshot import (
-    ACTIVITY_CODES, DATA_FILE, GLOBAL_KEY, MANIFEST_FILE, MAX_ITEMS, PRODUCTS_DB, Manifest, ProductRecord,
-    SnapshotFormatError, UserRecord, pack_product, pack_ranked_list, pack_user, parse_recs_db_name, product_key,
-    read_current_version, recs_db_name, subject_key, unpack_product, unpack_ranked_list, unpack_user, user_key,
-    verify_snapshot_dir,
+    ACTIVITY_CODES, DATA_FILE, GLOBAL_KEY, MANIFEST_FILE, MAX_ITEMS, PRODUCTS_DB, SCORE_RELATIVE_ERROR, Manifest,
+    ProductRecord, SnapshotFormatError, UserRecord, pack_product, pack_ranked_list, pack_user, parse_recs_db_name,
+    product_key, read_current_version, recs_db_name, subject_key, unpack_product, unpack_ranked_list, unpack_user,
+    user_key, verify_snapshot_dir,
 )
 
 IDS = [7, 3, 2**32 - 1]
@@ -27,11 +27,38 @@ MAP_SIZE = 16 << 20
 # --- ranked lists -------------------------------------------------------------
 
 def test_ranked_list_round_trip():
-    """A packed list is 4 + 8n bytes and unpacks to the same ids and scores, also from a memoryview."""
+    """A packed list is 8 + 6n bytes and unpacks to the same ids and scores, also from
+    a memoryview (these scores are exact: each is a power of two times the largest)."""
     buf = pack_ranked_list(IDS, SCORES)
-    assert len(buf) == 4 + 8 * 3
+    assert len(buf) == 8 + 6 * 3
     assert unpack_ranked_list(buf) == (tuple(IDS), tuple(SCORES))
     assert unpack_ranked_list(memoryview(buf)) == (tuple(IDS), tuple(SCORES))
+
+
+def test_ranked_list_scores_keep_eleven_bits_whatever_their_range():
+    """Scores from 1e-3 to 1e6 (a popularity count past float16's 65504) come back
+    within 2^-11 of themselves, and a non-increasing list stays non-increasing."""
+    for largest in (1e-3, 1.0, 1e6):
+        scores = [largest * 0.97 ** i for i in range(100)]
+        ids, got = unpack_ranked_list(pack_ranked_list(list(range(100)), scores))
+        assert ids == tuple(range(100))
+        assert all(abs(g - s) <= s * SCORE_RELATIVE_ERROR for g, s in zip(got, scores))
+        assert all(a >= b for a, b in zip(got, got[1:]))
+
+
+def test_ranked_list_keeps_nan_infinite_and_zero_scores():
+    """Non-finite scores do not set the scale and pass through; an all-zero list has scale 0."""
+    _, got = unpack_ranked_list(pack_ranked_list([1, 2, 3, 4], [math.inf, 2.0, 1.0, math.nan]))
+    assert got[:3] == (math.inf, 2.0, 1.0) and math.isnan(got[3])
+    buf = pack_ranked_list([1, 2], [0.0, 0.0])
+    assert buf[4:8] == bytes(4) and unpack_ranked_list(buf) == ((1, 2), (0.0, 0.0))
+
+
+def test_layout_1_lists_are_still_read():
+    """A snapshot written before layout 2 (float32 scores, no scale) keeps serving."""
+    buf = struct.pack("<BBH3I3f", 1, 0, 3, *IDS, *SCORES)
+    assert unpack_ranked_list(buf) == (tuple(IDS), tuple(SCORES))
+    assert unpack_ranked_list(memoryview(buf), 2) == ((7, 3), (0.5, 0.25))
 
 
 def test_ranked_list_first_k():
@@ -43,27 +70,30 @@ def test_ranked_list_first_k():
 
 
 def test_empty_ranked_list():
-    """An empty list is a bare 4-byte header."""
+    """An empty list is a bare 8-byte header with scale 0."""
     buf = pack_ranked_list([], [])
-    assert buf == bytes([1, 0, 0, 0])
+    assert buf == bytes([2, 0, 0, 0, 0, 0, 0, 0])
     assert unpack_ranked_list(buf) == ((), ())
 
 
 def test_ranked_list_size_limits():
-    """Unequal lengths and more than 65535 items are refused; exactly 65535 fit."""
+    """Unequal lengths, more than 65535 items and scores past float32 are refused; exactly 65535 fit."""
     with pytest.raises(SnapshotFormatError, match="2 product ids but 1 scores"):
         pack_ranked_list([1, 2], [0.5])
     with pytest.raises(SnapshotFormatError, match="exceed"):
         pack_ranked_list([0] * (MAX_ITEMS + 1), [0.0] * (MAX_ITEMS + 1))
-    assert len(pack_ranked_list(list(range(MAX_ITEMS)), [0.0] * MAX_ITEMS)) == 4 + 8 * MAX_ITEMS
+    with pytest.raises(SnapshotFormatError, match="cannot pack"):
+        pack_ranked_list([1], [1e39])
+    assert len(pack_ranked_list(list(range(MAX_ITEMS)), [0.0] * MAX_ITEMS)) == 8 + 6 * MAX_ITEMS
 
 
 @pytest.mark.parametrize("buf, message", [
-    (bytes([2]) + pack_ranked_list(IDS, SCORES)[1:], "layout 2"),
-    (pack_ranked_list(IDS, SCORES)[:-1], "3 items has 27 bytes"),
-    (pack_ranked_list(IDS, SCORES) + b"\0", "3 items has 29 bytes"),
-    (b"\x01\x00", "shorter than its header"),
-], ids=["layout", "truncated", "trailing", "header"])
+    (bytes([3]) + pack_ranked_list(IDS, SCORES)[1:], "layout 3"),
+    (pack_ranked_list(IDS, SCORES)[:-1], "3 items has 25 bytes"),
+    (pack_ranked_list(IDS, SCORES) + b"\0", "3 items has 27 bytes"),
+    (bytes([1]) + pack_ranked_list(IDS, SCORES)[1:], "3 items has 26 bytes"),
+    (b"\x02\x00", "shorter than its header"),
+], ids=["layout", "truncated", "trailing", "layout 1 length", "header"])
 def test_malformed_ranked_list_rejected(buf, message):
     """A wrong layout version or a length that disagrees with n raises SnapshotFormatError."""
     with pytest.raises(SnapshotFormatError, match=message):

@@ -41,8 +41,11 @@ def random_lists(rng, users, equal_lengths):
 @pytest.mark.parametrize("equal_lengths", [True, False], ids=["top-n block", "ragged lists"])
 @pytest.mark.parametrize("kind", ["user", "product"])
 def test_vectorised_lists_equal_record_by_record_packing(kind, equal_lengths):
-    """Subjects in any order, empty and full-range ids, sliced: the same bytes, in key order."""
+    """Subjects in any order, empty and full-range ids, non-finite, zero and wide-ranging
+    scores, sliced: the same bytes, in key order."""
     rows = random_lists(np.random.default_rng(7), 60, equal_lengths)
+    rows += [(str(10**6 + 1), [1, 2, 3], [float("inf"), 2.0, float("nan")]), (str(10**6 + 2), [4, 5, 6], [0.0] * 3),
+             (str(10**6 + 3), [7, 8, 9], [3e6, 70_000.0, 1e-7])]  # the scale's edge cases
     if kind == "user":
         rows.append(("18446744073709551", [0, 2**32 - 1], [1.5, -0.5]))
     got = lists(kind, rows, slice_rows=7)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from jobs.snapshot_packing import equal_length_lists
 from jobs.snapshot_writer import SnapshotWriter, publish
 from schemas.snapshot import (
-    GLOBAL_KEY, LAYOUT_VERSION, PRODUCTS_DB, USERS_DB, Manifest, pack_product, pack_ranked_list, pack_user,
+    GLOBAL_KEY, PRODUCTS_DB, USERS_DB, Manifest, pack_product, pack_ranked_list, pack_user,
     product_key, recs_db_name, user_key,
 )
 
@@ -48,13 +48,8 @@ def _skewed_ids(rng: np.random.Generator, shape: tuple[int, int], products: int)
 def _packed_lists(ids: np.ndarray) -> list[bytes]:
     """One ranked-list record per row of ``ids`` (scores decreasing), packed as a block."""
     rows, n = ids.shape
-    header = np.frombuffer(struct.pack("<BBH", LAYOUT_VERSION, 0, n), np.uint8)
-    scores = (1.0 / np.arange(1, n + 1, dtype=np.float32)).astype("<f4")
-    body = np.empty((rows, 4 + 8 * n), np.uint8)
-    body[:, :4] = header
-    body[:, 4:4 + 4 * n] = ids.astype("<u4").view(np.uint8).reshape(rows, 4 * n)
-    body[:, 4 + 4 * n:] = np.broadcast_to(scores.view(np.uint8), (rows, 4 * n))
-    return [row.tobytes() for row in body]
+    scores = np.broadcast_to(1.0 / np.arange(1, n + 1, dtype=np.float32), (rows, n))
+    return equal_length_lists(ids.astype("<u4"), scores)
 
 
 def _user_keys(user_ids: np.ndarray) -> list[bytes]:

@@ -218,10 +218,12 @@ def markdown(result: dict) -> str:
     per_list = ", ".join(f"{len(r['algorithms'])} algorithm(s) {r['list_db_bytes_per_list']:.0f}"
                          for r in result["runs"])
     lines += [f"Bytes per user per algorithm: data.mdb size / users / algorithms (the products and users "
-              f"databases included). A 100-item list record is 804 bytes + an 8-byte key + LMDB's 10 bytes "
-              f"of node header and pointer: 4 fit in a 4 KB page, so 1,024 bytes per list is the floor of "
-              f"this layout, reached only when keys arrive in ascending order (the writer then appends and "
-              f"fills each page; a key out of order splits a page in half). Bytes per list in the first "
+              f"databases included). A 100-item list record is 608 bytes (layout 2, float16 scores scaled by "
+              f"the list's largest; 804 in layout 1, float32) + an 8-byte key + LMDB's 10 bytes of node header "
+              f"and pointer: 6 fit in a 4 KB page (4 of layout 1's), so 683 bytes per list is the floor of "
+              f"this layout (1,024 of layout 1), reached only when keys arrive in ascending order (the writer "
+              f"then appends and fills each page; a key out of order splits a page in half). Bytes per list "
+              f"in the first "
               f"algorithm's user database alone: {per_list}.",
               f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, {load_note(machine['load_average'])}, "
               f"{machine.get('load_average_end')} at the end (the run's own work included). Spark "
