@@ -141,6 +141,9 @@ def _pack_lists(product_ids: pa.ListArray, scores: pa.ListArray) -> list[bytes]:
     lengths = product_ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
     ids = product_ids.flatten().to_numpy(zero_copy_only=False).astype(_U32)
     values = scores.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    if len(lengths) and (lengths == lengths[0]).all():  # the usual case: no gather, one block
+        width = int(lengths[0])
+        return equal_length_lists(ids.reshape(-1, width), values.reshape(-1, width))
     starts = np.cumsum(lengths) - lengths
     records: list[bytes] = [b""] * len(lengths)
     for width in np.unique(lengths).tolist():
@@ -164,7 +167,7 @@ def equal_length_lists(ids: np.ndarray, values: np.ndarray) -> list[bytes]:
     block["scale"] = scale
     block["ids"] = ids
     with np.errstate(invalid="ignore", over="ignore"):  # NaN and infinite scores pass through
-        block["quotients"] = (values.astype(np.float64) / divisor).astype(np.float16)
+        block["quotients"] = (values / divisor).astype(np.float16)  # float32 quotients, as pack_ranked_list
     return _split(block.tobytes(), block.itemsize)
 
 

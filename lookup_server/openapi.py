@@ -177,7 +177,10 @@ def openapi_document(config: ServerConfig) -> dict:
                     "type": "object",
                     "required": ["product_id", "score"],
                     "additionalProperties": False,
-                    "properties": {"product_id": product_id, "score": {"type": "number"}},
+                    "properties": {"product_id": product_id, "score": {
+                        "type": "number",
+                        "description": "higher ranks first; comparable within one answer only. Snapshot scores "
+                                       "are stored with 11 significant bits (within 0.05 %)."}},
                 },
                 "UserRecommendations": {
                     "type": "object",

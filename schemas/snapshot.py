@@ -143,8 +143,11 @@ def pack_ranked_list(product_ids, scores) -> bytes:
     try:
         scale = list_scale(scores)
         divisor = scale or 1.0
+        # Each quotient rounded to float32 first, then to float16: what NumPy's float32
+        # division and cast give, so the builder's vectorised packer writes the same bytes.
+        quotients = struct.unpack(f"<{n}f", struct.pack(f"<{n}f", *(s / divisor for s in scores)))
         return (_SCALED_LIST_HEADER.pack(LIST_LAYOUT_VERSION, 0, n, scale)
-                + struct.pack(f"<{n}I{n}e", *product_ids, *(s / divisor for s in scores)))
+                + struct.pack(f"<{n}I{n}e", *product_ids, *quotients))
     except (struct.error, TypeError, OverflowError) as exc:  # an id outside 0 .. 2^32-1, a score that is no number
         raise SnapshotFormatError(f"cannot pack ranked list: {exc}") from exc
 

@@ -41,6 +41,7 @@ import requests
 
 from bench.quality.environment import environment, write_results
 from schemas.settings import PROJECT_ROOT
+from schemas.snapshot import LIST_LAYOUT_VERSION
 
 log = logging.getLogger("bench.serving")
 
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("wrk is not installed (Debian: apt-get install wrk; `make system-packages` does it)")
     from bench.serving.synthetic import ALGORITHMS, write_snapshot
 
-    data_dir = args.work_dir / f"{args.users}u-{args.products}p-{args.list_length}"
+    # The record layout is in the name: a snapshot of an older layout is not reused.
+    data_dir = args.work_dir / f"{args.users}u-{args.products}p-{args.list_length}-layout{LIST_LAYOUT_VERSION}"
     version = "bench"
     snapshot_info_path = data_dir / "snapshot-info.json"
     if snapshot_info_path.exists() and (data_dir / "snapshots" / version / "data.mdb").exists():

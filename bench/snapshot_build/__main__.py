@@ -14,7 +14,7 @@ also warms the JVM and the page cache for the timed builds): Spark pinning the
 tables and listing their files, then pyarrow reading and NumPy packing every
 record without storing it; the rest of the build is LMDB appends, the final
 fsync and the checksum. ``--compare-with REV`` also builds
-the 1-algorithm snapshot with the builder of an older commit, after the current one. The lake is written by Spark (``bench.snapshot_build.synthetic``)
+each snapshot with the builder of an older commit, after the current one. The lake is written by Spark (``bench.snapshot_build.synthetic``)
 and reused by the next run of the same shape. Results: ``<out>/snapshot_build.json``
 and ``<out>/snapshot_build.md``.
 """
@@ -70,8 +70,8 @@ def parser() -> argparse.ArgumentParser:
                         "reads with pyarrow outside the JVM, the synthetic lake is written by Spark)")
     p.add_argument("--no-profile", action="store_true", help="skip the pin-only and read-and-pack-only runs")
     p.add_argument("--compare-with", metavar="REV", default=None,
-                   help="also build the 1-algorithm snapshot with jobs/build_snapshot.py and "
-                        "jobs/snapshot_writer.py as they were at git revision REV, in the same session")
+                   help="also build each snapshot with jobs/build_snapshot.py, jobs/snapshot_writer.py and "
+                        "jobs/snapshot_packing.py as they were at git revision REV, in the same session")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="where the synthetic lake and snapshots go (default var/bench/snapshot_build[-quick])")
     p.add_argument("--out", type=Path, default=None,
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
             entry["profile"] = profile
         log.info("%d algorithm(s): %.1f s, %.0f bytes per user per algorithm, peak RSS %s", count,
                  built["seconds"], per, built["peak_rss_mb"])
-        if count == 1 and args.compare_with:
+        if args.compare_with:
             before = builder_at(args.compare_with)
             log.info("building with the builder of %s ...", before.COMMIT[:10])
             old = timed_build(spark, paths, version + "-before", before)

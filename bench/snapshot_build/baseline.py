@@ -1,10 +1,13 @@
 """The builder as it was at an earlier commit, loaded from git, to time it side by
 side with the current one in the same session (``--compare-with REV``).
 
-``jobs/build_snapshot.py`` and ``jobs/snapshot_writer.py`` are read with ``git show
-REV:path`` and executed as fresh modules (not registered in ``sys.modules``, so
-cloudpickle ships their functions to the Python workers by value); the old builder
-is wired to the old writer. Everything else (schemas, Delta helpers) is today's.
+``jobs/build_snapshot.py``, ``jobs/snapshot_writer.py`` and, where REV has it,
+``jobs/snapshot_packing.py`` are read with ``git show REV:path`` and executed as fresh
+modules (the builder and writer not registered in ``sys.modules``, so cloudpickle
+ships their functions to the Python workers by value); the old builder is wired to
+the old writer and packer, so an older record layout is written as it was.
+Everything else (schemas, Delta helpers, the packer's record-by-record fallback) is
+today's.
 """
 from __future__ import annotations
 
@@ -35,7 +38,19 @@ def builder_at(rev: str) -> types.ModuleType:
     commit = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, check=True).stdout.strip()
     writer = module_at(commit, "jobs/snapshot_writer.py", f"baseline_snapshot_writer_{commit[:10]}")
+    packing = {}
+    if _exists(commit, "jobs/snapshot_packing.py"):  # registered: its Records is a dataclass; no UDFs in it
+        packer = module_at(commit, "jobs/snapshot_packing.py", f"baseline_snapshot_packing_{commit[:10]}",
+                           register=True)
+        packing = {name: getattr(packer, name) for name in
+                   ("Records", "numeric_subject_keys", "product_records", "ranked_list_records", "user_records")
+                   if hasattr(packer, name)}
     builder = module_at(commit, "jobs/build_snapshot.py", f"baseline_build_snapshot_{commit[:10]}",
-                         SnapshotWriter=writer.SnapshotWriter)
+                        SnapshotWriter=writer.SnapshotWriter, **packing)
     builder.COMMIT = commit
     return builder
+
+
+def _exists(commit: str, path: str) -> bool:
+    return subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=PROJECT_ROOT,
+                          capture_output=True).returncode == 0
