@@ -39,6 +39,7 @@ from bench.serving.__main__ import free_port, gunicorn, page_in, run_wrk, worker
 from bench.sharding.router import nginx_binary, nginx_config, running_nginx
 from bench.sharding.shards import shard_snapshot_root, shard_version, write_shards
 from schemas.settings import PROJECT_ROOT
+from schemas.snapshot import LIST_LAYOUT_VERSION
 
 log = logging.getLogger("bench.sharding")
 
@@ -271,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
     env_info = environment("n/a")
     env_info["versions"].update(tool_versions())
-    work_dir = args.work_dir / f"{args.users}u-{args.products}p-{args.list_length}"
+    # The record layout is in the name: shards of an older layout are not reused.
+    work_dir = args.work_dir / f"{args.users}u-{args.products}p-{args.list_length}-layout{LIST_LAYOUT_VERSION}"
     per_shards, summary = [], []
     for shards in args.shards:
         root, shard_info = shard_set(work_dir, shards, args)
