@@ -108,6 +108,7 @@ bench: bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid be
 QUICK_OUT ?= var/bench/quick
 bench-quick: setup  ## every benchmark at smoke size (~10 min on 2 cores): checks the harness end to end, not the figures; results in var/bench/quick/
 	$(PY) -m bench.serving --quick --out $(QUICK_OUT)
+	$(PY) -m bench.serving.decode --quick --out $(QUICK_OUT)
 	$(PY) -m bench.sharding --quick --out $(QUICK_OUT)
 	$(PY) -m bench.quality --quick --out $(QUICK_OUT)
 	$(PY) -m bench.snapshot_build --quick --out $(QUICK_OUT)
@@ -118,8 +119,9 @@ bench-quick: setup  ## every benchmark at smoke size (~10 min on 2 cores): check
 	$(PY) -m bench.als_blas --quick --out $(QUICK_OUT)
 	$(PY) -m bench.pipeline --quick --out $(QUICK_OUT)
 
-bench-serving: setup  ## lookup serving against the Flask floor at 1M users, then 100k and 5M for growth (wrk, gunicorn, ~25 min; 5M users: a 20 GB snapshot)
+bench-serving: setup  ## lookup serving against the Flask floor at 1M users, then 100k and 5M for growth (wrk, gunicorn, ~25 min; 5M users: a 14 GB snapshot); the list decode per layout
 	$(PY) -m bench.serving $(BENCH_ARGS)
+	$(PY) -m bench.serving.decode
 	$(PY) -m bench.serving --users 100000 --products 10000 --name serving_100k $(BENCH_ARGS)
 	$(PY) -m bench.serving --users 5000000 --name serving_5M $(BENCH_ARGS)
 	$(PY) -m bench.growth

@@ -1,6 +1,9 @@
 """bench/serving's synthetic snapshot: the production layout, readable by the server
-(the benchmark's figures mean nothing if the server reads a different shape)."""
+(the benchmark's figures mean nothing if the server reads a different shape), and its
+list-decode comparison of the two record layouts."""
 from __future__ import annotations
+
+import pytest
 
 from lookup_server.snapshot_reader import open_snapshot
 from schemas.snapshot import read_current_version
@@ -21,3 +24,18 @@ def test_synthetic_snapshot_has_every_list_the_server_reads(tmp_path):
     assert len(reader.product_list("als", 7, 50)[0]) == 50 and reader.product(7).active
     assert reader.global_list("popular", 200) is not None
     assert reader.segment_list("popular", SEGMENTS[0], 5) is not None
+
+
+def test_decode_benchmark_compares_the_same_list_in_both_layouts():
+    """The baseline record is a real layout-1 list: both decode to the same ids, the
+    scores within layout 2's precision, and each row reports both layouts."""
+    from bench.serving.decode import layout_1_record, run
+    from schemas.snapshot import SCORE_RELATIVE_ERROR, pack_ranked_list, unpack_ranked_list
+
+    ids, scores = [5, 9, 2], [3.0, 0.7, 0.1]
+    old, new = unpack_ranked_list(layout_1_record(ids, scores)), unpack_ranked_list(pack_ranked_list(ids, scores))
+    assert old[0] == new[0] == tuple(ids)
+    assert new[1] == pytest.approx(old[1], rel=SCORE_RELATIVE_ERROR)
+    rows = run(items=30, ks=[10], calls=20, rounds=1)
+    assert [(r["k"], r["record_bytes"]) for r in rows] == [(10, {1: 4 + 8 * 30, 2: 8 + 6 * 30})]
+    assert rows[0]["layout_1_us"] > 0 and rows[0]["layout_2_us"] > 0
