@@ -74,10 +74,10 @@ ACTIVITY_CODES = {"new": 0, "light": 1, "heavy": 2}
 _ACTIVITY_NAMES = {code: name for name, code in ACTIVITY_CODES.items()}
 GLOBAL_KEY = b"all"
 MAX_ITEMS = 65_535  # n is a uint16
+SCORE_RELATIVE_ERROR = 2.0 ** -11  # of a layout-2 score at least 2^-14 of its list's largest (float16's 11 bits)
 
 _LIST_HEADER = struct.Struct("<BBH")
 _SCALED_LIST_HEADER = struct.Struct("<BBHf")
-SCORE_RELATIVE_ERROR = 2.0 ** -11  # of a score at least 2^-14 of its list's largest (float16's 11 bits)
 _PRODUCT_HEADER = struct.Struct("<BBHf")
 PRODUCT_HEADER_SIZE = _PRODUCT_HEADER.size  # the category's UTF-8 bytes follow it
 _USER_HEADER = struct.Struct("<BBH")
@@ -153,8 +153,8 @@ def pack_ranked_list(product_ids, scores) -> bytes:
 
 
 def list_scale(scores) -> float:
-    """A list's scale: its largest finite |score| as float32 (so the reader's product
-    matches the writer's quotient), 0.0 when it has none."""
+    """A list's scale: its largest finite |score|, rounded to float32 as the header
+    stores it (the quotients are taken against that stored value), 0.0 when it has none."""
     largest = max((abs(s) for s in scores if math.isfinite(s)), default=0.0)
     return struct.unpack("<f", struct.pack("<f", largest))[0]
 
