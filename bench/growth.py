@@ -129,7 +129,8 @@ def plot_series(series: dict[str, list[tuple[int, float]]], path: Path, title: s
                 lw=2.5 if name == "pipeline" else 1.2, label=name + suffix)
     if target:
         ax.axhline(target, color="red", ls="--", lw=1, label=f"target {target:g} s (whole pipeline)")
-    ax.legend(fontsize=8)
+    if series or target:  # an empty plot has nothing to label
+        ax.legend(fontsize=8)
     _save(fig, path)
 
 
