@@ -13,9 +13,9 @@ With one algorithm the build is first taken apart (``--no-profile`` skips it; it
 also warms the JVM and the page cache for the timed builds): Spark pinning the
 tables and listing their files, then pyarrow reading and NumPy packing every
 record without storing it; the rest of the build is LMDB appends, the final
-fsync and the checksum. ``--compare-with REV`` also builds
-each snapshot with the builder of an older commit, after the current one. The lake is written by Spark (``bench.snapshot_build.synthetic``)
-and reused by the next run of the same shape. Results: ``<out>/snapshot_build.json``
+fsync and the checksum. ``--compare-with REV`` also builds each snapshot with the
+builder of an older commit, after the current one. The lake is written by Spark
+(``bench.snapshot_build.synthetic``) and reused by the next run of the same shape. Results: ``<out>/snapshot_build.json``
 and ``<out>/snapshot_build.md``.
 """
 from __future__ import annotations
@@ -223,8 +223,7 @@ def markdown(result: dict) -> str:
               f"and pointer: 6 fit in a 4 KB page (4 of layout 1's), so 683 bytes per list is the floor of "
               f"this layout (1,024 of layout 1), reached only when keys arrive in ascending order (the writer "
               f"then appends and fills each page; a key out of order splits a page in half). Bytes per list "
-              f"in the first "
-              f"algorithm's user database alone: {per_list}.",
+              f"in the first algorithm's user database alone: {per_list}.",
               f"Machine: {machine['cores']} cores, {machine['memory_gb']} GB, {load_note(machine['load_average'])}, "
               f"{machine.get('load_average_end')} at the end (the run's own work included). Spark "
               f"{result['versions']['spark']}, commit {str(result['git']['commit'])[:10]}"
