@@ -142,8 +142,8 @@ SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 ALLOWED = {
     "bench/snapshot_build/baseline.py: exec": "runs jobs/build_snapshot.py as of an older commit "
                                               "(git show), to benchmark against it",
-    "bench/serving/gunicorn.floor.conf.py: exec": "reads conf/gunicorn.conf.py so the benchmark's "
-                                                  "floor server runs with the same settings",
+    "bench/serving/gunicorn.reference.conf.py: exec": "reads conf/gunicorn.conf.py so the benchmark's "
+                                                      "reference servers run with the same settings",
 }
 
 

@@ -267,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     # Each server: its gunicorn config and environment. All run for the whole
     # benchmark (an idle one costs nothing) so the scenarios can alternate.
     servers = {"ours": (shipped, ours_env),
-               "floor": (HERE / "gunicorn.floor.conf.py", common),
-               "plain": (HERE / "gunicorn.plain.conf.py",
-                         {**common, "BENCH_SNAPSHOT": str(data_dir / "snapshots" / version)}),
+               "floor": (HERE / "gunicorn.reference.conf.py", {**common, "BENCH_APP": "floor_app"}),
+               "plain": (HERE / "gunicorn.reference.conf.py",
+                         {**common, "BENCH_APP": "plain_app",
+                          "BENCH_SNAPSHOT": str(data_dir / "snapshots" / version)}),
                "delta_off": (shipped, {**ours_env, "RECSYS__SERVER__DELTA__ENABLED": "false"})}
     urls = {name: f"http://127.0.0.1:{free_port()}" for name in servers}
     known_ids = (0, args.users)
