@@ -19,7 +19,6 @@ Results: ``<out>/snapshot_build_lake.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import statistics
@@ -35,7 +34,7 @@ from jobs.cli import configure_logging
 from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
 
-from bench.quality.environment import environment, machine_line
+from bench.quality.environment import environment, machine_line, write_results
 from bench.snapshot_build.__main__ import timed_build
 from bench.snapshot_build.baseline import builder_at
 
@@ -145,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging(args.log_level)
     result = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{NAME}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results(args.out, NAME, result, markdown(result))
     return 0
 
 
