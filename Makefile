@@ -26,7 +26,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline clean dist-jobs airflow airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline clean dist-jobs airflow airflow-stop airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -79,10 +79,11 @@ system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS, Redis
 demo: setup  ## generate data, run the pipeline, publish a snapshot, serve it on localhost:$(PORT)
 	DEMO_DIR=$(DEMO_DIR) PORT=$(PORT) PY=$(PY) scripts/demo.sh
 
-stop:  ## stop the demo's lookup server and collector
+stop:  ## stop the demo's lookup server and collector, and `make airflow` if it runs
 	@for name in gunicorn collector; do \
 	  if [ -f $(DEMO_DIR)/$$name.pid ] && kill $$(cat $(DEMO_DIR)/$$name.pid) 2>/dev/null; then echo "stopped $$name"; \
 	  else echo "$$name not running"; fi; rm -f $(DEMO_DIR)/$$name.pid; done
+	@if ls var/airflow/run/*.pid >/dev/null 2>&1; then airflow_dags/standalone.sh stop; fi
 
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success), then the dependency audit where its service answers
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
@@ -170,8 +171,11 @@ $(AIRFLOW_VENV)/.installed: airflow_dags/requirements.txt | $(UV)
 	$(UV_INSTALL) $(AIRFLOW_VENV)/bin/python -r airflow_dags/requirements.txt
 	touch $@
 
-airflow: setup airflow-venv  ## local Airflow (standalone, SQLite in var/airflow) with the nightly and hourly DAGs on :8080; a lookup server on :$(PORT) serves what they publish
+airflow: setup airflow-venv  ## local Airflow (SQLite in var/airflow) with the nightly and hourly DAGs on :8080; a lookup server on :$(PORT) serves what they publish; Ctrl-C stops it
 	PORT=$(PORT) airflow_dags/standalone.sh
+
+airflow-stop:  ## stop `make airflow` from another shell: every process it started, running tasks included
+	airflow_dags/standalone.sh stop
 
 clean:  ## remove generated data, snapshots and caches (keeps .venv and .jars)
 	rm -rf var dist .pytest_cache spark-warehouse

@@ -3,14 +3,15 @@
 ingest -> popularity, TF-IDF content (in parallel) -> hybrid -> build_snapshot -> publish.
 ALS and the evaluation stay nightly; the hybrid is re-fused (seconds) so that the
 default answers carry the new popular and content lists too. The snapshot is a full
-build: see "Scheduling (Airflow)" in the README for why. --as-of = the end of the hour.
+build: see "Scheduling (Airflow)" in the README for why. --as-of = the end of the hour
+(or, triggered without a logical date, the time it was triggered for).
 """
 from datetime import datetime, timedelta, timezone
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from recsys_dag_support import DEFAULT_ARGS, LAKE_POOL, submit_args
+from recsys_dag_support import DEFAULT_ARGS, LAKE_POOL, MACROS, submit_args
 
 HOURLY_ARGS = {**DEFAULT_ARGS, "retries": 1, "retry_delay": timedelta(minutes=1),
                "execution_timeout": timedelta(minutes=20)}
@@ -24,6 +25,7 @@ with DAG(
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=55),  # the next hour's run starts with fresh data anyway
     default_args=HOURLY_ARGS,
+    user_defined_macros=MACROS,
     tags=["recsys"],
     doc_md=__doc__,
 ):

@@ -3,14 +3,15 @@
 ingest -> ALS, TF-IDF content, popularity (in parallel) -> hybrid -> evaluation
 -> build_snapshot -> publish. Every task is one job of `jobs/`, submitted with
 spark-submit through the `spark_default` connection, with --as-of = the end of the
-run's data interval (midnight UTC).
+run's data interval (midnight UTC); a run triggered without a logical date gets
+the time it was triggered for (recsys_dag_support.run_as_of).
 """
 from datetime import datetime, timedelta, timezone
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, CronDataIntervalTimetable
 
-from recsys_dag_support import DEFAULT_ARGS, LAKE_POOL, submit_args
+from recsys_dag_support import DEFAULT_ARGS, LAKE_POOL, MACROS, submit_args
 
 with DAG(
     dag_id="nightly",
@@ -21,6 +22,7 @@ with DAG(
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=8),
     default_args=DEFAULT_ARGS,
+    user_defined_macros=MACROS,
     tags=["recsys"],
     doc_md=__doc__,
 ):

@@ -37,9 +37,21 @@ SPARK_CONN_ID = "spark_default"
 # Ingest, snapshot build and publish take this one-slot pool, so the nightly and hourly
 # runs never ingest, build or publish at the same time (`make airflow` creates it).
 LAKE_POOL = "recsys_lake"
-# Every job gets the run's data interval end as its logical time: a re-run or a
-# backfill of an interval passes the same --as-of, so it computes the same lists.
-AS_OF = "{{ data_interval_end.isoformat() }}"
+
+
+def run_as_of(dag_run) -> str:
+    """The ``--as-of`` of every job of a run: the end of its data interval when it has one
+    (scheduled runs, backfills, runs triggered with a logical date), else its logical date,
+    else the time it was triggered for (``run_after``: a manual or API trigger without a
+    logical date has neither). All three are stored with the run, so clearing a task
+    re-runs it with the same clock and gives the same lists."""
+    moment = dag_run.data_interval_end or dag_run.logical_date or dag_run.run_after
+    return moment.replace(microsecond=0).isoformat()
+
+
+# Templates of the DAGs call run_as_of through this macro (DAG(user_defined_macros=MACROS)).
+MACROS = {"recsys_as_of": run_as_of}
+AS_OF = "{{ recsys_as_of(dag_run) }}"
 
 
 JVM_START_OPTIONS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions",

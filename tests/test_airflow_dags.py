@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -60,15 +63,53 @@ print(json.dumps(out))
 """
 
 
+# Runs triggered as `airflow dags trigger <dag>` (and the UI's button) do, with no logical
+# date and so no data interval, then every task's templates rendered as `airflow tasks render`
+# does; and the same for a run with a data interval. One process: each CLI start costs ~5 s.
+RENDER_RUNS = r"""
+import ast, contextlib, io, json
+from airflow.cli.cli_parser import get_parser
+from airflow.dag_processing.dagbag import BundleDagBag
+
+def cli(*argv):
+    args = get_parser().parse_args(list(argv))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        args.func(args)
+    return out.getvalue()
+
+def application_args(dag_id, task_id, run):
+    lines = cli("tasks", "render", dag_id, task_id, run).splitlines()
+    return ast.literal_eval(lines[lines.index("# property: application_args") + 2])
+
+cli("db", "migrate")
+cli("dags", "reserialize")
+folder = __import__("os").environ["AIRFLOW__CORE__DAGS_FOLDER"]
+out = {}
+for dag_id, dag in BundleDagBag(dag_folder=folder, bundle_path=folder).dags.items():
+    run = json.loads(cli("dags", "trigger", dag_id, "-o", "json").strip().splitlines()[-1])[0]
+    listed = json.loads(cli("dags", "list-runs", dag_id, "-o", "json").strip().splitlines()[-1])
+    out[dag_id] = {"run": run, "run_after": next(r["run_after"] for r in listed if r["run_id"] == run["dag_run_id"]),
+                   "manual": {t: application_args(dag_id, t, run["dag_run_id"]) for t in dag.task_ids},
+                   "interval": {t: application_args(dag_id, t, "2026-10-31") for t in dag.task_ids}}
+print(json.dumps(out))
+"""
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    """This environment less any Airflow or recsys setting, with a throw-away AIRFLOW_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECSYS"))}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER), RECSYS_DATA_DIR=str(home / "data"))
+    return env
+
+
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory) -> dict:
     """The DagBag of airflow_dags/, described by Airflow's own loader."""
     assert AIRFLOW_PYTHON.exists(), f"{AIRFLOW_PYTHON} missing: run `make airflow-venv`"
     home = tmp_path_factory.mktemp("airflow-home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECSYS"))}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-               AIRFLOW__CORE__DAGS_FOLDER=str(DAGS_FOLDER), RECSYS_DATA_DIR=str(home / "data"))
-    done = subprocess.run([str(AIRFLOW_PYTHON), "-c", DESCRIBE_DAGBAG, str(DAGS_FOLDER)], env=env,
+    done = subprocess.run([str(AIRFLOW_PYTHON), "-c", DESCRIBE_DAGBAG, str(DAGS_FOLDER)], env=airflow_env(home),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return {"data_dir": home / "data", **json.loads(done.stdout.strip().splitlines()[-1])}
@@ -138,7 +179,7 @@ def test_every_task_is_a_spark_submit_of_a_job(dagbag):
             script = PROJECT_ROOT / "jobs" / f"{jobs.get(task_id, task_id)}.py"
             assert Path(task["application"]) == script and script.is_file(), where
             assert task["application_args"] == ["--data-dir", str(dagbag["data_dir"]),
-                                                 "--as-of", "{{ data_interval_end.isoformat() }}"], where
+                                                 "--as-of", "{{ recsys_as_of(dag_run) }}"], where
             assert task["jars"] == f"{PROJECT_ROOT}/.jars/delta-spark_*.jar,{PROJECT_ROOT}/.jars/delta-storage-*.jar"
             assert task["packages"] is None, where
             python = str(PROJECT_ROOT / ".venv" / "bin" / "python")
@@ -155,3 +196,40 @@ def test_writers_share_one_pool(dagbag):
     for dag in dagbag["dags"].values():
         pools = {task_id: task["pool"] for task_id, task in dag["tasks"].items()}
         assert {t for t, pool in pools.items() if pool == "recsys_lake"} == {"ingest", "build_snapshot", "publish"}
+
+
+def test_run_as_of_prefers_the_interval_then_the_logical_date_then_the_trigger_time():
+    """The --as-of of a run: its data interval's end, else its logical date, else the time it
+    was triggered for, to the second (the support module imports only the standard library)."""
+    sys.path.insert(0, str(DAGS_FOLDER))
+    try:
+        from recsys_dag_support import run_as_of
+    finally:
+        sys.path.remove(str(DAGS_FOLDER))
+    end, logical = datetime(2026, 10, 31, tzinfo=timezone.utc), datetime(2026, 10, 30, tzinfo=timezone.utc)
+    after = datetime(2026, 12, 5, 9, 15, 1, 437772, tzinfo=timezone.utc)
+    run = SimpleNamespace(data_interval_end=end, logical_date=logical, run_after=after)
+    assert run_as_of(run) == "2026-10-31T00:00:00+00:00"
+    assert run_as_of(SimpleNamespace(data_interval_end=None, logical_date=logical, run_after=after)) == \
+        "2026-10-30T00:00:00+00:00"
+    assert run_as_of(SimpleNamespace(data_interval_end=None, logical_date=None, run_after=after)) == \
+        "2026-12-05T09:15:01+00:00"
+
+
+def test_runs_without_a_logical_date_render_every_task(tmp_path):
+    """`airflow dags trigger nightly` (or hourly, or the UI's button) makes a run with no logical date
+    and no data interval: every task's arguments still render, with --as-of = the time the run was
+    triggered for; a run with an interval gets the interval's end, as before."""
+    done = subprocess.run([str(AIRFLOW_PYTHON), "-c", RENDER_RUNS], env=airflow_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(runs) == {"nightly", "hourly"}
+    for dag_id, run in runs.items():
+        assert run["run"]["logical_date"] is None and run["run"]["data_interval_end"] is None, dag_id
+        triggered = datetime.fromisoformat(run["run_after"]).replace(microsecond=0).isoformat()
+        assert run["manual"] and set(run["manual"]) == set(run["interval"]), dag_id
+        for task_id, args in run["manual"].items():
+            assert args == ["--data-dir", str(tmp_path / "data"), "--as-of", triggered], f"{dag_id}.{task_id}"
+        for task_id, args in run["interval"].items():
+            assert args[-2:] == ["--as-of", "2026-10-31T00:00:00+00:00"], f"{dag_id}.{task_id}"
