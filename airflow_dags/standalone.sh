@@ -69,7 +69,8 @@ stop() {
   if alive "$supervisor_pid"; then   # the foreground `make airflow` stops its own components
     local pid; pid=$(cat "$supervisor_pid")
     kill -TERM "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
+    # Its EXIT trap removes the pid file last (kill -0 would also see it as a zombie until reaped).
+    while [ -f "$supervisor_pid" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.5; done
     say "stopped (pid $pid)"
   else
     stop_components   # its supervisor is gone (killed, terminal closed): stop what it left
@@ -124,7 +125,7 @@ start() {
 Airflow UI:     $AIRFLOW__API__BASE_URL  (DAGs "nightly" and "hourly", paused; see "Scheduling (Airflow)" in the README)
 Airflow CLI:    scripts/airflow dags list-runs nightly   (or: source airflow_dags/env.sh; airflow ...)
 lookup server:  http://127.0.0.1:${PORT:-8000}  serving $target
-  curl -s 'http://127.0.0.1:${PORT:-8000}/v1/users/13/recommendations?k=5'
+  curl -s 'http://127.0.0.1:${PORT:-8000}/v1/users/16/recommendations?k=5'
 data dir:       $RECSYS_DATA_DIR
 logs:           $log_dir/{scheduler,dag-processor,triggerer,api-server,lookup-server}.log
 stop:           Ctrl-C here, or make airflow-stop

@@ -242,3 +242,20 @@ def test_help_and_bad_arguments(capsys):
         gd.parse_args(["--users", "0"])
     with pytest.raises(ValueError, match="format"):
         gd.generate("unused", fmt="xml")
+
+
+def test_readme_example_users_exist_in_the_demo_data(tmp_path):
+    """Every user in a README example request is in the data `make demo` and `make airflow`
+    generate (5,000 users, 200,000 events, seed 42), with enough events to have lists of their own."""
+    import re
+    from collections import Counter
+
+    from schemas.settings import PROJECT_ROOT
+
+    examples = {int(u) for u in re.findall(r"/v1/users/(\d+)/recommendations", (PROJECT_ROOT / "README.md").read_text())}
+    assert examples
+    gd.generate(tmp_path / "landing", users=5000, products=1000, events=200_000, seed=42, start="2026-10-01", days=30)
+    events = Counter(json.loads(line)["user_id"] for path in sorted((tmp_path / "landing" / "events").glob("*.jsonl"))
+                     for line in path.open())
+    for user in examples:
+        assert events[user] >= 20, (user, events[user])
