@@ -28,13 +28,21 @@ components=(scheduler dag-processor triggerer api-server lookup-server)
 say() { printf '%s airflow: %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 session_left() { pgrep -s "$1" >/dev/null 2>&1; }   # any process left in session $1
+# A task's own command can leave the component's session (the BashOperator starts it with
+# setsid), so stopping also follows the process tree, recorded before the first signal:
+# once its parent dies, an orphan is no longer anyone's child.
+family=()
+tree() { local pid; for pid in "$@"; do echo "$pid"; tree $(pgrep -P "$pid"); done; }
+record_family() { local sid; for sid in "$@"; do family+=($(tree $(pgrep -s "$sid"))); done; }
+family_left() { local pid; for pid in "${family[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+signal_family() { local pid; for pid in "${family[@]}"; do kill "-$1" "$pid" 2>/dev/null || true; done; }
 
-wait_sessions() {  # wait_sessions SECONDS SID...: until every session is empty; 1 if not in time
+wait_gone() {  # wait_gone SECONDS SID...: until those sessions and the recorded family are gone; 1 if not in time
   local deadline=$((SECONDS + $1)); shift
   while :; do
     local left=0 sid
     for sid in "$@"; do session_left "$sid" && left=1; done
-    [ $left = 0 ] && return 0
+    [ $left = 0 ] && ! family_left && return 0
     [ $SECONDS -ge $deadline ] && return 1
     sleep 0.5
   done
@@ -50,17 +58,21 @@ stop_components() {
   done
   [ ${#sids[@]} -gt 0 ] || return 0
   say "stopping (up to ${grace} s for running tasks to finish)"
+  record_family "${airflow_sids[@]}"   # the API and lookup servers start nothing outside their sessions
   for sid in "${airflow_sids[@]}"; do kill -TERM "$sid" 2>/dev/null || true; done
-  wait_sessions "$grace" "${airflow_sids[@]}" || {
+  wait_gone "$grace" "${airflow_sids[@]}" || {
     say "still running after ${grace} s: terminating every task and process left"
+    record_family "${airflow_sids[@]}"
     for sid in "${airflow_sids[@]}"; do pkill -TERM -s "$sid" 2>/dev/null || true; done
-    wait_sessions 10 "${airflow_sids[@]}" || true; }
+    signal_family TERM
+    wait_gone 10 "${airflow_sids[@]}" || true; }
   for sid in "${sids[@]}"; do kill -TERM "$sid" 2>/dev/null || true; done
-  wait_sessions 15 "${sids[@]}" || true
+  wait_gone 15 "${sids[@]}" || true
   for sid in "${sids[@]}"; do
     if session_left "$sid"; then say "killing what is left of session $sid"; pkill -KILL -s "$sid" 2>/dev/null || true; fi
   done
-  wait_sessions 5 "${sids[@]}" || say "processes left in sessions ${sids[*]}: see 'ps -s ${sids[*]// /,}'"
+  family_left && { say "killing what is left of their process trees"; signal_family KILL; }
+  wait_gone 5 "${sids[@]}" || say "processes left in sessions ${sids[*]}: see 'ps -s ${sids[*]// /,}'"
   for name in "${components[@]}"; do rm -f "$run_dir/$name.pid"; done
   say "stopped"
 }

@@ -1,4 +1,5 @@
-"""The nightly DAG for real: `airflow dags test nightly 2026-10-31` on tiny generated data,
+"""The nightly DAG for real: a manual run triggered for 2026-10-31 without a logical date
+(what `airflow dags trigger nightly` and the UI's button create) on tiny generated data,
 every task a spark-submit on local Spark, ending with a published snapshot that a real
 gunicorn answers from. Then a failed build. (A re-run of the interval is idempotent by
 parts, each tested where it is cheap: ingest adds nothing on a re-run,
@@ -28,9 +29,23 @@ from tests.snapshot_records import snapshot_records
 pytestmark = [pytest.mark.spark, pytest.mark.e2e]
 
 AIRFLOW = PROJECT_ROOT / ".venv-airflow" / "bin" / "airflow"
+AIRFLOW_PYTHON = PROJECT_ROOT / ".venv-airflow" / "bin" / "python"
 JOBS_PYTHON = PROJECT_ROOT / ".venv" / "bin" / "python"
 LOGICAL_DATE = "2026-10-31"
-AS_OF = "2026-10-31T00:00:00+00:00"  # the end of the data interval of the run for that logical date
+# The manual run is triggered for this moment; a run for LOGICAL_DATE ends its interval there too.
+AS_OF = "2026-10-31T00:00:00+00:00"
+# `airflow dags test` always gives its run a logical date. DAG.test(logical_date=None) creates the
+# run a trigger without one creates (no logical date, no data interval), in-process as `dags test`.
+MANUAL_RUN = r"""
+import json, sys
+from datetime import datetime
+from airflow.utils.cli import get_bagged_dag
+run = get_bagged_dag(bundle_names=None, dag_id=sys.argv[1]).test(logical_date=None,
+                                                                  run_after=datetime.fromisoformat(sys.argv[2]))
+print(json.dumps({"state": str(run.state), "run_type": str(run.run_type),
+                  "logical_date": run.logical_date and run.logical_date.isoformat(),
+                  "data_interval_end": run.data_interval_end and run.data_interval_end.isoformat()}))
+"""
 NIGHTLY_TASKS = ["ingest", "als", "content", "popularity", "hybrid", "evaluation", "build_snapshot", "publish"]
 
 
@@ -59,11 +74,11 @@ class AirflowSandbox:
         })
 
     def run(self, *args: str, log_name: str, extra_env: dict[str, str] | None = None,
-            timeout: float = 2700) -> tuple[int, str]:
+            timeout: float = 2700, program: Path = AIRFLOW) -> tuple[int, str]:
         """Run ``airflow <args>``; return its exit code and output (also kept in ``<root>/<log_name>``)."""
         log_path = self.root / log_name
         with open(log_path, "w") as log:
-            done = subprocess.run([str(AIRFLOW), *args], env={**self.env, **(extra_env or {})}, cwd=self.root,
+            done = subprocess.run([str(program), *args], env={**self.env, **(extra_env or {})}, cwd=self.root,
                                   stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
         return done.returncode, log_path.read_text()
 
@@ -74,7 +89,7 @@ def tail(text: str, lines: int = 60) -> str:
 
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory) -> AirflowSandbox:
-    """One real `airflow dags test nightly` on generated data, shared by the module."""
+    """One real manual run of the nightly DAG on generated data, shared by the module."""
     assert AIRFLOW.exists(), f"{AIRFLOW} missing: run `make airflow-venv` (make test does)"
     sandbox = AirflowSandbox(tmp_path_factory.mktemp("airflow-nightly"))
     generate(sandbox.data / "landing", users=200, products=60, events=4000, seed=11, start="2026-10-01", days=30)
@@ -82,14 +97,18 @@ def nightly(tmp_path_factory) -> AirflowSandbox:
     assert code == 0, tail(out)
     code, out = sandbox.run("pools", "set", "recsys_lake", "1", "recsys writers", log_name="pools.log", timeout=120)
     assert code == 0, tail(out)
-    code, out = sandbox.run("dags", "test", "nightly", LOGICAL_DATE, log_name="nightly-1.log")
+    code, out = sandbox.run("-c", MANUAL_RUN, "nightly", AS_OF, log_name="nightly-1.log", program=AIRFLOW_PYTHON)
     assert code == 0, tail(out)
     sandbox.first_log = out
+    sandbox.first_run = json.loads(out.strip().splitlines()[-1])
     return sandbox
 
 
 def test_nightly_runs_every_task_and_publishes(nightly):
-    """Every task ran once, for the interval ending 2026-10-31, and the publish put the build in service."""
+    """A run with no logical date and no data interval ran every task once, as of the moment it was
+    triggered for, and the publish put the build in service."""
+    assert nightly.first_run == {"state": "success", "run_type": "manual", "logical_date": None,
+                                 "data_interval_end": None}
     for task_id in NIGHTLY_TASKS:
         assert nightly.first_log.count(f"[DAG TEST] starting task_id={task_id} ") == 1, task_id
     assert "RECSYS TASK FAILED" not in nightly.first_log and "will be retried" not in nightly.first_log
