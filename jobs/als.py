@@ -104,7 +104,7 @@ from jobs.candidates import as_candidates, model_version, replace_algorithm_cand
 from jobs.cli import run_algorithm_job
 from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
-from jobs.top_n import top_columns
+from jobs.top_n import ranked_lists_batch, top_columns
 
 log = logging.getLogger(__name__)
 
@@ -344,19 +344,7 @@ def top_k_lists(subject_ids: np.ndarray, queries: np.ndarray, items: np.ndarray,
             scores[block_excluded] = -np.inf
             floor = np.partition(scores[:, :sample], sample - k, axis=1)[:, sample - k] if sampled else None
             best, best_scores = top_columns(scores, k, floor)
-        best_ids = item_ids[best]
-        order_in_row = np.lexsort((best_ids, -best_scores), axis=1)
-        best_ids = np.take_along_axis(best_ids, order_in_row, axis=1)
-        best_scores = np.take_along_axis(best_scores, order_in_row, axis=1)
-        keep = np.isfinite(best_scores)  # excluded items sort last and drop out here
-        lengths = keep.sum(axis=1)
-        has_list = lengths > 0
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths[has_list])]).astype(np.int32))
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(subject_ids[start:start + len(block)][has_list]).cast(pa.string()),
-             pa.ListArray.from_arrays(offsets, pa.array(best_ids[keep])),
-             pa.ListArray.from_arrays(offsets, pa.array(best_scores[keep].astype(np.float32)))],
-            names=["subject_id", "product_ids", "scores"])
+        yield ranked_lists_batch(subject_ids[start:start + len(block)], best, best_scores, item_ids)
 
 
 def top_by_norm(queries: np.ndarray, items: np.ndarray, norms: np.ndarray, k: int,

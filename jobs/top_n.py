@@ -130,6 +130,20 @@ def lists_batch(subjects: pa.Array, lengths: np.ndarray, ids: np.ndarray, scores
         ["subject_id", "product_ids", "scores"])
 
 
+def ranked_lists_batch(subject_ids: np.ndarray, columns: np.ndarray, values: np.ndarray,
+                       item_ids: np.ndarray) -> pa.RecordBatch:
+    """top_columns' ``(columns, values)`` as a lists batch: each row's items best first
+    (ties: smaller id), ``-inf`` padding dropped, rows left with nothing dropped; subject
+    ids as strings."""
+    ids = item_ids[columns]
+    order = np.lexsort((ids, -values), axis=1)
+    ids, values = np.take_along_axis(ids, order, axis=1), np.take_along_axis(values, order, axis=1)
+    keep = np.isfinite(values)  # excluded items sort last and drop out here
+    lengths = keep.sum(axis=1)
+    listed = lengths > 0
+    return lists_batch(pa.array(subject_ids[listed]).cast(pa.string()), lengths[listed], ids[keep], values[keep])
+
+
 def top_columns(scores: np.ndarray, k: int, floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(columns, values)``, each ``rows x k``: per row of ``scores``, the columns of
     its ``k`` highest values, in no particular order (ties at the k-th value: any of

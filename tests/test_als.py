@@ -1,16 +1,9 @@
-"""ALS candidates on two hand-made taste groups, with ids at the edges of their ranges.
-
-Group A: users U+1..U+10 and products P+100..P+109; group B: users U+11..U+20 and
-products P+200..P+209, where U = 2^62 (user ids beyond int32 and int53) and
-P = 2^32 - 1000 (product ids above 2^31, below the uint32 bound). User number i
-(0..9 within its group) never touches products i, i+1, i+2 (mod 10) of its group,
-only views product i+3, and views then buys the other six.
-"""
+"""ALS candidates on two hand-made taste groups (tests/taste_groups.py)."""
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -20,45 +13,18 @@ from jobs.als import (SOLVERS, AlsParams, ItemMatrix, collect_item_matrix, confi
 from jobs.interactions import weighted
 from schemas.settings import load_conf
 from tests.candidate_contract import assert_candidates_contract
+from tests.taste_groups import ALL_PRODUCTS, AS_OF, BOUGHT, P, ROWS, SCHEMA, U, VIEWED_ONLY, group_of_product, group_of_user
 
 pytestmark = pytest.mark.spark
 
-AS_OF = datetime(2026, 10, 1, tzinfo=timezone.utc)
-U = 2**62
-P = 2**32 - 1000
 PARAMS = AlsParams(rank=4, max_iter=10, reg_param=0.05, alpha=10.0, half_life_days=30.0, top_n=5,
                    similar_top_n=5, exclude_purchased=True, seed=42,
                    event_weights={"view": 1.0, "purchase": 8.0})
 
 
-def group_of_user(user_id: int) -> str:
-    return "A" if user_id - U <= 10 else "B"
-
-
-def group_of_product(product_id: int) -> str:
-    return "A" if product_id - P < 200 else "B"
-
-
-def _taste_rows():
-    rows, bought, viewed_only = [], set(), {}
-    for user in range(1, 21):
-        i, first = (user - 1) % 10, (100 if user <= 10 else 200)
-        items = [first + (i + j) % 10 for j in range(10)]
-        viewed_only[U + user] = P + items[3]
-        rows.append((U + user, P + items[3], "view", AS_OF - timedelta(days=2)))
-        for day, item in enumerate(items[4:]):
-            rows.append((U + user, P + item, "view", AS_OF - timedelta(days=day + 3)))
-            rows.append((U + user, P + item, "purchase", AS_OF - timedelta(days=day + 1)))
-            bought.add((U + user, P + item))
-    return rows, bought, viewed_only
-
-
-ROWS, BOUGHT, VIEWED_ONLY = _taste_rows()
-
-
 @pytest.fixture(scope="module")
 def interactions(spark):
-    return spark.createDataFrame(ROWS, "user_id long, product_id long, event_type string, timestamp timestamp")
+    return spark.createDataFrame(ROWS, SCHEMA)
 
 
 @pytest.fixture(scope="module", params=SOLVERS)
@@ -84,7 +50,7 @@ def test_every_user_and_product_gets_a_list_cut_at_its_length(run):
     assert all(len(r["product_ids"]) == (PARAMS.top_n if k == "user" else PARAMS.similar_top_n)
                for (k, _), r in lists.items())
     all_ids = {p for r in lists.values() for p in r["product_ids"]}
-    assert all_ids <= {P + first + j for first in (100, 200) for j in range(10)}
+    assert all_ids <= ALL_PRODUCTS
     assert {r["algorithm"] for r in lists.values()} == {"als"}
     assert {r["model_version"] for r in lists.values()} == {lists[("user", U + 1)]["model_version"]}
     assert lists[("user", U + 1)]["model_version"].startswith("als-20261001T000000Z-")

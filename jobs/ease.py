@@ -1,0 +1,286 @@
+"""EASE: item-item collaborative candidates in closed form (Steck, "Embarrassingly
+Shallow Autoencoders for Sparse Data", WWW 2019).
+
+Writes ``algorithm = 'ease'`` rows of the candidates table:
+
+- ``user``    per user, the top-N products of the user's interaction row times B,
+              minus what the user bought (``exclude_purchased``);
+- ``product`` per product i, the top-K products j by B[i, j]: what interacting
+              with i says most for j.
+
+The model is one item x item matrix, B = I - P diag(1 / diag(P)) with
+P = (XᵀX + l2 I)⁻¹, X the user x item matrix of interactions (1 per pair with a
+positive decayed weight, or ``log1p`` of that weight: ``value``). B's diagonal is
+zero: an item never explains itself, so the model learns which other items do.
+
+Where it fits: X's Gram matrix and its inverse are dense, 8 n² bytes each on the
+driver (float64) and B is broadcast to the executors as float32 (4 n² bytes), so
+only the ``max_items`` items with the most users are modelled (10k items: 800 MB
+each on the driver, 400 MB per Python worker; the inverse ~n³ flops, ~20 s on two
+cores). Other items get no EASE lists, and the other generators list them. The
+driver also holds the interaction pairs of the modelled items while X is built,
+~16 bytes per pair. Beyond that catalog size the next step is a sparse
+approximation (each item's top co-occurring items only, as SANSA does) computed
+with Spark; it is not built yet.
+
+Scoring is ALS's pattern: a ``mapInArrow`` task takes a batch of users (their
+modelled items as lists), multiplies the sparse rows by B (scipy: nnz x n flops),
+masks the purchases, keeps the top N per row (jobs.top_n.top_columns).
+
+Run: ``python -m jobs.ease --help`` or ``spark-submit jobs/ease.py --help``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from scipy import sparse
+from scipy.linalg import lapack
+
+from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
+from jobs.cli import run_algorithm_job
+from jobs.interactions import check_decay, read_interactions, weighted
+from jobs.paths import DataPaths
+from jobs.top_n import ranked_lists_batch, top_columns
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "ease"
+VALUES = ("binary", "log_weight")
+LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
+# Upper bound on one block of scores (rows x modelled items): 64 MB of float32.
+BLOCK_SCORES = 1 << 24
+
+
+@dataclass(frozen=True)
+class EaseParams:
+    l2: float = 400.0            # the ridge penalty lambda: larger, smoother, more popular
+    value: str = "binary"        # X's entries: 1 per pair, or log1p of its decayed weight
+    max_items: int = 10_000      # items with the most users, modelled; the rest get no lists
+    min_item_users: int = 2      # an item needs this many users to be modelled
+    half_life_days: float = 30.0
+    top_n: int = 200
+    similar_top_n: int = 50
+    exclude_purchased: bool = True
+    event_weights: dict[str, float] = field(default_factory=lambda: {
+        "view": 1.0, "click": 1.0, "wishlist": 2.0, "add_to_cart": 4.0, "purchase": 8.0})
+
+    def __post_init__(self):
+        for name in ("max_items", "min_item_users", "top_n", "similar_top_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+        if isinstance(self.l2, bool) or not (isinstance(self.l2, (int, float)) and self.l2 > 0
+                                             and math.isfinite(self.l2)):
+            raise ValueError(f"l2 must be a finite number > 0, got {self.l2!r}")
+        if self.value not in VALUES:
+            raise ValueError(f"value must be one of {', '.join(VALUES)}, got {self.value!r}")
+        if not isinstance(self.exclude_purchased, bool):
+            raise ValueError(f"exclude_purchased must be true or false, got {self.exclude_purchased!r}")
+        check_decay(self)
+        if not any(w > 0 for w in self.event_weights.values()):
+            raise ValueError("event_weights: at least one event type must weigh more than 0")
+
+
+@contextmanager
+def _timed(stage: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    log.info("ease: %s took %.1f s", stage, time.monotonic() - started)
+
+
+# --- the model, in NumPy ----------------------------------------------------
+
+def ease_weights(interactions: sparse.csr_matrix, l2: float) -> np.ndarray:
+    """B (float32, items x items, zero diagonal) for the users x items matrix ``interactions``."""
+    gram = (interactions.T @ interactions).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += l2
+    # XᵀX + l2 I is symmetric positive definite: a Cholesky inverse is half LU's work.
+    factor, info = lapack.dpotrf(gram, lower=False, overwrite_a=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"Cholesky factorisation failed (info={info})")
+    inverse, info = lapack.dpotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"inverse from the Cholesky factor failed (info={info})")
+    inverse = np.triu(inverse) + np.triu(inverse, 1).T  # dpotri fills the upper triangle only
+    weights = inverse / -np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+def rows_matrix(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, n_rows: int,
+                n_items: int) -> sparse.csr_matrix:
+    """The ``n_rows x n_items`` float32 CSR matrix with ``values`` at ``(rows, columns)``."""
+    return sparse.csr_matrix((values.astype(np.float32), (rows, columns)), shape=(n_rows, n_items))
+
+
+def best_of_rows(subjects: np.ndarray, scores: np.ndarray, excluded: tuple[np.ndarray, np.ndarray],
+                 item_ids: np.ndarray, k: int) -> pa.RecordBatch:
+    """Per row of ``scores`` (rows x items), the ``k`` best items (ties: smaller id), the
+    ``excluded`` ``(row, column)`` pairs left out (``scores`` is overwritten there)."""
+    scores[excluded[0], excluded[1].astype(np.int64)] = -np.inf
+    columns, values = top_columns(scores, min(k, scores.shape[1]))
+    return ranked_lists_batch(subjects, columns, values, item_ids)
+
+
+@dataclass(frozen=True)
+class EaseModel:
+    """B on the driver: ``weights[i, j]`` links item ``ids[i]`` to item ``ids[j]``; ids ascending."""
+    ids: np.ndarray      # int64, (n,)
+    weights: np.ndarray  # float32, (n, n)
+
+
+# --- Spark: data in, lists out ----------------------------------------------
+
+def modelled_items(pairs: DataFrame, params: EaseParams) -> np.ndarray:
+    """The ids (ascending) of the ``max_items`` products with the most users, each with at
+    least ``min_item_users``; ties to the smaller id."""
+    counts = (pairs.groupBy("product_id").agg(F.count("*").alias("users"))
+              .where(F.col("users") >= params.min_item_users)
+              .orderBy(F.col("users").desc(), "product_id").limit(params.max_items))
+    return np.sort(counts.select("product_id").toArrow().column(0).to_numpy())
+
+
+def interaction_pairs(rows: DataFrame, as_of: datetime, params: EaseParams) -> DataFrame:
+    """``(user_id, product_id, value)``: one row per pair with a positive decayed weight."""
+    summed = weighted(rows, as_of, params).groupBy("user_id", "product_id").agg(F.sum("weight").alias("weight"))
+    value = F.lit(1.0) if params.value == "binary" else F.log1p("weight")
+    return summed.select("user_id", "product_id", value.cast("float").alias("value"))
+
+
+def fit(pairs: DataFrame, params: EaseParams) -> tuple[EaseModel, DataFrame]:
+    """The model, and ``(product_id, item)``: each modelled product's row in it."""
+    spark = pairs.sparkSession
+    with _timed("modelled items chosen"):
+        ids = modelled_items(pairs, params)
+    if not len(ids):
+        raise ValueError(f"no product has {params.min_item_users} or more users: nothing for EASE to model")
+    index = spark.createDataFrame(pa.table({"product_id": pa.array(ids, pa.int64()),
+                                            "item": pa.array(np.arange(len(ids), dtype=np.int32))}))
+    with _timed("interactions of the modelled items collected"):
+        table = (pairs.join(F.broadcast(index), "product_id").select("user_id", "item", "value")
+                 .toArrow())
+    _, user_rows = np.unique(table.column("user_id").to_numpy(), return_inverse=True)
+    matrix = rows_matrix(user_rows, table.column("item").to_numpy(), table.column("value").to_numpy(),
+                         int(user_rows.max(initial=-1)) + 1, len(ids))
+    with _timed(f"B for {len(ids)} items from {matrix.nnz} pairs (l2 {params.l2:g})"):
+        weights = ease_weights(matrix, params.l2)
+    return EaseModel(ids=ids.astype(np.int64), weights=weights), index
+
+
+def user_recommendations(pairs: DataFrame, purchased: DataFrame, index: DataFrame, model: EaseModel,
+                         params: EaseParams) -> DataFrame:
+    """``(subject_id, product_ids, scores)``: per user with a modelled item, the ``top_n``
+    products by their row of X times B, the ``purchased`` ones left out when
+    ``exclude_purchased``."""
+    spark = pairs.sparkSession
+    modelled = pairs.join(F.broadcast(index), "product_id")
+    rows = modelled.groupBy("user_id").agg(F.collect_list("item").alias("items"),
+                                           F.collect_list("value").alias("values"))
+    if params.exclude_purchased:
+        bought = (purchased.join(F.broadcast(index), "product_id").groupBy("user_id")
+                  .agg(F.collect_set("item").alias("bought")))
+        rows = rows.join(bought, "user_id", "left")
+    else:
+        rows = rows.withColumn("bought", F.lit(None).cast("array<int>"))
+    rows = rows.select("user_id", "items", "values", "bought")
+    # Plain arrays: under `python -m jobs.ease` the EaseModel class lives in __main__,
+    # which the Python workers cannot unpickle.
+    shared = spark.sparkContext.broadcast((model.ids, model.weights))
+    k, per_block = params.top_n, max(1, BLOCK_SCORES // len(model.ids))
+
+    def recommend(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        ids, weights = shared.value
+        for batch in batches:
+            for start in range(0, batch.num_rows, per_block):
+                block = batch.slice(start, per_block)
+                matrix = rows_matrix(*_flat(block.column(1)), _flat(block.column(2))[1], len(block), len(ids))
+                scores = np.asarray(matrix @ weights, dtype=np.float32)
+                yield best_of_rows(block.column(0).to_numpy(), scores, _flat(block.column(3)), ids, k)
+
+    return rows.mapInArrow(recommend, LISTS_SCHEMA)
+
+
+def similar_products(spark: SparkSession, model: EaseModel, params: EaseParams) -> DataFrame:
+    """``(subject_id, product_ids, scores)``: per modelled product i, the
+    ``similar_top_n`` others j with the largest B[i, j], best first (ties: smaller id)."""
+    n = len(model.ids)
+    if n < 2:
+        return spark.createDataFrame([], LISTS_SCHEMA)
+    shared = spark.sparkContext.broadcast((model.ids, model.weights))
+    k, per_block = params.similar_top_n, max(1, BLOCK_SCORES // n)
+
+    def similar(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        ids, weights = shared.value
+        for batch in batches:
+            rows = batch.column(0).to_numpy()
+            for start in range(0, len(rows), per_block):
+                block = rows[start:start + per_block]
+                self_pairs = (np.arange(len(block)), block)  # the product itself is not its neighbour
+                yield best_of_rows(ids[block], weights[block], self_pairs, ids, k)
+
+    parts = max(spark.sparkContext.defaultParallelism, math.ceil(n / 5_000))
+    return spark.range(0, n, numPartitions=parts).mapInArrow(similar, LISTS_SCHEMA)
+
+
+def _flat(lists: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, value)`` of every element of a list column (null lists have none)."""
+    return (pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64),
+            pc.list_flatten(lists).to_numpy(zero_copy_only=False))
+
+
+def ease_candidates(interaction_rows: DataFrame, as_of: datetime, params: EaseParams,
+                    product_lists: bool = True, for_users: DataFrame | None = None) -> DataFrame:
+    """EASE's user (and, with ``product_lists``, product) lists in the CANDIDATES layout.
+    ``for_users`` (``user_id`` rows): user lists for these users only, each the same as in
+    a run for everyone (the model learns from every user all the same). Fits here; the
+    frame returned is lazy over the fitted model."""
+    version = model_version(ALGORITHM, as_of, asdict(params))
+    pairs = interaction_pairs(interaction_rows, as_of, params).cache()
+    model, index = fit(pairs, params)
+    purchased = (interaction_rows.where((F.col("event_type") == "purchase") & (F.col("timestamp") <= F.lit(as_of)))
+                 .select("user_id", "product_id"))
+    listed = pairs if for_users is None else pairs.join(for_users, "user_id", "left_semi")
+    candidates = as_candidates(user_recommendations(listed, purchased, index, model, params), "user", ALGORITHM,
+                               version)
+    if product_lists:
+        candidates = candidates.unionByName(
+            as_candidates(similar_products(pairs.sparkSession, model, params), "product", ALGORITHM, version))
+    return candidates
+
+
+# --- I/O edges --------------------------------------------------------------
+
+def params_from_settings(settings: dict) -> EaseParams:
+    return EaseParams(**settings)
+
+
+def run_ease(spark: SparkSession, paths: DataPaths, as_of: datetime, params: EaseParams) -> dict:
+    """Fit EASE and store its candidate lists; return what was written."""
+    started = time.monotonic()
+    candidates = ease_candidates(read_interactions(spark, paths), as_of, params)
+    with _timed("user and similar-product lists, written"):
+        counts = replace_algorithm_candidates(spark, paths.table("candidates"), ALGORITHM, candidates)
+    summary = {"algorithm": ALGORITHM, "lists": counts, "model_version": model_version(ALGORITHM, as_of, asdict(params)),
+               "seconds": round(time.monotonic() - started, 1)}
+    log.info("ease done: %s", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_algorithm_job(argv, __doc__.split("\n\n")[0], ALGORITHM, "ease", params_from_settings, run_ease)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
