@@ -58,7 +58,7 @@ from schemas.fields import spark_schema
 from schemas.settings import load_conf
 from schemas.tables import EVALUATIONS
 
-from jobs import als, content, hybrid, popularity
+from jobs import als, content, ease, hybrid, popularity
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.delta_tables import ensure_table
 from jobs.evaluation_report import write_report
@@ -72,6 +72,8 @@ from jobs.tuned import read_tuned, with_tuned, write_json_atomically
 log = logging.getLogger(__name__)
 
 SPLITS = ("temporal", "leave_last_out", "random")
+# What the evaluation can train; popular is required (it is every fallback).
+ALGORITHMS = ("popular", "als", "ease", "content", "hybrid")
 SEGMENTS = ("new", "light", "heavy")
 POLICY_METRIC, POLICY_K = "ndcg", 10
 POLICY_FILE = Path("evaluation") / "policy.json"
@@ -87,7 +89,7 @@ class EvaluationParams:
     holdout_days: float = 2.0
     ks: tuple[int, ...] = (5, 10, 20)
     light_max_interactions: int = 5
-    algorithms: tuple[str, ...] = ("popular", "als", "content", "hybrid")
+    algorithms: tuple[str, ...] = ("popular", "als", "ease", "content", "hybrid")
     relevant_event_types: tuple[str, ...] = ("view", "click", "wishlist", "add_to_cart", "purchase")
     test_fraction: float = 0.25   # random split: share of each user's products held out
     min_interactions: int = 0     # k-core filter before splitting; 0 = off
@@ -103,7 +105,7 @@ class EvaluationParams:
             raise ValueError("test_fraction must be between 0 and 1")
         if self.min_interactions < 0 or self.max_scored_users < 0:
             raise ValueError("min_interactions and max_scored_users must be >= 0")
-        unknown = set(self.algorithms) - {"popular", "als", "content", "hybrid"}
+        unknown = set(self.algorithms) - set(ALGORITHMS)
         if unknown or "popular" not in self.algorithms:
             raise ValueError("algorithms must include popular (the fallback) and name only known ones")
 
@@ -222,11 +224,15 @@ def train_all(train: DataFrame, products: DataFrame, train_until: datetime, sett
                                            product_lists=False, for_users=for_users)
         return candidates
 
+    def item_item() -> DataFrame:
+        return ease.ease_candidates(train, train_until, ease.params_from_settings(settings["ease"]),
+                                    product_lists=False, for_users=for_users)
+
     def content_based() -> DataFrame:
         return content.content_candidates(train, products, train_until,
                                           content.params_from_settings(settings["content"]), for_users=for_users)
 
-    builders = {"popular": popular, "als": collaborative, "content": content_based}
+    builders = {"popular": popular, "als": collaborative, "ease": item_item, "content": content_based}
     parts = [_trained(name, builders[name]) for name in algorithms if name in builders]
     lists = parts[0]
     for part in parts[1:]:

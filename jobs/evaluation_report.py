@@ -38,7 +38,7 @@ from schemas.tables import EVALUATIONS
 
 log = logging.getLogger(__name__)
 
-ALGORITHM_ORDER = ("global_popular", "popular", "als", "content", "hybrid")
+ALGORITHM_ORDER = ("global_popular", "popular", "als", "ease", "content", "hybrid")
 SEGMENT_ORDER = ("new", "light", "heavy", "all")
 # Metrics cut at k that the bar and line plots compare; the rest only go to the table.
 RANKING_METRICS = ("ndcg", "recall", "hit_rate", "map", "precision")

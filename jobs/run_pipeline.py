@@ -1,5 +1,5 @@
 """Run the whole batch pipeline in one Spark session:
-ingest -> [tuning] -> popularity, ALS, content -> hybrid -> [evaluation] -> snapshot.
+ingest -> [tuning] -> popularity, ALS, EASE, content -> hybrid -> [evaluation] -> snapshot.
 
 The scheduler runs these as separate tasks; this entry point is for the demo, for
 tests and for a one-off rebuild by hand. ``--tune`` searches ALS and hybrid
@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 
 from schemas.settings import load_conf
 
-from jobs import als, content, evaluation, hybrid, popularity
+from jobs import als, content, ease, evaluation, hybrid, popularity
 from jobs.build_snapshot import build_snapshot
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.ingest import run_ingest
@@ -48,6 +48,7 @@ EXIT_DEGRADED = 2
 ALGORITHM_STEPS: dict[str, tuple] = {
     "popular": (popularity, popularity.run_popularity),
     "als": (als, als.run_als),
+    "ease": (ease, ease.run_ease),
     "content": (content, content.run_content),
     "hybrid": (hybrid, hybrid.run_hybrid),
 }

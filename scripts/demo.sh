@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End to end on this machine: generate data -> ingest -> popular, ALS, content, hybrid -> offline evaluation
+# End to end on this machine: generate data -> ingest -> popular, ALS, EASE, content, hybrid -> offline evaluation
 # -> snapshot -> gunicorn. EVALUATE=0 skips the evaluation (about a third of the pipeline's time).
 # Called by `make demo` (which sets up the virtualenv and jars first).
 set -euo pipefail
@@ -30,9 +30,9 @@ say "generating $EVENTS events, $USERS users, $PRODUCTS products into $DEMO_DIR/
 "$PY" -m jobs.generate_data --users "$USERS" --products "$PRODUCTS" --events "$EVENTS" \
   --seed 42 --start "$START" --days 30 --out "$DEMO_DIR/landing"
 
-steps="ingest -> popular, ALS, content -> hybrid -> snapshot"
+steps="ingest -> popular, ALS, EASE, content -> hybrid -> snapshot"
 evaluate=()
-if [ "$EVALUATE" = 1 ]; then steps="ingest -> popular, ALS, content -> hybrid -> evaluation -> snapshot"; evaluate=(--evaluate); fi
+if [ "$EVALUATE" = 1 ]; then steps="ingest -> popular, ALS, EASE, content -> hybrid -> evaluation -> snapshot"; evaluate=(--evaluate); fi
 say "running the Spark pipeline ($steps), as of $AS_OF"
 rc=0
 "$PY" -m jobs.run_pipeline --data-dir "$DEMO_DIR" --as-of "$AS_OF" "${evaluate[@]}" \
