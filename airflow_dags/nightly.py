@@ -1,6 +1,6 @@
 """nightly: the full rebuild for the day that just ended.
 
-ingest -> ALS, TF-IDF content, popularity (in parallel) -> hybrid -> evaluation
+ingest -> ALS, EASE, TF-IDF content, popularity (in parallel) -> hybrid -> evaluation
 -> build_snapshot -> publish. Every task is one job of `jobs/`, submitted with
 spark-submit through the `spark_default` connection, with --as-of = the end of the
 run's data interval (midnight UTC); a run triggered without a logical date gets
@@ -15,7 +15,7 @@ from recsys_dag_support import DEFAULT_ARGS, LAKE_POOL, MACROS, submit_args
 
 with DAG(
     dag_id="nightly",
-    description="ingest, ALS + content + popularity, hybrid, evaluation, snapshot, publish",
+    description="ingest, ALS + EASE + content + popularity, hybrid, evaluation, snapshot, publish",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
@@ -29,6 +29,7 @@ with DAG(
     ingest = SparkSubmitOperator(task_id="ingest", pool=LAKE_POOL, execution_timeout=timedelta(hours=1),
                                  **submit_args("ingest"))
     als = SparkSubmitOperator(task_id="als", execution_timeout=timedelta(hours=2), **submit_args("als"))
+    ease = SparkSubmitOperator(task_id="ease", execution_timeout=timedelta(hours=1), **submit_args("ease"))
     content = SparkSubmitOperator(task_id="content", execution_timeout=timedelta(hours=1), **submit_args("content"))
     popularity = SparkSubmitOperator(task_id="popularity", execution_timeout=timedelta(minutes=30),
                                      **submit_args("popularity"))
@@ -40,4 +41,4 @@ with DAG(
     publish = SparkSubmitOperator(task_id="publish", pool=LAKE_POOL, execution_timeout=timedelta(minutes=20),
                                   **submit_args("publish_snapshot"))
 
-    ingest >> [als, content, popularity] >> hybrid >> evaluation >> build_snapshot >> publish
+    ingest >> [als, ease, content, popularity] >> hybrid >> evaluation >> build_snapshot >> publish

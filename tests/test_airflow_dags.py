@@ -127,10 +127,10 @@ def test_no_import_errors_and_both_dags(dagbag):
 
 
 def test_nightly_graph(dagbag):
-    """ingest -> ALS, content, popularity in parallel -> hybrid -> evaluation -> build -> publish."""
+    """ingest -> ALS, EASE, content, popularity in parallel -> hybrid -> evaluation -> build -> publish."""
     assert edges(dagbag["dags"]["nightly"]) == {
-        ("ingest", "als"), ("ingest", "content"), ("ingest", "popularity"),
-        ("als", "hybrid"), ("content", "hybrid"), ("popularity", "hybrid"),
+        ("ingest", "als"), ("ingest", "ease"), ("ingest", "content"), ("ingest", "popularity"),
+        ("als", "hybrid"), ("ease", "hybrid"), ("content", "hybrid"), ("popularity", "hybrid"),
         ("hybrid", "evaluation"), ("evaluation", "build_snapshot"), ("build_snapshot", "publish"),
     }
 

@@ -47,9 +47,10 @@ def test_pipeline_reports_and_publishes(pipeline, capsys, monkeypatch):
     assert summary["ingest"]["events"]["received"] == 6000
     assert all(result["ok"] for result in summary["algorithms"].values()), summary["algorithms"]
     databases = summary["snapshot"]["databases"]
-    for algorithm in ("popular", "als", "content", "hybrid"):
+    for algorithm in ("popular", "als", "ease", "content", "hybrid"):
         assert databases[f"recs/user/{algorithm}"] > 200, algorithm
-    assert databases["recs/product/als"] > 50 and databases["recs/product/content"] > 50
+    for algorithm in ("als", "ease", "content"):
+        assert databases[f"recs/product/{algorithm}"] > 50, algorithm
     assert read_current_version(pipeline / "snapshots") == summary["snapshot"]["version"]
 
 
@@ -127,9 +128,9 @@ def test_pipeline_tuned_evaluated_and_used_the_winners(spark, pipeline):
     assert all(json.loads(r.params) for r in trials.collect())
     run = evaluations.where("run_id not like 'tuning-%'")
     assert {r.algorithm for r in run.select("algorithm").distinct().collect()} == {
-        "global_popular", "popular", "als", "content", "hybrid"}
+        "global_popular", "popular", "als", "ease", "content", "hybrid"}
     policy = json.loads((pipeline / "evaluation" / "policy.json").read_text())
-    assert set(policy["priors"]["all"]) == {"popular", "als", "content", "hybrid"}
+    assert set(policy["priors"]["all"]) == {"popular", "als", "ease", "content", "hybrid"}
     report = (pipeline / "evaluation" / "report" / "report.html").read_text()
     for png in ("metric_by_algorithm.png", "by_segment.png", "by_k.png", "tuning.png"):
         assert f'src="{png}"' in report and (pipeline / "evaluation" / "report" / png).stat().st_size > 1000

@@ -9,7 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.loaders import epoch_seconds_to_iso, movielens, rees46, taobao
+from jobs import content
+from jobs.loaders import epoch_seconds_to_iso, movielens, online_retail, rees46, taobao
 from schemas import EVENTS, PRODUCTS, validate_record
 
 pytestmark = pytest.mark.spark
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.spark
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TAOBAO = SHARED_DATA / "taobao-userbehavior-sample" / "UserBehavior.csv"
 REES46 = SHARED_DATA / "rees46-oct2019-sample" / "2019-Oct-sample.csv"
+ONLINE_RETAIL = SHARED_DATA / "online-retail" / "OnlineRetail.csv"
 ISO_Z = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
 
 
@@ -238,7 +240,7 @@ def test_movielens_movies_dat_main_parquet(spark, ml_files, tmp_path: Path):
 
 def test_loader_help_lists_options(capsys):
     """Every loader documents --input, --out and --format."""
-    for module in (taobao, rees46, movielens):
+    for module in (taobao, rees46, movielens, online_retail):
         with pytest.raises(SystemExit) as exc:
             module.main(["--help"])
         assert exc.value.code == 0
