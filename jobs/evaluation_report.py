@@ -190,7 +190,7 @@ def _write_plots(results: pd.DataFrame, trials: pd.DataFrame | None, folder: Pat
          lambda: _plot_by_k(values, algorithms, colors)),
     )
     if trials is not None and not trials.empty:
-        plots += (("tuning.png", "Validation score per tuning trial, best trial per algorithm marked",
+        plots += (("tuning.png", "Validation score per tuning trial and best so far, best trial per algorithm marked",
                    lambda: _plot_tuning(trials, colors)),)
     for name, alt, draw in plots:
         fig = draw()
@@ -286,8 +286,10 @@ def _plot_tuning(trials: pd.DataFrame, colors) -> Figure:
     ax = fig.add_subplot()
     for alg in _ordered(trials["algorithm"], ALGORITHM_ORDER):
         rows = trials[trials["algorithm"] == alg].sort_values("trial")
-        ax.plot(rows["trial"], rows["score"], marker="o", linestyle="-", alpha=0.7, label=alg,
+        ax.plot(rows["trial"], rows["score"], marker="o", linestyle=":", alpha=0.7, label=alg,
                 color=colors[alg])
+        # The search's progress: the best score so far, by trial.
+        ax.plot(rows["trial"], rows["score"].cummax(), drawstyle="steps-post", linestyle="-", color=colors[alg])
         scored = rows.dropna(subset=["score"])
         if not scored.empty:
             best = scored.loc[scored["score"].idxmax()]
@@ -299,7 +301,7 @@ def _plot_tuning(trials: pd.DataFrame, colors) -> Figure:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("validation score (higher is better)")
-    ax.set_title("Tuning trials (star: best per algorithm)")
+    ax.set_title("Tuning trials (dots: each trial; line: best so far; star: best per algorithm)")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return fig

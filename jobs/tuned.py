@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 TUNED_FILE = Path("evaluation") / "tuned.json"
 # Sections tuning may change; anything else in the file is ignored.
-TUNED_SECTIONS = ("als", "hybrid")
+TUNED_SECTIONS = ("als", "ease", "hybrid")
 
 
 def write_json_atomically(path: Path, document: dict) -> None:
@@ -40,7 +40,7 @@ def read_tuned(root: Path) -> dict | None:
 
 
 def with_tuned(settings: dict, root: Path) -> dict:
-    """``settings`` (conf/jobs.toml) with the tuned [als] and [hybrid] keys laid over it."""
+    """``settings`` (conf/jobs.toml) with the tuned [als], [ease] and [hybrid] keys laid over it."""
     if not settings.get("tuning", {}).get("use_tuned", True):
         return settings
     document = read_tuned(root)

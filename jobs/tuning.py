@@ -1,4 +1,4 @@
-"""Tuning: search ALS hyper-parameters and the hybrid's weights on a validation split.
+"""Tuning: search ALS, EASE and the hybrid's weights on a validation split.
 
 The evaluation's protocol (``[evaluation]``: split, holdout, k-core) first cuts the
 interactions into a training and a test part. Tuning never reads the test part: it
@@ -8,21 +8,25 @@ share of the training products (random, leave-last-out likewise). Every trial
 trains on what is left and is scored on the validation part by ``metric``
 (NDCG@10 by default), all users pooled.
 
-Trials:
+Each algorithm has an Optuna study (TPE sampler, seeded), trial 0 of every run
+being conf's own configuration:
 
-- ALS, trial 0 the configuration in ``conf/jobs.toml [als]``, then configurations
-  drawn (seeded, without repeats) from the grid in ``[tuning]``: rank, iterations,
-  regularisation, alpha and the event-weight sets;
-- hybrid, with the best ALS lists and popularity and content trained once: trial 0
-  the conf weights, then weight combinations from ``hybrid_weight_grid``
-  (reciprocal-rank fusion is blind to the weights' scale, so combinations that
-  are multiples of another are tried once).
+- ALS: rank, iterations, regularisation and alpha drawn log-uniform from the
+  ranges in ``[tuning]``, and an event-weight set (conf's or a named one);
+- EASE: l2 (log-uniform) and the value of X's entries;
+- hybrid, fusing the best ALS and EASE lists with popularity and content (trained
+  once): each weight uniform in ``hybrid_weight``, EASE included even when conf
+  gives it none.
 
-Both stop at ``max_trials`` or when the next trial would overrun the time budget
-(``budget_minutes``, shared: ALS gets ``als_budget_share`` of it). Every trial is a
+No pruner: a trial is one fit with no intermediate score to stop it on. Each search
+stops at ``max_trials`` or when the next trial would overrun its share of the time
+budget (``budget_minutes``; ``als_budget_share``, ``ease_budget_share``, the hybrid
+the rest). The studies live in ``<data-dir>/evaluation/tuning.db`` (SQLite), so the
+next run's sampler starts from every earlier trial; the winner is chosen among this
+run's trials only, since earlier ones were scored on other data. Every trial is a
 row per metric in the ``evaluations`` table (``run_id`` ``tuning-<split>-<as_of>``,
 ``trial``, ``params`` as JSON). The winners go to ``<data-dir>/evaluation/tuned.json``,
-which the next ALS, hybrid and evaluation runs lay over conf (``jobs.tuned``).
+which the next ALS, EASE, hybrid and evaluation runs lay over conf (``jobs.tuned``).
 Trial 0 is the configuration in conf, so the winner never scores below it on the
 validation part.
 
@@ -30,22 +34,23 @@ Run: ``python -m jobs.tuning --help`` or ``spark-submit jobs/tuning.py --help``.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Callable
 
+import optuna
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from schemas.settings import load_conf
 
-from jobs import als, content, hybrid, popularity
+from jobs import als, content, ease, hybrid, popularity
+from jobs.candidates import params_digest
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.evaluation import EvaluationParams, PreparedSplit, evaluation_rows, prepare_split, split_rows, write_evaluations
 from jobs.evaluation import params_from_settings as evaluation_params
@@ -57,6 +62,10 @@ from jobs.tuned import TUNED_FILE, write_json_atomically
 
 log = logging.getLogger(__name__)
 
+# Optuna's studies, one per algorithm, split and metric: a later run continues them.
+STUDY_FILE = Path("evaluation") / "tuning.db"
+# TuningParams fields that bound the search, not shape it.
+NOT_SEARCH_SPACE = ("budget_minutes", "als_budget_share", "ease_budget_share", "max_trials")
 # Metrics recorded per trial (segment "all"); ``metric`` picks the winner among them.
 TRIAL_METRICS = ("ndcg", "recall", "hit_rate", "map")
 
@@ -64,31 +73,37 @@ TRIAL_METRICS = ("ndcg", "recall", "hit_rate", "map")
 @dataclass(frozen=True)
 class TuningParams:
     budget_minutes: float = 20.0
-    als_budget_share: float = 0.8   # the rest is left for the (cheaper) hybrid trials
+    # Shares of the budget: ALS, then EASE, then the (cheap) hybrid trials take the rest.
+    als_budget_share: float = 0.6
+    ease_budget_share: float = 0.2
     max_trials: int = 12            # per algorithm, trial 0 included
     metric: str = "ndcg"
     k: int = 10
     seed: int = 7
-    rank: tuple[int, ...] = (16, 32, 64)
-    max_iter: tuple[int, ...] = (5, 10, 15)
-    reg_param: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5)
-    alpha: tuple[float, ...] = (1.0, 5.0, 10.0, 40.0)
+    # Search ranges [low, high]; numbers are drawn log-uniform, hybrid weights uniform.
+    rank: tuple[int, int] = (8, 128)
+    max_iter: tuple[int, int] = (5, 20)
+    reg_param: tuple[float, float] = (1e-3, 10.0)
+    alpha: tuple[float, float] = (0.5, 100.0)
+    ease_l2: tuple[float, float] = (0.5, 10_000.0)
+    hybrid_weight: tuple[float, float] = (0.0, 1.0)
     # name -> event weights; "conf" (the [als] weights) is always a candidate too.
     event_weight_sets: dict[str, dict[str, float]] = field(default_factory=dict)
-    hybrid_weight_grid: tuple[float, ...] = (0.0, 0.3, 0.5, 1.0)
 
     def __post_init__(self):
-        if not self.budget_minutes > 0 or not 0 < self.als_budget_share <= 1:
-            raise ValueError("budget_minutes must be positive and als_budget_share in (0, 1]")
+        if not self.budget_minutes > 0 or not (0 < self.als_budget_share and 0 <= self.ease_budget_share
+                                               and self.als_budget_share + self.ease_budget_share <= 1):
+            raise ValueError("budget_minutes must be positive and the budget shares between 0 and 1 in sum")
         if self.max_trials < 1 or self.k < 1:
             raise ValueError("max_trials and k must be at least 1")
         if self.metric not in TRIAL_METRICS:
             raise ValueError(f"metric must be one of {TRIAL_METRICS}")
-        grids = (self.rank, self.max_iter, self.reg_param, self.alpha, self.hybrid_weight_grid)
-        if not all(grids):
-            raise ValueError("every search grid needs at least one value")
-        if not any(w > 0 for w in self.hybrid_weight_grid):
-            raise ValueError("hybrid_weight_grid needs a positive weight")
+        for name in ("rank", "max_iter", "reg_param", "alpha", "ease_l2", "hybrid_weight"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high or (name != "hybrid_weight" and low == 0):
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
+        if self.hybrid_weight[1] <= 0:
+            raise ValueError("hybrid_weight needs a positive upper bound")
 
 
 @dataclass
@@ -102,27 +117,22 @@ class Trial:
 
 
 # --- the search space ----------------------------------------------------------
+# Each suggest_* draws one configuration from an Optuna trial; trial 0 of every run is
+# conf's own configuration, enqueued as fixed values of the same parameters.
 
-def als_trial_params(base: als.AlsParams, params: TuningParams) -> list[als.AlsParams]:
-    """``base`` (trial 0), then up to ``max_trials - 1`` distinct grid points in a seeded order."""
+def suggest_als(trial: optuna.Trial, base: als.AlsParams, params: TuningParams) -> als.AlsParams:
     weight_sets = {"conf": dict(base.event_weights), **params.event_weight_sets}
-    grid = [dict(rank=r, max_iter=i, reg_param=g, alpha=a, event_weights=weight_sets[w])
-            for r, i, g, a, w in itertools.product(params.rank, params.max_iter, params.reg_param,
-                                                   params.alpha, sorted(weight_sets))]
-    random.Random(params.seed).shuffle(grid)
-    trials, seen = [base], {_als_key(base)}
-    for point in grid:
-        if len(trials) >= params.max_trials:
-            break
-        candidate = replace(base, **point)
-        if _als_key(candidate) not in seen:
-            seen.add(_als_key(candidate))
-            trials.append(candidate)
-    return trials
+    return replace(base, rank=trial.suggest_int("rank", *params.rank, log=True),
+                   max_iter=trial.suggest_int("max_iter", *params.max_iter),
+                   reg_param=trial.suggest_float("reg_param", *params.reg_param, log=True),
+                   alpha=trial.suggest_float("alpha", *params.alpha, log=True),
+                   event_weights=weight_sets[trial.suggest_categorical("event_weights", sorted(weight_sets))])
 
 
-def _als_key(p: als.AlsParams) -> str:
-    return json.dumps(tuned_als_settings(p), sort_keys=True)
+def als_fixed(base: als.AlsParams) -> dict:
+    """suggest_als's parameters for ``base`` itself."""
+    return {"rank": base.rank, "max_iter": base.max_iter, "reg_param": base.reg_param, "alpha": base.alpha,
+            "event_weights": "conf"}
 
 
 def tuned_als_settings(p: als.AlsParams) -> dict:
@@ -131,25 +141,31 @@ def tuned_als_settings(p: als.AlsParams) -> dict:
             "event_weights": dict(p.event_weights)}
 
 
-def hybrid_trial_weights(base: hybrid.HybridParams, params: TuningParams) -> list[dict[str, float]]:
-    """``base.weights`` (trial 0), then distinct weight ratios over the same algorithms."""
-    names = sorted(base.weights)
-    grid = [dict(zip(names, ws)) for ws in itertools.product(params.hybrid_weight_grid, repeat=len(names))]
-    grid = [w for w in grid if any(v > 0 for v in w.values())]
-    random.Random(params.seed).shuffle(grid)
-    trials, seen = [dict(base.weights)], {_ratio_key(base.weights)}
-    for weights in grid:
-        if len(trials) >= params.max_trials:
-            break
-        if _ratio_key(weights) not in seen:
-            seen.add(_ratio_key(weights))
-            trials.append(weights)
-    return trials
+def suggest_ease(trial: optuna.Trial, base: ease.EaseParams, params: TuningParams) -> ease.EaseParams:
+    return replace(base, l2=trial.suggest_float("l2", *params.ease_l2, log=True),
+                   value=trial.suggest_categorical("value", list(ease.VALUES)))
 
 
-def _ratio_key(weights: dict[str, float]) -> tuple:
-    top = max(weights.values())
-    return tuple(sorted((name, round(w / top, 6)) for name, w in weights.items()))
+def tuned_ease_settings(p: ease.EaseParams) -> dict:
+    return {"l2": p.l2, "value": p.value}
+
+
+def hybrid_names(base: hybrid.HybridParams) -> list[str]:
+    """The algorithms the hybrid's weights are searched over: conf's, and EASE."""
+    return sorted({*base.weights, "ease"})
+
+
+def suggest_hybrid(trial: optuna.Trial, base: hybrid.HybridParams, params: TuningParams) -> dict[str, float]:
+    weights = {name: trial.suggest_float(f"weight_{name}", *params.hybrid_weight) for name in hybrid_names(base)}
+    if not any(w > 0 for w in weights.values()):
+        raise optuna.TrialPruned("every weight is 0")
+    return weights
+
+
+def hybrid_fixed(base: hybrid.HybridParams, params: TuningParams) -> dict:
+    """suggest_hybrid's parameters for conf's weights (clipped to the range)."""
+    low, high = params.hybrid_weight
+    return {f"weight_{name}": min(max(base.weights.get(name, 0.0), low), high) for name in hybrid_names(base)}
 
 
 # --- scoring ---------------------------------------------------------------------
@@ -178,24 +194,44 @@ def score_lists(candidates: DataFrame, algorithm: str, validation: Validation) -
     return {metric: value for _, _, metric, value, _ in rows}, max((users for *_, users in rows), default=0)
 
 
-def run_trials(algorithm: str, configs: list, fit: Callable, describe: Callable[[object], dict],
+def open_study(algorithm: str, params: TuningParams, storage: str | None, split: str) -> optuna.Study:
+    """``algorithm``'s study: TPE, seeded; kept in ``storage`` (an SQLAlchemy URL, e.g.
+    SQLite under the data dir) so the next run's sampler starts from every earlier trial,
+    or in memory without one."""
+    sampler = optuna.samplers.TPESampler(seed=params.seed, n_startup_trials=max(2, params.max_trials // 3))
+    # A changed search space starts a new study: Optuna cannot widen a stored one's choices.
+    space = params_digest({k: v for k, v in asdict(params).items() if k not in NOT_SEARCH_SPACE})
+    return optuna.create_study(study_name=f"recsys-{algorithm}-{split}-{params.metric}@{params.k}-{space}",
+                               storage=storage, sampler=sampler, direction="maximize", load_if_exists=True)
+
+
+def run_trials(study: optuna.Study, algorithm: str, fixed: dict, fit: Callable[[optuna.Trial], tuple],
                validation: Validation, params: TuningParams, deadline: float) -> list[Trial]:
-    """Fit and score each config in turn until the configs or the time run out.
-    A trial starts only if the mean trial time so far still fits before ``deadline``
-    (trial 0 always runs: it is the baseline the winner is measured against)."""
+    """Trial 0 (``fixed``: conf's configuration), then Optuna's suggestions, until
+    ``max_trials`` or the time runs out: a trial starts only if the mean trial time so
+    far still fits before ``deadline``. ``fit(trial)`` returns ``(candidates, params
+    to record)``. Returns this run's trials only (the study keeps earlier runs' too)."""
+    key = f"{params.metric}@{params.k}"
     trials: list[Trial] = []
-    for number, config in enumerate(configs):
-        spent = [t.seconds for t in trials]
-        if trials and time.monotonic() + sum(spent) / len(spent) > deadline:
-            log.info("%s tuning: time budget reached after %d trials", algorithm, len(trials))
-            break
+
+    def objective(trial: optuna.Trial) -> float:
         started = time.monotonic()
-        candidates = fit(config)
+        candidates, described = fit(trial)
         metrics, users = score_lists(candidates, algorithm, validation)
-        trial = Trial(algorithm, number, describe(config), metrics, users, round(time.monotonic() - started, 1))
-        trials.append(trial)
-        log.info("%s trial %d: %s@%d = %.5f (%.0f s) %s", algorithm, number, params.metric, params.k,
-                 metrics.get(f"{params.metric}@{params.k}", float("nan")), trial.seconds, trial.params)
+        trials.append(Trial(algorithm, len(trials), described, metrics, users, round(time.monotonic() - started, 1)))
+        log.info("%s trial %d: %s = %.5f (%.0f s) %s", algorithm, trials[-1].number, key,
+                 metrics.get(key, float("nan")), trials[-1].seconds, described)
+        return metrics.get(key, 0.0)
+
+    def stop_before_overrun(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        spent = [t.seconds for t in trials]
+        if spent and time.monotonic() + sum(spent) / len(spent) > deadline:
+            log.info("%s tuning: time budget reached after %d trials", algorithm, len(trials))
+            study.stop()
+
+    study.enqueue_trial(fixed, skip_if_exists=False)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial is logged above, once
+    study.optimize(objective, n_trials=params.max_trials, callbacks=[stop_before_overrun])
     return trials
 
 
@@ -208,10 +244,11 @@ def best_trial(trials: list[Trial], params: TuningParams) -> Trial:
 # --- the whole search -------------------------------------------------------------
 
 def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
-         evaluation: EvaluationParams, params: TuningParams) -> dict[str, list[Trial]]:
-    """ALS and hybrid trials on a validation split carved from the evaluation's training part."""
+         evaluation: EvaluationParams, params: TuningParams, storage: str | None = None) -> dict[str, list[Trial]]:
+    """ALS, EASE and hybrid trials on a validation split carved from the evaluation's
+    training part; the studies in ``storage`` (None: in memory)."""
     started = time.monotonic()
-    deadline = started + params.budget_minutes * 60
+    budget = params.budget_minutes * 60
     split = validation_split(rows, as_of, evaluation)
     train, until = split.train, split.train_until
     scored = split.held_out.select("user_id")  # lists for the scored users only: the same lists, less work
@@ -220,17 +257,38 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
                                                for_users=scored)
     validation = Validation(split, popular.localCheckpoint(), (params.k,))
 
-    def fit_als(p: als.AlsParams) -> DataFrame:
+    def als_lists(p: als.AlsParams) -> DataFrame:
         candidates, _ = als.als_candidates(train, until, p, product_lists=False, for_users=scored)
         return candidates.localCheckpoint()
 
-    als_trials = run_trials("als", als_trial_params(als.params_from_settings(settings["als"]), params),
-                            fit_als, tuned_als_settings, validation, params,
-                            started + params.budget_minutes * 60 * params.als_budget_share)
+    def ease_lists(p: ease.EaseParams) -> DataFrame:
+        return ease.ease_candidates(train, until, p, product_lists=False, for_users=scored).localCheckpoint()
+
+    def study(algorithm: str) -> optuna.Study:
+        return open_study(algorithm, params, storage, evaluation.split)
+
+    base_als = als.params_from_settings(settings["als"])
+
+    def fit_als(trial: optuna.Trial) -> tuple:
+        p = suggest_als(trial, base_als, params)
+        return als_lists(p), tuned_als_settings(p)
+
+    als_trials = run_trials(study("als"), "als", als_fixed(base_als), fit_als, validation, params,
+                            started + budget * params.als_budget_share)
     best_als = als.params_from_settings({**settings["als"], **best_trial(als_trials, params).params})
 
+    base_ease = ease.params_from_settings(settings["ease"])
+
+    def fit_ease(trial: optuna.Trial) -> tuple:
+        p = suggest_ease(trial, base_ease, params)
+        return ease_lists(p), tuned_ease_settings(p)
+
+    ease_trials = run_trials(study("ease"), "ease", tuned_ease_settings(base_ease), fit_ease, validation, params,
+                             started + budget * (params.als_budget_share + params.ease_budget_share))
+    best_ease = ease.params_from_settings({**settings["ease"], **best_trial(ease_trials, params).params})
+
     base_hybrid = hybrid.params_from_settings(settings["hybrid"])
-    sources = [validation.popular, fit_als(best_als)]
+    sources = [validation.popular, als_lists(best_als), ease_lists(best_ease)]
     if "content" in base_hybrid.weights:
         # User lists only, as the fusion reads: building them collects the neighbour lists
         # once, and the product lists would compute them again (the filter prunes that branch).
@@ -243,13 +301,15 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
         lists = lists.unionByName(part)
     lists = lists.localCheckpoint()
 
-    def fit_hybrid(weights: dict[str, float]) -> DataFrame:
-        return hybrid.fused_user_lists(lists, replace(base_hybrid, weights=weights), until)
+    def fit_hybrid(trial: optuna.Trial) -> tuple:
+        weights = suggest_hybrid(trial, base_hybrid, params)
+        listed = {name: w for name, w in weights.items() if w > 0}  # the hybrid job reads only these
+        return hybrid.fused_user_lists(lists, replace(base_hybrid, weights=weights), until), {"weights": listed}
 
-    hybrid_trials = run_trials("hybrid", hybrid_trial_weights(base_hybrid, params), fit_hybrid,
-                               lambda w: {"weights": w}, validation, params, deadline)
+    hybrid_trials = run_trials(study("hybrid"), "hybrid", hybrid_fixed(base_hybrid, params), fit_hybrid,
+                               validation, params, started + budget)
     log.info("tuning done in %.0f s", time.monotonic() - started)
-    return {"als": als_trials, "hybrid": hybrid_trials}
+    return {"als": als_trials, "ease": ease_trials, "hybrid": hybrid_trials}
 
 
 def trial_rows(trials: dict[str, list[Trial]], run_id: str, as_of: datetime, split: str) -> list[tuple]:
@@ -280,7 +340,10 @@ def run_tuning(spark: SparkSession, paths: DataPaths, as_of: datetime, settings:
     """Tune, record every trial in ``evaluations`` and write ``evaluation/tuned.json``."""
     run_id = f"tuning-{evaluation.split}-{as_of:%Y%m%dT%H%M%SZ}"
     products = spark.read.format("delta").load(paths.table("products"))
-    trials = tune(read_interactions(spark, paths), products, as_of, settings, evaluation, params)
+    study_file = paths.root / STUDY_FILE
+    study_file.parent.mkdir(parents=True, exist_ok=True)
+    trials = tune(read_interactions(spark, paths), products, as_of, settings, evaluation, params,
+                  storage=f"sqlite:///{study_file}")
     write_evaluations(spark, paths, evaluation_rows(spark, trial_rows(trials, run_id, as_of, evaluation.split)),
                       run_id)
     document = tuned_document(trials, run_id, as_of, params)
@@ -291,7 +354,7 @@ def run_tuning(spark: SparkSession, paths: DataPaths, as_of: datetime, settings:
 
 def params_from_settings(settings: dict, **overrides) -> TuningParams:
     values = {**settings, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("rank", "max_iter", "reg_param", "alpha", "hybrid_weight_grid"):
+    for key in ("rank", "max_iter", "reg_param", "alpha", "ease_l2", "hybrid_weight"):
         if key in values:
             values[key] = tuple(values[key])
     values.pop("use_tuned", None)  # read by jobs.tuned, not a search setting

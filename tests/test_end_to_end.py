@@ -123,8 +123,8 @@ def test_pipeline_tuned_evaluated_and_used_the_winners(spark, pipeline):
 
     evaluations = spark.read.format("delta").load(str(pipeline / "lake" / "evaluations"))
     trials = evaluations.where("run_id like 'tuning-%' and metric = 'ndcg@10'")
-    assert sorted((r.algorithm, r.trial) for r in trials.collect()) == [("als", 0), ("als", 1), ("hybrid", 0),
-                                                                          ("hybrid", 1)]
+    assert sorted((r.algorithm, r.trial) for r in trials.collect()) == [
+        ("als", 0), ("als", 1), ("ease", 0), ("ease", 1), ("hybrid", 0), ("hybrid", 1)]
     assert all(json.loads(r.params) for r in trials.collect())
     run = evaluations.where("run_id not like 'tuning-%'")
     assert {r.algorithm for r in run.select("algorithm").distinct().collect()} == {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -246,3 +247,139 @@ def test_loader_help_lists_options(capsys):
         assert exc.value.code == 0
         text = capsys.readouterr().out
         assert all(opt in text for opt in ("--input", "--out", "--format"))
+
+
+# --- Online Retail -----------------------------------------------------------
+
+# One line per case; the comment says what the loader makes of it.
+ONLINE_RETAIL_LINES = (
+    "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country",
+    "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom",  # sale
+    "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom",  # copy
+    "C536379,85123A,WHITE HANGING HEART T-LIGHT HOLDER,-1,2010-12-01 09:41:00,2.55,14527.0,United Kingdom",  # cancel
+    "536366,22633,HAND WARMER UNION JACK,6,2010-12-01 08:28:00,1.85,,United Kingdom",  # no customer
+    "536367,22633,damaged,-5,2010-12-02 10:00:00,0.0,,United Kingdom",  # stock adjustment
+    '536381,82567,"AIRLINE LOUNGE,METAL SIGN",2,2011-06-01 09:41:00,2.1,15311.0,United Kingdom',  # BST: 08:41Z
+    "536381,POST,POSTAGE,1,2011-06-01 09:41:00,18.0,15311.0,United Kingdom",  # not a product
+    "536382,gift_0001_20,Dotcomgiftshop Gift Voucher £20.00,1,2011-06-02 10:00:00,17.02,,United Kingdom",  # voucher
+    "536383,85123a,WHITE HANGING HEART T-LIGHT HOLDER,1,2011-01-10 10:00:00,3.0,13047.0,United Kingdom",  # = 85123A
+    "536384,15056BL,EDWARDIAN PARASOL BLACK,3,2011-07-01 10:15:00,5.95,13047.0,United Kingdom",  # two letters
+    '536385,22041,"RECORD FRAME 7"" SINGLE SIZE ",48,2011-06-01 12:27:00,2.1,16210.0,United Kingdom',  # quote
+    "536386,DCGSSBOY,BOYS PARTY BAG,1,2011-03-01 10:00:00,3.29,12345.0,United Kingdom",  # hashed id
+    "536387,22633,HAND WARMER UNION JACK,x,2011-02-01 10:00:00,1.85,13000.0,United Kingdom",  # bad quantity
+    "536388,22633,HAND WARMER UNION JACK,2,01/02/2011 10:00,1.85,13000.0,United Kingdom",  # bad date
+)
+
+
+@pytest.fixture
+def retail_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "OnlineRetail.csv"
+    path.write_text("\n".join(ONLINE_RETAIL_LINES) + "\n", encoding="utf-8")
+    return path
+
+
+def _dcgs_id(code: bytes) -> int:
+    return online_retail.HASHED_BASE + zlib.crc32(code) % online_retail.HASHED_SPAN
+
+
+def test_online_retail_events(spark, retail_csv: Path):
+    """Sales to known customers of products become purchases, once each, at UTC; the rest are left out."""
+    raw = online_retail.read_raw(spark, retail_csv)
+    with _session_time_zone(spark, "America/New_York"):
+        events = online_retail.to_events(raw)
+        rows = sorted((r.asDict() for r in events.collect()), key=lambda r: (r["user_id"], r["product_id"]))
+    assert events.columns == EVENTS.names
+    purchase = "purchase"
+    assert rows == [
+        {"user_id": 12345, "event_type": purchase, "product_id": _dcgs_id(b"DCGSSBOY"),
+         "timestamp": "2011-03-01T10:00:00Z"},
+        {"user_id": 13000, "event_type": None, "product_id": 226_330_000, "timestamp": "2011-02-01T10:00:00Z"},
+        {"user_id": 13000, "event_type": purchase, "product_id": 226_330_000, "timestamp": None},
+        {"user_id": 13047, "event_type": purchase, "product_id": 150_560_212, "timestamp": "2011-07-01T09:15:00Z"},
+        {"user_id": 13047, "event_type": purchase, "product_id": 851_230_100, "timestamp": "2011-01-10T10:00:00Z"},
+        {"user_id": 15311, "event_type": purchase, "product_id": 825_670_000, "timestamp": "2011-06-01T08:41:00Z"},
+        {"user_id": 16210, "event_type": purchase, "product_id": 220_410_000, "timestamp": "2011-06-01T11:27:00Z"},
+        {"user_id": 17850, "event_type": purchase, "product_id": 851_230_100, "timestamp": "2010-12-01T08:26:00Z"},
+    ]
+
+
+def test_online_retail_catalog(spark, retail_csv: Path):
+    """One row per product code (case folded), category retail, modal price, description and sku;
+    no row for postage or vouchers."""
+    products = {r.product_id: r for r in online_retail.to_products(online_retail.read_raw(spark, retail_csv)).collect()}
+    expected = {
+        851_230_100: (2.55, "WHITE HANGING HEART T-LIGHT HOLDER", "85123A"),
+        226_330_000: (1.85, "HAND WARMER UNION JACK", "22633"),  # not "damaged": that line has price 0
+        825_670_000: (2.1, "AIRLINE LOUNGE,METAL SIGN", "82567"),
+        150_560_212: (5.95, "EDWARDIAN PARASOL BLACK", "15056BL"),
+        220_410_000: (2.1, 'RECORD FRAME 7" SINGLE SIZE', "22041"),
+        _dcgs_id(b"DCGSSBOY"): (3.29, "BOYS PARTY BAG", "DCGSSBOY"),
+    }
+    assert {pid: (p.price, p.other_features["description"], p.other_features["sku"])
+            for pid, p in products.items()} == expected
+    assert {p.category for p in products.values()} == {online_retail.CATEGORY}
+    assert all(p.active is None for p in products.values())
+
+
+def test_online_retail_description_is_content(spark, retail_csv: Path):
+    """jobs.content makes words of the description and leaves the sku out."""
+    products = online_retail.to_products(online_retail.read_raw(spark, retail_csv))
+    tokens = {r.product_id: set(r.tokens) for r in content.product_documents(products).collect()}
+    assert {"word:airline", "word:lounge", "word:metal", "word:sign"} <= tokens[825_670_000]
+    assert not any("82567" in t for t in tokens[825_670_000])
+
+
+def test_online_retail_main_lands_what_ingest_accepts(spark, retail_csv: Path, tmp_path: Path):
+    """main() lands jsonl; ingest's validator accepts the purchases and rejects the unreadable lines."""
+    out = tmp_path / "landing"
+    assert online_retail.main(["--input", str(retail_csv), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["events", "products"]
+    events = [json.loads(line) for p in sorted((out / "events").iterdir()) for line in p.read_text().splitlines()]
+    as_of = datetime(2011, 12, 10, tzinfo=timezone.utc)
+    reasons = sorted(reason for _, reason in (validate_record(EVENTS, e, as_of) for e in events) if reason)
+    assert len(events) == 8 and len(reasons) == 2
+    assert reasons[0].startswith("event_type") and reasons[1].startswith("timestamp")
+    products = [json.loads(line) for p in (out / "products").iterdir() for line in p.read_text().splitlines()]
+    assert len(products) == 6
+    assert all(validate_record(PRODUCTS, p, as_of)[1] is None for p in products)
+
+
+@pytest.fixture(scope="module")
+def online_retail_raw(spark):
+    if not ONLINE_RETAIL.is_file():
+        pytest.skip(f"{ONLINE_RETAIL} not present")
+    return online_retail.read_raw(spark, ONLINE_RETAIL).cache()
+
+
+def test_online_retail_real_events(online_retail_raw):
+    """The README's 397,924 purchase lines by 4,339 customers of 3,665 codes, less 1,550 lines of
+    POST, M, C2, DOT and BANK CHARGES (4 customers bought nothing else) and 10,092 lines that
+    repeat a (customer, product, minute): 386,282 events by 4,335 customers of 3,660 products."""
+    from pyspark.sql import functions as F
+
+    events = online_retail.to_events(online_retail_raw)
+    counts = events.agg(F.count("*").alias("n"), F.countDistinct("user_id").alias("users"),
+                        F.countDistinct("product_id").alias("products"),
+                        F.min("timestamp").alias("first"), F.max("timestamp").alias("last")).first()
+    assert counts.asDict() == {"n": 386_282, "users": 4_335, "products": 3_660,
+                               "first": "2010-12-01T08:26:00Z", "last": "2011-12-09T12:50:00Z"}
+    assert _type_counts(events) == {"purchase": 386_282}
+    assert events.where(~events.timestamp.rlike(ISO_Z) | events.user_id.isNull()
+                        | events.product_id.isNull()).count() == 0
+
+
+def test_online_retail_real_ids_are_distinct(online_retail_raw):
+    """Every stock code of the file (case folded) has its own uint32 id; the catalog has one row each."""
+    from pyspark.sql import functions as F
+
+    codes = (online_retail_raw.select(online_retail.stock_code(F.col("StockCode")).alias("code"))
+             .where(F.col("code").isNotNull()).distinct()
+             .select("code", online_retail.product_id_of(F.col("code")).alias("id")))
+    stats = codes.agg(F.count("*").alias("codes"), F.countDistinct("id").alias("ids"),
+                      F.min("id").alias("low"), F.max("id").alias("high")).first()
+    assert stats.codes == 3_958  # 4,070 codes less 112 lower-case twins (111 products and m, manual)
+    assert stats.ids == stats.codes
+    assert 0 <= stats.low and stats.high <= 2 ** 32 - 1
+    products = online_retail.to_products(online_retail_raw)
+    # Less the 15 upper-cased charge and voucher codes.
+    assert products.count() == products.select("product_id").distinct().count() == 3_958 - 15

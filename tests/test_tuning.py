@@ -2,50 +2,100 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from datetime import datetime, timedelta, timezone
 
+import optuna
 import pytest
 
 from jobs.als import AlsParams
+from jobs.ease import EaseParams
 from jobs.evaluation import EvaluationParams, temporal_split
 from jobs.hybrid import HybridParams
 from jobs.tuned import TUNED_FILE, with_tuned, write_json_atomically
+from jobs import tuning
 from jobs.tuning import (
-    Trial, TuningParams, als_trial_params, best_trial, hybrid_trial_weights, tuned_als_settings,
-    tuned_document, validation_split,
+    Trial, TuningParams, als_fixed, best_trial, hybrid_fixed, open_study, run_trials, suggest_als, suggest_ease,
+    suggest_hybrid, tuned_als_settings, tuned_ease_settings, tuned_document, validation_split,
 )
 
 AS_OF = datetime(2026, 10, 10, tzinfo=timezone.utc)
 
 
-def test_als_trials_start_with_conf_and_stay_distinct_and_on_the_grid():
+def _drawn_als(study, base, params, n):
+    """n trials of ``study`` (conf's first), each scored by closeness to reg 0.1: the AlsParams drawn."""
+    drawn = []
+
+    def objective(trial):
+        drawn.append(suggest_als(trial, base, params))
+        return -abs(math.log(drawn[-1].reg_param / 0.1))
+
+    study.enqueue_trial(als_fixed(base))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=n)
+    return drawn
+
+
+def test_als_trials_start_with_conf_then_draw_within_the_ranges():
     base = AlsParams(rank=32, max_iter=10, reg_param=0.05, alpha=10.0)
-    params = TuningParams(max_trials=8, rank=(8, 16), max_iter=(5,), reg_param=(0.1, 1.0), alpha=(1.0,),
+    params = TuningParams(max_trials=12, rank=(8, 16), max_iter=(5, 6), reg_param=(1e-3, 10.0), alpha=(1.0, 2.0),
                           event_weight_sets={"flat": {"view": 1.0, "purchase": 1.0}})
-    trials = als_trial_params(base, params)
-    assert trials[0] == base
-    # 2 ranks x 2 regs x 2 weight sets = 8 grid points, none equal to base: 7 fit beside it.
-    assert len(trials) == 8
-    keys = [json.dumps(tuned_als_settings(t), sort_keys=True) for t in trials]
-    assert len(set(keys)) == len(keys)
-    for t in trials[1:]:
-        assert t.rank in (8, 16) and t.max_iter == 5 and t.reg_param in (0.1, 1.0) and t.alpha == 1.0
+    drawn = _drawn_als(open_study("als", params, None, "temporal"), base, params, 12)
+    assert drawn[0] == base
+    for t in drawn[1:]:
+        assert 8 <= t.rank <= 16 and 5 <= t.max_iter <= 6 and 1e-3 <= t.reg_param <= 10 and 1 <= t.alpha <= 2
         assert t.event_weights in (dict(base.event_weights), {"view": 1.0, "purchase": 1.0})
         assert (t.top_n, t.seed, t.half_life_days) == (base.top_n, base.seed, base.half_life_days)
-    assert als_trial_params(base, params) == trials  # seeded: the same order every run
+    assert len({json.dumps(tuned_als_settings(t), sort_keys=True) for t in drawn}) == len(drawn)
+    # Seeded: a fresh study draws the same configurations.
+    assert _drawn_als(open_study("als", params, None, "temporal"), base, params, 12) == drawn
 
 
-def test_hybrid_trials_skip_weight_multiples():
-    """RRF ranks the same under weights (1, 1, 1) and (0.5, 0.5, 0.5): only one of them is tried."""
-    base = HybridParams(weights={"als": 1.0, "content": 1.0, "popular": 1.0})
-    trials = hybrid_trial_weights(base, TuningParams(max_trials=100, hybrid_weight_grid=(0.0, 0.5, 1.0)))
-    assert trials[0] == base.weights
-    ratios = {tuple(sorted((k, v / max(w.values())) for k, v in w.items())) for w in trials}
-    assert len(ratios) == len(trials)
-    assert {"als": 0.5, "content": 0.5, "popular": 0.5} not in trials
-    assert all(any(v > 0 for v in w.values()) for w in trials)
-    # 3^3 - 1 non-zero points; of the 7 with all weights in {0, 1} and their 0.5 multiples, one each.
-    assert len(trials) == 26 - 7
+def test_studies_persist_and_a_later_run_continues_them(tmp_path):
+    """Stored in SQLite, a study opened again holds the earlier trials, and the new ones add to them;
+    another search space is another study."""
+    storage = f"sqlite:///{tmp_path / 'tuning.db'}"
+    base, params = AlsParams(), TuningParams(rank=(8, 64))
+    _drawn_als(open_study("als", params, storage, "random"), base, params, 3)
+    again = open_study("als", params, storage, "random")
+    assert len(again.trials) == 3
+    _drawn_als(again, base, params, 2)
+    assert len(open_study("als", params, storage, "random").trials) == 5
+    assert len(open_study("als", TuningParams(rank=(8, 32)), storage, "random").trials) == 0
+
+
+def test_hybrid_weights_cover_ease_and_trial_0_is_conf():
+    base = HybridParams(weights={"als": 1.0, "content": 0.5, "popular": 0.3})
+    params = TuningParams()
+    assert hybrid_fixed(base, params) == {"weight_als": 1.0, "weight_content": 0.5, "weight_ease": 0.0,
+                                          "weight_popular": 0.3}
+    study = open_study("hybrid", params, None, "temporal")
+    drawn = []
+    study.enqueue_trial(hybrid_fixed(base, params))
+    study.optimize(lambda trial: drawn.append(suggest_hybrid(trial, base, params)) or 0.0, n_trials=6)
+    assert drawn[0] == {**base.weights, "ease": 0.0}
+    assert all(set(w) == {"als", "content", "ease", "popular"} and all(0 <= v <= 1 for v in w.values())
+               for w in drawn)
+
+
+def test_run_trials_stops_at_max_trials_and_before_overrunning_the_budget(monkeypatch):
+    """Trial 0 always runs; no trial starts when the mean trial time would pass the deadline."""
+    monkeypatch.setattr(tuning, "score_lists", lambda candidates, algorithm, validation: ({"ndcg@10": 0.1}, 5))
+    base = EaseParams()
+    params = TuningParams(max_trials=4)
+
+    def fit(trial):
+        time.sleep(0.2)
+        p = suggest_ease(trial, base, params)
+        return None, tuned_ease_settings(p)
+
+    every = run_trials(open_study("ease", params, None, "temporal"), "ease", tuned_ease_settings(base), fit, None,
+                       params, deadline=time.monotonic() + 60)
+    assert [t.number for t in every] == [0, 1, 2, 3] and every[0].params == {"l2": base.l2, "value": base.value}
+    late = run_trials(open_study("ease", params, None, "temporal"), "ease", tuned_ease_settings(base), fit, None,
+                      params, deadline=time.monotonic() + 0.3)
+    assert len(late) == 1  # conf's trial ran; the next would have ended after the deadline
 
 
 def test_best_trial_prefers_the_score_then_conf():
@@ -90,8 +140,9 @@ def test_with_tuned_ignores_an_unreadable_file(tmp_path):
 
 
 def test_params_reject_bad_values():
-    for bad in ({"budget_minutes": 0}, {"max_trials": 0}, {"metric": "auc"}, {"rank": ()},
-                {"hybrid_weight_grid": (0.0,)}, {"als_budget_share": 1.5}):
+    for bad in ({"budget_minutes": 0}, {"max_trials": 0}, {"metric": "auc"}, {"rank": (0, 8)},
+                {"reg_param": (1.0, 0.1)}, {"hybrid_weight": (0.0, 0.0)}, {"als_budget_share": 1.5},
+                {"als_budget_share": 0.7, "ease_budget_share": 0.5}):
         with pytest.raises(ValueError):
             TuningParams(**bad)
 

@@ -19,7 +19,7 @@ from jobs.cli import configure_logging
 from jobs.spark_session import get_spark
 
 from bench.quality import __doc__ as DESCRIPTION
-from bench.quality.datasets import default_data_root, load_movielens, load_taobao
+from bench.quality.datasets import default_data_root, load_movielens, load_online_retail, load_taobao
 from bench.quality.environment import environment
 from bench.quality.protocols import (
     PROTOCOLS, QUICK_TUNING_BUDGET, TUNING_BUDGET, Protocol, RunOptions, run_protocol,
@@ -32,6 +32,7 @@ DEFAULT_OUT = PROJECT_ROOT / "bench" / "results"
 QUICK_OUT = Path(tempfile.gettempdir()) / "bench-quality-quick"
 LOADERS = {
     "taobao": lambda spark, args: load_taobao(spark, args.data_root),
+    "online-retail": lambda spark, args: load_online_retail(spark, args.data_root),
     "movielens": lambda spark, args: load_movielens(spark, args.movielens),
 }
 
@@ -39,12 +40,13 @@ LOADERS = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=DESCRIPTION.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=default_data_root(),
-                   help="folder holding taobao-userbehavior-sample/ (default: $RECSYS_SHARED_DATA, else "
-                        "../shared/data beside the repository)")
+                   help="folder holding taobao-userbehavior-sample/ and online-retail/ "
+                        "(default: $RECSYS_SHARED_DATA, else ../shared/data beside the repository)")
     p.add_argument("--movielens", type=Path, default=None,
                    help="a MovieLens u.data or ratings.dat (or its folder); adds the movielens-random protocol")
     p.add_argument("--protocols", nargs="+", choices=sorted(PROTOCOLS), default=None,
-                   help="protocols to run (default: the Taobao ones, and movielens-random with --movielens)")
+                   help="protocols to run (default: the Taobao and Online Retail ones, and movielens-random "
+                        "with --movielens)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"folder for quality.json and quality.md (default: bench/results; with --quick {QUICK_OUT})")
     p.add_argument("--quick", action="store_true",

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from schemas.settings import PROJECT_ROOT
 
-from jobs.loaders import evaluation_frames, movielens, taobao
+from jobs.loaders import evaluation_frames, movielens, online_retail, taobao
 
 log = logging.getLogger("bench.quality")
 
@@ -29,6 +29,10 @@ TAOBAO_FILE = Path("taobao-userbehavior-sample") / "UserBehavior.csv"
 # The sample covers 2017-11-25..2017-12-03 China time; its last event is at
 # 2017-12-03T15:59Z. Midnight after it is the clock of both Taobao protocols.
 TAOBAO_AS_OF = datetime(2017, 12, 4, tzinfo=timezone.utc)
+ONLINE_RETAIL_FILE = Path("online-retail") / "OnlineRetail.csv"
+# The last invoice is at 2011-12-09 12:50 UK time (GMT, so 12:50Z). Midnight after it
+# is the clock of both Online Retail protocols.
+ONLINE_RETAIL_AS_OF = datetime(2011, 12, 10, tzinfo=timezone.utc)
 # Every MovieLens rating becomes one interaction of this type, whatever its stars:
 # a rated movie was watched. "purchase" rather than "view" because every algorithm
 # leaves a user's purchases out of their list, so rated movies are never
@@ -71,6 +75,18 @@ def load_taobao(spark: SparkSession, data_root: Path) -> Dataset:
     raw = taobao.read_raw(spark, path)
     interactions, products = evaluation_frames(taobao.to_events(raw), taobao.to_products(raw))
     return Dataset("taobao", str(path), interactions.localCheckpoint(), products.localCheckpoint(), TAOBAO_AS_OF)
+
+
+def load_online_retail(spark: SparkSession, data_root: Path) -> Dataset:
+    """UCI Online Retail: purchases of products by known customers, and a catalog with
+    one category and the description as content (``jobs.loaders.online_retail``)."""
+    path = data_root / ONLINE_RETAIL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: pass --data-root or set RECSYS_SHARED_DATA")
+    raw = online_retail.read_raw(spark, path)
+    interactions, products = evaluation_frames(online_retail.to_events(raw), online_retail.to_products(raw))
+    return Dataset("online-retail", str(path), interactions.localCheckpoint(), products.localCheckpoint(),
+                   ONLINE_RETAIL_AS_OF)
 
 
 def load_movielens(spark: SparkSession, path: Path) -> Dataset:

@@ -33,7 +33,7 @@ TUNING_BUDGET, QUICK_TUNING_BUDGET = (5.0, 6), (1.0, 2)
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    dataset: str                 # a key of the loaded datasets: "taobao", "movielens"
+    dataset: str                 # a key of the loaded datasets: "taobao", "online-retail", "movielens"
     description: str
     evaluation: dict             # laid over conf [evaluation]
     settings: dict = field(default_factory=dict)  # laid over conf (sections deep-merged)
@@ -48,6 +48,14 @@ PROTOCOLS = {p.name: p for p in (
     Protocol("taobao-random-5core", "taobao",
              "Taobao sample, 5-core (users and products with at least 5 events): "
              "25% of each user's products held out at random (seeded)",
+             {"split": "random", "min_interactions": 5, "test_fraction": 0.25}),
+    Protocol("online-retail-temporal", "online-retail",
+             "UCI Online Retail purchases: the last 30 days before the clock (2011-12-10T00:00Z) held out; "
+             "algorithms train on everything before, clock at the split",
+             {"split": "temporal", "holdout_days": 30.0}),
+    Protocol("online-retail-random", "online-retail",
+             "UCI Online Retail purchases, 5-core (customers and products with at least 5 purchases): "
+             "25% of each customer's products held out at random (seeded)",
              {"split": "random", "min_interactions": 5, "test_fraction": 0.25}),
     Protocol("movielens-random", "movielens",
              "MovieLens ratings as implicit interactions: 25% of each user's movies held out at random "
@@ -105,7 +113,7 @@ def tuned_settings(dataset: Dataset, settings: dict, params: EvaluationParams,
     trials = tuning.tune(dataset.interactions, dataset.products, dataset.as_of, settings, params, budget)
     document = tuning.tuned_document(trials, f"bench-{dataset.name}", dataset.as_of, budget)
     winners = document["settings"]
-    tuned = deep_merge(settings, {"als": winners["als"]})
+    tuned = deep_merge(settings, {"als": winners["als"], "ease": winners["ease"]})
     tuned["hybrid"]["weights"] = dict(winners["hybrid"]["weights"])  # replaced, not merged
     return tuned, {key: document[key] for key in ("metric", "settings", "scores", "trials")}
 
