@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 ALGORITHM_ORDER = ("global_popular", "popular", "als", "ease", "content", "hybrid")
 SEGMENT_ORDER = ("new", "light", "heavy", "all")
 # Metrics cut at k that the bar and line plots compare; the rest only go to the table.
-RANKING_METRICS = ("ndcg", "recall", "hit_rate", "map", "precision")
+RANKING_METRICS = ("ndcg", "recall", "hit_rate", "map", "map_all", "precision")
 # fallback_share is the share of users served the global list instead of their own:
 # less is better. Every other metric is better when higher.
 LOWER_IS_BETTER = frozenset({"fallback_share"})

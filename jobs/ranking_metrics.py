@@ -12,6 +12,8 @@ user's held-out set. Definitions:
               min(k, |relevant|) relevant items
 - map@k       mean over relevant positions i <= k of precision@i, divided by
               min(k, |relevant|) (the usual AP@k normalisation)
+- map_all@k   the same sum divided by |relevant|, all of them (as Microsoft
+              Recommenders' map_at_k and the published tables that use it)
 - mrr         1 / rank of the first relevant item in the whole list (0 if none)
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-METRICS = ("hit_rate", "recall", "precision", "ndcg", "map")
+METRICS = ("hit_rate", "recall", "precision", "ndcg", "map", "map_all")
 
 
 def ranking_metrics(recommended: Sequence[int], relevant: Iterable[int], k: int) -> dict[str, float]:
@@ -47,6 +49,7 @@ def ranking_metrics(recommended: Sequence[int], relevant: Iterable[int], k: int)
         "precision": n_hits / k,
         "ndcg": dcg / ideal,
         "map": sum(precisions) / min(k, len(relevant)),
+        "map_all": sum(precisions) / len(relevant),
     }
 
 
@@ -103,6 +106,7 @@ def many_ranking_metrics(rec_lengths, rec_ids, rel_lengths, rel_ids, ks: Sequenc
         out[("precision", k)] = n_hits / k
         out[("ndcg", k)] = dcg / ideal
         out[("map", k)] = ap / depth
+        out[("map_all", k)] = ap / n_relevant
     first = np.full(users, np.inf)
     np.minimum.at(first, hit_row, hit_position.astype(np.float64))
     out[("mrr", 0)] = np.where(np.isfinite(first), 1.0 / (first + 1), 0.0)

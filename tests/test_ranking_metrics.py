@@ -9,7 +9,8 @@ from jobs.ranking_metrics import ranking_metrics, reciprocal_rank
 def test_perfect_list_scores_one():
     """All relevant items first: every metric is 1 (precision is 2/3 at k=3 with 2 relevant)."""
     m = ranking_metrics([5, 7, 9], {5, 7}, k=3)
-    assert m == pytest.approx({"hit_rate": 1.0, "recall": 1.0, "precision": 2 / 3, "ndcg": 1.0, "map": 1.0})
+    assert m == pytest.approx({"hit_rate": 1.0, "recall": 1.0, "precision": 2 / 3, "ndcg": 1.0, "map": 1.0,
+                               "map_all": 1.0})
 
 
 def test_hand_computed_case():
@@ -25,9 +26,11 @@ def test_hand_computed_case():
 def test_cut_off_counts_only_the_first_k():
     """A hit below k does not count; the ideal DCG uses min(k, |relevant|)."""
     m = ranking_metrics([1, 2, 3], {3, 8, 9}, k=2)
-    assert m == {"hit_rate": 0.0, "recall": 0.0, "precision": 0.0, "ndcg": 0.0, "map": 0.0}
+    assert m == {"hit_rate": 0.0, "recall": 0.0, "precision": 0.0, "ndcg": 0.0, "map": 0.0, "map_all": 0.0}
     one = ranking_metrics([3, 1], {3, 8, 9}, k=1)
     assert one["ndcg"] == 1.0 and one["map"] == 1.0 and one["recall"] == pytest.approx(1 / 3)
+    # MAP over all relevant items: the one hit's precision 1, over the 3 relevant ones.
+    assert one["map_all"] == pytest.approx(1 / 3)
 
 
 def test_reciprocal_rank():

@@ -14,7 +14,7 @@ from bench.quality.implicit_als import ALGORITHM as IMPLICIT
 from bench.quality.protocols import TABLE_K, ProtocolRun
 
 ROWS = (BASELINE, "popular", "als", "ease", "content", "hybrid", IMPLICIT)  # table order
-METRIC_COLUMNS = (("NDCG", "ndcg"), ("Recall", "recall"), ("HitRate", "hit_rate"), ("MAP", "map"),
+METRIC_COLUMNS = (("NDCG", "ndcg"), ("Recall", "recall"), ("HitRate", "hit_rate"), ("MAP", "map"), ("MAP (all relevant)", "map_all"),
                   ("Precision", "precision"))
 # Compared with the global popular list, the floor every algorithm must beat.
 OVER_BASELINE = (("ALS", "als"), ("EASE", "ease"), ("hybrid", "hybrid"), ("content", "content"), ("implicit ALS", IMPLICIT))
