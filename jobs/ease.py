@@ -18,9 +18,9 @@ driver (float64) and B is broadcast to the executors as float32 (4 n² bytes), s
 only the ``max_items`` items with the most users are modelled (10k items: 800 MB
 each on the driver, 400 MB per Python worker; the inverse costs ~n³ flops). Other
 items get no EASE lists, and the other generators list them. The driver also holds
-the interaction pairs of the modelled items while X is built, ~16 bytes per pair. Beyond that catalog size the next step is a sparse
-approximation (each item's top co-occurring items only, as SANSA does) computed
-with Spark; it is not built yet.
+the interaction pairs of the modelled items while X is built, ~16 bytes per pair.
+Beyond that catalog size the next step is a sparse approximation (each item's top
+co-occurring items only, as SANSA does) computed with Spark; it is not built yet.
 
 Scoring is ALS's pattern: a ``mapInArrow`` task takes a batch of users (their
 modelled items as lists), multiplies the sparse rows by B (scipy: nnz x n flops),
