@@ -102,9 +102,9 @@ from schemas.tables import ITEM_FACTORS
 from jobs import als_cg
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
 from jobs.cli import run_algorithm_job
-from jobs.interactions import check_decay, read_interactions, weighted
+from jobs.interactions import check_decay, purchased_pairs, read_interactions, weighted
 from jobs.paths import DataPaths
-from jobs.top_n import ranked_lists_batch, top_columns
+from jobs.top_n import LISTS_SCHEMA, ranked_lists_batch, top_columns
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,6 @@ def collect_item_matrix(factors: DataFrame) -> ItemMatrix:
     return ItemMatrix(ids=ids[order], factors=matrix[order])
 
 
-LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
 
 
 def _unit_rows(matrix: np.ndarray) -> np.ndarray:
@@ -468,9 +467,7 @@ def als_candidates(interaction_rows: DataFrame, as_of: datetime, params: AlsPara
         items = collect_item_matrix(factors)
     log.info("als: %d users, %d products with factors", n_users, len(items))
 
-    # Purchases count whatever their weight: a product bought is bought.
-    purchased = (interaction_rows.where((F.col("event_type") == "purchase") & (F.col("timestamp") <= F.lit(as_of)))
-                 .select("user_id", "product_id"))
+    purchased = purchased_pairs(interaction_rows, as_of)
     listed = user_factors(fitted, users)
     if for_users is not None:
         listed = listed.join(for_users, "user_id", "left_semi")

@@ -122,7 +122,7 @@ from jobs.candidates import as_candidates, model_version, replace_algorithm_cand
 from jobs.cli import run_algorithm_job
 from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
-from jobs.top_n import best_per_row
+from jobs.top_n import LISTS_SCHEMA, best_per_row
 
 log = logging.getLogger(__name__)
 
@@ -574,7 +574,6 @@ def rank_neighbours(row_of_touched: np.ndarray, touched_ids: np.ndarray, touched
     return best_per_row(candidate // n, lists.catalog[candidate % n], score, rows, top_n)
 
 
-LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
 
 
 def _row_blocks(entries_per_row: np.ndarray, budget: int) -> np.ndarray:

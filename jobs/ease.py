@@ -49,15 +49,14 @@ from scipy.linalg import lapack
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates
 from jobs.cli import run_algorithm_job
-from jobs.interactions import check_decay, read_interactions, weighted
+from jobs.interactions import check_decay, purchased_pairs, read_interactions, weighted
 from jobs.paths import DataPaths
-from jobs.top_n import ranked_lists_batch, top_columns
+from jobs.top_n import LISTS_SCHEMA, ranked_lists_batch, top_columns
 
 log = logging.getLogger(__name__)
 
 ALGORITHM = "ease"
 VALUES = ("binary", "log_weight")
-LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
 # Upper bound on one block of scores (rows x modelled items): 64 MB of float32.
 BLOCK_SCORES = 1 << 24
 
@@ -248,8 +247,7 @@ def ease_candidates(interaction_rows: DataFrame, as_of: datetime, params: EasePa
     version = model_version(ALGORITHM, as_of, asdict(params))
     pairs = interaction_pairs(interaction_rows, as_of, params).cache()
     model, index = fit(pairs, params)
-    purchased = (interaction_rows.where((F.col("event_type") == "purchase") & (F.col("timestamp") <= F.lit(as_of)))
-                 .select("user_id", "product_id"))
+    purchased = purchased_pairs(interaction_rows, as_of)
     listed = pairs if for_users is None else pairs.join(for_users, "user_id", "left_semi")
     candidates = as_candidates(user_recommendations(listed, purchased, index, model, params), "user", ALGORITHM,
                                version)

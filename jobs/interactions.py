@@ -55,6 +55,13 @@ def weighted(rows: DataFrame, as_of: datetime, params: DecayParams) -> DataFrame
 
 
 
+def purchased_pairs(rows: DataFrame, as_of: datetime) -> DataFrame:
+    """``(user_id, product_id)`` of every purchase up to ``as_of``, whatever its weight:
+    a product bought is bought (what ``exclude_purchased`` leaves out)."""
+    return (rows.where((F.col("event_type") == "purchase") & (F.col("timestamp") <= F.lit(as_of)))
+            .select("user_id", "product_id"))
+
+
 def read_interactions(spark: SparkSession, paths: DataPaths) -> DataFrame:
     """Stored events plus profile-history rows (when profiles were ever ingested)."""
     read = spark.read.format("delta").load

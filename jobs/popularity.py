@@ -44,7 +44,7 @@ from jobs.delta_tables import ensure_table
 from jobs.interactions import check_decay, read_interactions, weighted
 from jobs.paths import DataPaths
 from jobs.segments import segment_scores, user_segments
-from jobs.top_n import best_per_row, lists_batch
+from jobs.top_n import LISTS_SCHEMA, best_per_row, lists_batch
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,6 @@ def popularity_candidates(interaction_rows: DataFrame, products: DataFrame,
     return candidates
 
 
-LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
 
 
 def favourite_category_lists(shares: DataFrame, category_top: DataFrame, bought: DataFrame | None,

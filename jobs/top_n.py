@@ -121,6 +121,10 @@ def by_row(row: np.ndarray, per_row: np.ndarray, width: int, *columns: tuple[np.
     return matrices
 
 
+# The Spark schema of lists_batch's rows: one ranked list per subject.
+LISTS_SCHEMA = "subject_id string, product_ids array<bigint>, scores array<float>"
+
+
 def lists_batch(subjects: pa.Array, lengths: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> pa.RecordBatch:
     """``(subject_id, product_ids, scores)`` rows (LISTS_SCHEMA), scores as float32."""
     offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32))
