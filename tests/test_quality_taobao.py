@@ -11,7 +11,7 @@ Protocols (documented in the README's quality section):
   user a seeded random 25 % of their products held out, with all of their rows.
 
 The shipped conf/jobs.toml settings are used as they are. The margins asserted are
-well below those measured (README), so noise does not fail them but a broken
+well below those measured (bench/results/quality.md), so noise does not fail them but a broken
 algorithm does: each ratio is against ``global_popular``, the global list for
 everyone, and the lists must also hit for a real number of users.
 """
