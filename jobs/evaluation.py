@@ -58,11 +58,12 @@ from schemas.fields import spark_schema
 from schemas.settings import load_conf
 from schemas.tables import EVALUATIONS
 
-from jobs import als, content, ease, hybrid, popularity
+from jobs import ranked
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.delta_tables import ensure_table
 from jobs.evaluation_report import write_report
-from jobs.interactions import read_interactions
+from jobs.generators import generator_lists, materialised
+from jobs.interactions import read_interactions, read_profiles
 from jobs.paths import DataPaths
 from jobs.scoring import BASELINE, ProductShares, product_shares, score, served_lists
 from jobs.segments import activity_segment
@@ -73,7 +74,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("temporal", "leave_last_out", "random")
 # What the evaluation can train; popular is required (it is every fallback).
-ALGORITHMS = ("popular", "als", "ease", "content", "hybrid")
+ALGORITHMS = ("popular", "als", "ease", "content", "hybrid", "ranked")
 SEGMENTS = ("new", "light", "heavy")
 POLICY_METRIC, POLICY_K = "ndcg", 10
 POLICY_FILE = Path("evaluation") / "policy.json"
@@ -208,48 +209,18 @@ def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) 
 # --- training every algorithm on the training part ---------------------------
 
 def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
-              algorithms: tuple[str, ...], for_users: DataFrame | None = None) -> DataFrame:
-    """User lists (and the global popular list) of every algorithm, trained on ``train`` only.
-
-    ``for_users`` (``user_id`` rows): lists for these users only (the ones scored). Every
-    model still learns from all of ``train``; only the per-user lists, most of the
-    cost, are left out for the others, and the lists made are the same."""
-    def popular() -> DataFrame:
-        return popularity.popularity_candidates(train, products, train_until,
-                                                popularity.params_from_settings(settings["popularity"]),
-                                                for_users=for_users)
-
-    def collaborative() -> DataFrame:
-        candidates, _ = als.als_candidates(train, train_until, als.params_from_settings(settings["als"]),
-                                           product_lists=False, for_users=for_users)
-        return candidates
-
-    def item_item() -> DataFrame:
-        return ease.ease_candidates(train, train_until, ease.params_from_settings(settings["ease"]),
-                                    product_lists=False, for_users=for_users)
-
-    def content_based() -> DataFrame:
-        return content.content_candidates(train, products, train_until,
-                                          content.params_from_settings(settings["content"]), for_users=for_users)
-
-    builders = {"popular": popular, "als": collaborative, "ease": item_item, "content": content_based}
-    parts = [_trained(name, builders[name]) for name in algorithms if name in builders]
-    lists = parts[0]
-    for part in parts[1:]:
-        lists = lists.unionByName(part)
-    if "hybrid" in algorithms:
-        fused = _trained("hybrid", lambda: hybrid.fused_user_lists(
-            lists, hybrid.params_from_settings(settings["hybrid"]), train_until))
-        lists = lists.unionByName(fused)
-    return lists
-
-
-def _trained(name: str, build) -> DataFrame:
-    """``build()``'s lists, materialised (the fused lists and every metric read them
-    again), with the time it took in the log."""
-    started = time.monotonic()
-    lists = build().where(F.col("subject_kind").isin("user", "global")).localCheckpoint()
-    log.info("%s trained on the training part: %d lists (%.0f s)", name, lists.count(), time.monotonic() - started)
+              algorithms: tuple[str, ...], for_users: DataFrame | None = None,
+              profiles: DataFrame | None = None) -> DataFrame:
+    """User lists (and the global popular list) of every algorithm, trained on ``train`` only
+    (``jobs.generators``; ``for_users`` as there). ``ranked`` learns its model inside
+    ``train`` too: its labels are the last ``label_days`` of it."""
+    lists = generator_lists(train, products, train_until, settings,
+                            tuple(a for a in algorithms if a != ranked.ALGORITHM), for_users=for_users)
+    if ranked.ALGORITHM in algorithms:
+        params = ranked.params_from_settings(settings)
+        model = ranked.fit_ranker(train, products, profiles, train_until, params)
+        lists = lists.unionByName(materialised(ranked.ALGORITHM, lambda: ranked.ranked_lists(
+            lists, train, products, profiles, train_until, model, params)))
     return lists
 
 
@@ -289,11 +260,11 @@ def score_algorithms(candidates: DataFrame, split: PreparedSplit, algorithms: tu
 
 
 def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
-             params: EvaluationParams, run_id: str) -> tuple[DataFrame, dict]:
+             params: EvaluationParams, run_id: str, profiles: DataFrame | None = None) -> tuple[DataFrame, dict]:
     """Evaluation rows (EVALUATIONS layout) and the policy priors for one run."""
     split = prepare_split(rows, as_of, params)
     candidates = train_all(split.train, products, split.train_until, settings, params.algorithms,
-                           for_users=split.held_out.select("user_id"))
+                           for_users=split.held_out.select("user_id"), profiles=profiles)
     results = score_algorithms(candidates, split, (BASELINE, *params.algorithms),
                                products.where("active").count(), params.ks)
     evaluated_at = datetime.now(timezone.utc).replace(microsecond=0)
@@ -335,7 +306,8 @@ def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     ``evaluation/policy.json`` and the report in ``evaluation/report/``."""
     run_id = f"{params.split}-{as_of:%Y%m%dT%H%M%SZ}"
     products = spark.read.format("delta").load(paths.table("products"))
-    frame, policy = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params, run_id)
+    frame, policy = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params, run_id,
+                             profiles=read_profiles(spark, paths))
     write_evaluations(spark, paths, frame, run_id)
     write_json_atomically(paths.root / POLICY_FILE, policy)
     report = write_report(frame.toPandas(), paths.root / REPORT_DIR, trials=tuning_trials(paths.root),

@@ -54,12 +54,18 @@ def weighted(rows: DataFrame, as_of: datetime, params: DecayParams) -> DataFrame
             .where(F.col("weight") > 0))
 
 
-
 def purchased_pairs(rows: DataFrame, as_of: datetime) -> DataFrame:
     """``(user_id, product_id)`` of every purchase up to ``as_of``, whatever its weight:
     a product bought is bought (what ``exclude_purchased`` leaves out)."""
     return (rows.where((F.col("event_type") == "purchase") & (F.col("timestamp") <= F.lit(as_of)))
             .select("user_id", "product_id"))
+
+
+def read_profiles(spark: SparkSession, paths: DataPaths) -> DataFrame | None:
+    """The profiles table, or None when no profile was ever ingested."""
+    if DeltaTable.isDeltaTable(spark, paths.table("profiles")):
+        return spark.read.format("delta").load(paths.table("profiles"))
+    return None
 
 
 def read_interactions(spark: SparkSession, paths: DataPaths) -> DataFrame:

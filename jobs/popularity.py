@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -41,7 +40,7 @@ from schemas.tables import GLOBAL_SUBJECT, USER_SEGMENTS
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_list, top_n_lists
 from jobs.cli import run_algorithm_job
 from jobs.delta_tables import ensure_table
-from jobs.interactions import check_decay, read_interactions, weighted
+from jobs.interactions import check_decay, read_interactions, read_profiles, weighted
 from jobs.paths import DataPaths
 from jobs.segments import segment_scores, user_segments
 from jobs.top_n import LISTS_SCHEMA, best_per_row, lists_batch
@@ -238,9 +237,7 @@ def write_user_segments(spark: SparkSession, paths: DataPaths, rows: DataFrame, 
                         params: PopularityParams) -> DataFrame:
     """Replace the user_segments table (one Delta commit) and return it, read back."""
     path = paths.table("user_segments")
-    profiles = None
-    if DeltaTable.isDeltaTable(spark, paths.table("profiles")):
-        profiles = spark.read.format("delta").load(paths.table("profiles"))
+    profiles = read_profiles(spark, paths)
     ensure_table(spark, path, USER_SEGMENTS)
     (user_segments(rows, profiles, as_of, params.segment_features, params.light_max_interactions)
      .write.format("delta").mode("overwrite").save(path))

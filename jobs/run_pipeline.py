@@ -1,5 +1,5 @@
 """Run the whole batch pipeline in one Spark session:
-ingest -> [tuning] -> popularity, ALS, EASE, content -> hybrid -> [evaluation] -> snapshot.
+ingest -> [tuning] -> popularity, ALS, EASE, content -> hybrid, ranked -> [evaluation] -> snapshot.
 
 The scheduler runs these as separate tasks; this entry point is for the demo, for
 tests and for a one-off rebuild by hand. ``--tune`` searches ALS and hybrid
@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 
 from schemas.settings import load_conf
 
-from jobs import als, content, ease, evaluation, hybrid, popularity
+from jobs import als, content, ease, evaluation, hybrid, popularity, ranked
 from jobs.build_snapshot import build_snapshot
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.ingest import run_ingest
@@ -43,14 +43,15 @@ log = logging.getLogger(__name__)
 
 EXIT_DEGRADED = 2
 
-# name -> (module with params_from_settings, its run function). Order matters:
-# hybrid blends the lists the others wrote.
-ALGORITHM_STEPS: dict[str, tuple] = {
-    "popular": (popularity, popularity.run_popularity),
-    "als": (als, als.run_als),
-    "ease": (ease, ease.run_ease),
-    "content": (content, content.run_content),
-    "hybrid": (hybrid, hybrid.run_hybrid),
+# name -> (its params from the job settings, its run function). Order matters: hybrid
+# blends and ranked re-ranks the lists the others wrote.
+ALGORITHM_STEPS: dict[str, tuple[Callable[[dict], object], Callable]] = {
+    "popular": (lambda s: popularity.params_from_settings(s["popularity"]), popularity.run_popularity),
+    "als": (lambda s: als.params_from_settings(s["als"]), als.run_als),
+    "ease": (lambda s: ease.params_from_settings(s["ease"]), ease.run_ease),
+    "content": (lambda s: content.params_from_settings(s["content"]), content.run_content),
+    "hybrid": (lambda s: hybrid.params_from_settings(s["hybrid"]), hybrid.run_hybrid),
+    "ranked": (ranked.params_from_settings, ranked.run_ranked),  # reads the generators' sections too
 }
 
 
@@ -59,11 +60,10 @@ def run_algorithms(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     """Run each named algorithm step; a failure is logged and reported, not raised."""
     results: dict[str, dict] = {}
     for name in names:
-        module, run = ALGORITHM_STEPS[name]
-        section = "popularity" if name == "popular" else name
+        params_of, run = ALGORITHM_STEPS[name]
         started = time.monotonic()
         try:
-            written = run(spark, paths, as_of, module.params_from_settings(settings[section]))
+            written = run(spark, paths, as_of, params_of(settings))
         except Exception as exc:  # one algorithm must not take the others down
             log.exception("%s failed; the snapshot will carry its previous lists, if any", name)
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}

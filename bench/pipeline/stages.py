@@ -35,9 +35,8 @@ REQUIRED = ("ingest",)
 def stage_actions(spark, paths: DataPaths, as_of: datetime, settings: dict) -> dict[str, Callable[[], object]]:
     """Stage name -> a call doing what run_pipeline does for it."""
     def algorithm(name: str) -> Callable[[], object]:
-        module, run = ALGORITHM_STEPS[name]
-        section = "popularity" if name == "popular" else name
-        return lambda: {"lists": run(spark, paths, as_of, module.params_from_settings(tuned()[section]))}
+        params_of, run = ALGORITHM_STEPS[name]
+        return lambda: {"lists": run(spark, paths, as_of, params_of(tuned()))}
 
     def tuned() -> dict:  # after ingest, as run_pipeline does (no tuning here: nothing to pick up)
         return with_tuned(settings, paths.root)
