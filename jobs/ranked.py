@@ -326,17 +326,19 @@ def run_ranked(spark: SparkSession, paths: DataPaths, as_of: datetime, params: R
                model_folder: Path | None = None) -> dict:
     """Train (or load) the model, re-rank every user's stored generator lists, store the
     ranked ones; return the lists written per kind and the model's version."""
+    model = None
+    if model_folder is not None:  # before any table is read: a bad model stops the job at once
+        model = load_model(model_folder)
+        check_features(model, params.spec)
+        log.info("ranked: scoring with saved model %s", model.version)
     read = spark.read.format("delta").load
     products = read(paths.table("products"))
     profiles = read_profiles(spark, paths)
     rows = read_interactions(spark, paths).persist()
     try:
-        if model_folder is None:
+        if model is None:
             model = fit_ranker(rows, products, profiles, as_of, params)
             log.info("ranked: model saved in %s", save_model(model, paths.root / MODELS_DIR))
-        else:
-            model = load_model(model_folder)
-            log.info("ranked: scoring with saved model %s", model.version)
         candidates = read(paths.table("candidates"))
         lists = ranked_lists(candidates, rows, products, profiles, as_of, model, params)
         counts = replace_algorithm_candidates(spark, paths.table("candidates"), ALGORITHM, lists)

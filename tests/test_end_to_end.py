@@ -13,7 +13,7 @@ from jobs.cli import parse_as_of
 from jobs.generate_data import generate
 from jobs.tuned import TUNED_FILE, with_tuned
 from schemas.settings import load_conf
-from schemas.snapshot import read_current_version
+from schemas.snapshot import read_current_version, verify_snapshot_dir
 from tests.lookup_fixtures import running_gunicorn
 
 pytestmark = [pytest.mark.spark, pytest.mark.e2e]
@@ -47,11 +47,13 @@ def test_pipeline_reports_and_publishes(pipeline, capsys, monkeypatch):
     assert summary["ingest"]["events"]["received"] == 6000
     assert all(result["ok"] for result in summary["algorithms"].values()), summary["algorithms"]
     databases = summary["snapshot"]["databases"]
-    for algorithm in ("popular", "als", "ease", "content", "hybrid"):
+    for algorithm in ("popular", "als", "ease", "content", "hybrid", "ranked"):
         assert databases[f"recs/user/{algorithm}"] > 200, algorithm
     for algorithm in ("als", "ease", "content"):
         assert databases[f"recs/product/{algorithm}"] > 50, algorithm
     assert read_current_version(pipeline / "snapshots") == summary["snapshot"]["version"]
+    manifest = verify_snapshot_dir(pipeline / "snapshots" / summary["snapshot"]["version"])
+    assert manifest.model_versions["ranked"] == summary["algorithms"]["ranked"]["lists"]["model_version"]
 
 
 def test_gunicorn_serves_the_snapshot(spark, pipeline):
