@@ -47,8 +47,9 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -210,18 +211,19 @@ def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) 
 
 def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
               algorithms: tuple[str, ...], for_users: DataFrame | None = None,
-              profiles: DataFrame | None = None) -> DataFrame:
+              profiles: DataFrame | None = None) -> tuple[DataFrame, ranked.RankerModel | None]:
     """User lists (and the global popular list) of every algorithm, trained on ``train`` only
-    (``jobs.generators``; ``for_users`` as there). ``ranked`` learns its model inside
-    ``train`` too: its labels are the last ``label_days`` of it."""
+    (``jobs.generators``; ``for_users`` as there), and the ranker when ``ranked`` is one:
+    it learns inside ``train`` too, its labels being the last ``label_days`` of it."""
     lists = generator_lists(train, products, train_until, settings,
                             tuple(a for a in algorithms if a != ranked.ALGORITHM), for_users=for_users)
-    if ranked.ALGORITHM in algorithms:
-        params = ranked.params_from_settings(settings)
-        model = ranked.fit_ranker(train, products, profiles, train_until, params)
-        lists = lists.unionByName(materialised(ranked.ALGORITHM, lambda: ranked.ranked_lists(
-            lists, train, products, profiles, train_until, model, params)))
-    return lists
+    if ranked.ALGORITHM not in algorithms:
+        return lists, None
+    params = ranked.params_from_settings(settings)
+    model = ranked.fit_ranker(train, products, profiles, train_until, params)
+    lists = lists.unionByName(materialised(ranked.ALGORITHM, lambda: ranked.ranked_lists(
+        lists, train, products, profiles, train_until, model, params)))
+    return lists, model
 
 
 # --- I/O edges --------------------------------------------------------------
@@ -259,11 +261,17 @@ def score_algorithms(candidates: DataFrame, split: PreparedSplit, algorithms: tu
     return results
 
 
+class Evaluated(NamedTuple):
+    frame: DataFrame               # EVALUATIONS rows
+    policy: dict                   # evaluation/policy.json
+    ranker: ranked.RankerModel | None  # the ranker trained on the training part, if evaluated
+
+
 def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
-             params: EvaluationParams, run_id: str, profiles: DataFrame | None = None) -> tuple[DataFrame, dict]:
-    """Evaluation rows (EVALUATIONS layout) and the policy priors for one run."""
+             params: EvaluationParams, run_id: str, profiles: DataFrame | None = None) -> Evaluated:
+    """Evaluation rows, policy and ranker for one run."""
     split = prepare_split(rows, as_of, params)
-    candidates = train_all(split.train, products, split.train_until, settings, params.algorithms,
+    candidates, ranker = train_all(split.train, products, split.train_until, settings, params.algorithms,
                            for_users=split.held_out.select("user_id"), profiles=profiles)
     results = score_algorithms(candidates, split, (BASELINE, *params.algorithms),
                                products.where("active").count(), params.ks)
@@ -271,7 +279,7 @@ def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: d
     frame = evaluation_rows(spark, [(run_id, as_of, evaluated_at, params.split, a, s, m, v, u, None, None)
                                     for a, s, m, v, u in results])
     policy_k = POLICY_K if POLICY_K in params.ks else max(params.ks)
-    return frame, policy_from_results(results, run_id, as_of, policy_k)
+    return Evaluated(frame, policy_from_results(results, run_id, as_of, policy_k), ranker)
 
 
 def evaluation_rows(spark: SparkSession, rows: list[tuple]) -> DataFrame:
@@ -290,14 +298,24 @@ def write_evaluations(spark: SparkSession, paths: DataPaths, frame: DataFrame, r
 
 
 def policy_from_results(results: list[tuple], run_id: str, as_of: datetime, k: int = POLICY_K) -> dict:
-    """The switching priors: NDCG@k (10 when evaluated) per segment per algorithm, and each segment's best."""
+    """The switching priors: NDCG@k (10 when evaluated) per segment per algorithm, each
+    segment's best, ``preference``: every algorithm by its score over all users, best
+    first (the server's default order, so a blend that scores below one of its parts
+    never leads), and ``baseline``: global popularity's score per segment."""
     metric = f"{POLICY_METRIC}@{k}"
     priors: dict[str, dict[str, float]] = {}
+    baseline: dict[str, float] = {}
     for algorithm, segment, name, value, users in results:
-        if name == metric and algorithm != BASELINE and not math.isnan(value):
-            priors.setdefault(segment, {})[algorithm] = round(value, 6)
+        if name == metric and not math.isnan(value):
+            if algorithm == BASELINE:
+                baseline[segment] = round(value, 6)
+            else:
+                priors.setdefault(segment, {})[algorithm] = round(value, 6)
     best = {segment: max(scores, key=scores.get) for segment, scores in priors.items()}
-    return {"run_id": run_id, "as_of": as_of.isoformat(), "metric": metric, "priors": priors, "best": best}
+    overall = priors.get("all", {})
+    preference = sorted(overall, key=lambda algorithm: (-overall[algorithm], algorithm))
+    return {"run_id": run_id, "as_of": as_of.isoformat(), "metric": metric, "priors": priors, "best": best,
+            "preference": preference, "baseline": baseline}
 
 
 def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, settings: dict,
@@ -306,12 +324,13 @@ def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     ``evaluation/policy.json`` and the report in ``evaluation/report/``."""
     run_id = f"{params.split}-{as_of:%Y%m%dT%H%M%SZ}"
     products = spark.read.format("delta").load(paths.table("products"))
-    frame, policy = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params, run_id,
-                             profiles=read_profiles(spark, paths))
+    frame, policy, ranker = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params,
+                                     run_id, profiles=read_profiles(spark, paths))
     write_evaluations(spark, paths, frame, run_id)
     write_json_atomically(paths.root / POLICY_FILE, policy)
     report = write_report(frame.toPandas(), paths.root / REPORT_DIR, trials=tuning_trials(paths.root),
-                          notes=report_notes(params, settings))
+                          notes=report_notes(params, settings),
+                          importance=ranker.importance() if ranker is not None else None)
     log.info("evaluation %s written; best per segment: %s; report: %s", run_id, policy["best"], report)
     return policy
 

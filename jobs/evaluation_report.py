@@ -11,6 +11,8 @@ review needs the whole picture at a glance. The report shows, for one run:
 * ``by_k.png``: NDCG@k and Recall@k against k, to see whether a ranking holds at
   every list length;
 * ``tuning.png`` and a trials table, when hyper-parameter trials are given;
+* ``importance.png`` and a table: the learned ranker's features by their share of
+  the total gain, when a ranker was trained;
 * a table of every metric (rows algorithm x segment), best ``all`` value bolded.
 
 The folder is self-contained (relative image links, inline CSS, no JavaScript) so it
@@ -38,7 +40,8 @@ from schemas.tables import EVALUATIONS
 
 log = logging.getLogger(__name__)
 
-ALGORITHM_ORDER = ("global_popular", "popular", "als", "ease", "content", "hybrid")
+ALGORITHM_ORDER = ("global_popular", "popular", "als", "ease", "content", "hybrid", "ranked")
+IMPORTANCE_SHOWN = 20  # features in the importance plot; the table lists every one
 SEGMENT_ORDER = ("new", "light", "heavy", "all")
 # Metrics cut at k that the bar and line plots compare; the rest only go to the table.
 RANKING_METRICS = ("ndcg", "recall", "hit_rate", "map", "map_all", "precision")
@@ -69,8 +72,10 @@ img { max-width: 100%; display: block; margin: 1em 0; }
 # --- public API ----------------------------------------------------------------
 
 def write_report(results: pd.DataFrame, out_dir: Path, *, trials: pd.DataFrame | None = None,
-                 title: str = "Offline evaluation", notes: dict[str, str] | None = None) -> Path:
-    """Write out_dir/report.html plus its PNGs; return the html path."""
+                 title: str = "Offline evaluation", notes: dict[str, str] | None = None,
+                 importance: dict[str, float] | None = None) -> Path:
+    """Write out_dir/report.html plus its PNGs; return the html path. ``importance``:
+    the ranker's total gain per feature."""
     _check_results(results)
     if trials is not None:
         _check_trials(trials)
@@ -80,8 +85,9 @@ def write_report(results: pd.DataFrame, out_dir: Path, *, trials: pd.DataFrame |
     shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crashed run with our pid
     tmp.mkdir()
     try:
-        images = _write_plots(results, trials, tmp)
-        page = _render_html(results, trials, images, title, notes or {})
+        shares = _gain_shares(importance or {})
+        images = _write_plots(results, trials, tmp, shares)
+        page = _render_html(results, trials, images, title, notes or {}, shares)
         (tmp / "report.html").write_text(page, encoding="utf-8")
         _swap_in(tmp, out_dir)
     finally:
@@ -173,7 +179,15 @@ def _save(fig: Figure, folder: Path, name: str) -> str:
     return name
 
 
-def _write_plots(results: pd.DataFrame, trials: pd.DataFrame | None, folder: Path) -> dict[str, str]:
+def _gain_shares(importance: dict[str, float]) -> pd.Series:
+    """Each feature's share of the total gain, largest first."""
+    gains = pd.Series(importance, dtype="float64")
+    total = gains.sum()
+    return (gains / total if total > 0 else gains).sort_values(ascending=False, kind="stable")
+
+
+def _write_plots(results: pd.DataFrame, trials: pd.DataFrame | None, folder: Path,
+                 shares: pd.Series) -> dict[str, str]:
     """Draw every plot the data allows; return {file name: alt text}."""
     algorithms = _ordered(results["algorithm"], ALGORITHM_ORDER)
     tuned = [] if trials is None else list(trials["algorithm"])
@@ -192,6 +206,9 @@ def _write_plots(results: pd.DataFrame, trials: pd.DataFrame | None, folder: Pat
     if trials is not None and not trials.empty:
         plots += (("tuning.png", "Validation score per tuning trial and best so far, best trial per algorithm marked",
                    lambda: _plot_tuning(trials, colors)),)
+    if not shares.empty:
+        plots += (("importance.png", f"The ranker's {min(len(shares), IMPORTANCE_SHOWN)} most useful features "
+                   "by share of total gain", lambda: _plot_importance(shares)),)
     for name, alt, draw in plots:
         fig = draw()
         if fig is not None:
@@ -307,9 +324,21 @@ def _plot_tuning(trials: pd.DataFrame, colors) -> Figure:
     return fig
 
 
+def _plot_importance(shares: pd.Series) -> Figure:
+    shown = shares.head(IMPORTANCE_SHOWN)[::-1]  # the largest at the top
+    fig = _new_figure(8.0, 0.8 + 0.28 * len(shown))
+    ax = fig.add_subplot()
+    ax.barh(list(shown.index), list(shown.values), color="#4c72b0")
+    ax.set_xlabel("share of total gain")
+    ax.set_title("Learned ranker: feature importance (gain)")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
 # --- html ----------------------------------------------------------------------
 
-def _render_html(results, trials, images: dict[str, str], title: str, notes: dict[str, str]) -> str:
+def _render_html(results, trials, images: dict[str, str], title: str, notes: dict[str, str],
+                 shares: pd.Series) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -326,6 +355,11 @@ def _render_html(results, trials, images: dict[str, str], title: str, notes: dic
     ]
     if trials is not None:
         parts += ["<h2>Tuning trials</h2>", _trials_table(trials)]
+    if not shares.empty:
+        rows = "".join(f'<tr><td>{_esc(name)}</td><td class="num">{share:.4f}</td></tr>'
+                       for name, share in shares.items())
+        parts += ["<h2>Ranker feature importance</h2>",
+                  f"<table><thead><tr><th>feature</th><th>share of gain</th></tr></thead><tbody>{rows}</tbody></table>"]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

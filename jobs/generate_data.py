@@ -8,6 +8,13 @@ What the data looks like:
 * ~``products/50`` categories (at least 5) named ``department.subcategory`` under
   eight departments; each category has its own Zipf popularity, and products
   have Zipf popularity within their category.
+* Latent tastes: every product has one of ``tastes`` styles (shared by all
+  categories: a style sets the product's price tier and mostly its brand), and
+  every user a taste of their own, correlated with their age band. Most of a
+  user's views fall on products of their taste, so what they like in one
+  category says what they will like in another: the signal personalised models
+  find and global popularity cannot. Some users' taste drifts once during the
+  window, so recent behaviour says more than old.
 * Products are added over time: most before the window, some during it, and no
   event ever touches a product before its ``added_at`` (also written into
   ``other_features``). Product ids grow with ``added_at``.
@@ -99,7 +106,7 @@ DEVICE_P = (0.62, 0.31, 0.07)
 HOUR_WEIGHTS = np.array([0.30, 0.20, 0.15, 0.12, 0.12, 0.18, 0.35, 0.60, 0.80, 0.90, 0.95, 1.00,
                          1.05, 1.00, 0.95, 0.95, 1.00, 1.10, 1.30, 1.50, 1.60, 1.50, 1.10, 0.60])
 
-# Sort key of products by (category, added_at): category * KEY_SCALE + epoch seconds.
+# Sort key of products by (group, added_at): group * KEY_SCALE + epoch seconds.
 _KEY_SCALE = 1 << 40
 
 
@@ -114,6 +121,11 @@ class Behaviour:
     p_inactive: float = 0.03
     activity_alpha: float = 1.5         # user activity ~ Pareto(activity_alpha)
     p_preferred_category: float = 0.8   # a session's category comes from the user's preferences
+    tastes: int = 4                     # latent styles (price tier, brands); fewer if the catalog is small
+    p_own_taste: float = 0.75           # a view falls on a product of the user's taste
+    p_taste_brand: float = 0.8          # a product's brand is its style's (else any of its department's)
+    taste_price_step: float = 0.6       # log-price between neighbouring styles
+    p_drift: float = 0.3                # users whose taste changes once, at a random time in the window
     p_stray_view: float = 0.15          # a view outside the session's category
     mean_views: float = 4.5             # views per session (geometric)
     median_gap_s: float = 25.0          # between two views of a session (log-normal)
@@ -134,20 +146,22 @@ DEFAULT_BEHAVIOUR = Behaviour()
 
 @dataclass(frozen=True)
 class Catalog:
-    """Products, rows sorted by (category, added_at) so that the products of a
-    category available at time t are one contiguous prefix of its rows."""
+    """Products, rows sorted by (category, taste, added_at): the products of one
+    (category, taste) group available at time t are one contiguous prefix of its rows."""
 
     product_id: np.ndarray        # int64, grows with added_at
     category: np.ndarray          # int64 index into category_names
+    taste: np.ndarray             # int64 style, 0 .. tastes-1
     category_names: tuple[str, ...]
     category_cdf: np.ndarray      # cumulative category popularity, ends at 1
+    tastes: int                   # styles per category
     added_at: np.ndarray          # int64 epoch seconds
     price: np.ndarray             # float64, 2 decimals
     active: np.ndarray            # bool
     brand: np.ndarray             # object (str)
     color: np.ndarray             # object (str or None)
-    cat_offsets: np.ndarray       # rows of category c are cat_offsets[c]:cat_offsets[c+1]
-    sort_key: np.ndarray          # category * _KEY_SCALE + added_at, non-decreasing
+    group_offsets: np.ndarray     # rows of group g = category * tastes + taste: offsets[g]:offsets[g+1]
+    sort_key: np.ndarray          # group * _KEY_SCALE + added_at, non-decreasing
     cum_weight: np.ndarray        # [0, cumsum(within-category popularity)], len rows + 1
 
     def __len__(self) -> int:
@@ -161,6 +175,9 @@ class Users:
     activity_cdf: np.ndarray
     pref_categories: np.ndarray   # (n, 3) category indices
     pref_cdf: np.ndarray          # (n, 3) cumulative slot weights; unused slots add 0
+    taste: np.ndarray             # int64 style until drift_at
+    late_taste: np.ndarray        # int64 style from drift_at
+    drift_at: np.ndarray          # int64 epoch seconds (past the window's end: no drift)
     age_band: np.ndarray
     country: np.ndarray
     device: np.ndarray
@@ -235,23 +252,27 @@ def category_names(n: int) -> tuple[list[str], np.ndarray]:
 
 def build_catalog(n_products: int, seed: int, start_ts: int, end_ts: int,
                   behaviour: Behaviour = DEFAULT_BEHAVIOUR) -> Catalog:
-    """The product catalog: categories, popularity, prices, launch times."""
+    """The product catalog: categories, styles, popularity, prices, launch times."""
     if n_products < 1:
         raise ValueError("need at least one product")
     b = behaviour
     rng = _rng(seed, 0)
     n_cat = min(max(5, n_products // 50), n_products)
+    tastes = max(1, min(b.tastes, n_products // n_cat))
+    n_groups = n_cat * tastes
     names, dept_of_cat = category_names(n_cat)
     cat_weight = (rng.permutation(n_cat) + 1.0) ** -b.category_zipf
     category_cdf = _cdf(cat_weight)
 
-    # One product per category first, launched before the window, so every
-    # category has something to show at any time; bigger categories get more.
+    # One product per (category, style) first, launched before the window, so every
+    # group has something to show at any time; bigger categories get more.
     category = np.empty(n_products, dtype=np.int64)
-    category[:n_cat] = np.arange(n_cat)
-    category[n_cat:] = _draw(rng, _cdf(np.sqrt(cat_weight)), n_products - n_cat)
+    taste = np.empty(n_products, dtype=np.int64)
+    category[:n_groups], taste[:n_groups] = np.divmod(np.arange(n_groups), tastes)
+    category[n_groups:] = _draw(rng, _cdf(np.sqrt(cat_weight)), n_products - n_groups)
+    taste[n_groups:] = rng.integers(0, tastes, n_products - n_groups)
     new = rng.random(n_products) < b.p_new_product
-    new[:n_cat] = False
+    new[:n_groups] = False
     added_at = np.where(
         new,
         start_ts + rng.integers(0, end_ts - start_ts, n_products),
@@ -266,51 +287,57 @@ def build_catalog(n_products: int, seed: int, start_ts: int, end_ts: int,
 
     dept = dept_of_cat[category]
     base_price = np.array([d.base_price for d in DEPARTMENTS])[dept]
-    price = np.maximum(np.round(base_price * rng.lognormal(0.0, 0.7, n_products), 2), 0.5)
+    tier = np.exp((taste - (tastes - 1) / 2) * b.taste_price_step)  # budget ... premium
+    price = np.maximum(np.round(base_price * tier * rng.lognormal(0.0, 0.35, n_products), 2), 0.5)
     active = rng.random(n_products) >= b.p_inactive
+    own_brand = rng.random(n_products) < b.p_taste_brand
     brand_pick = rng.random(n_products)
     color_pick = rng.integers(0, len(COLORS), n_products)
     brand = np.empty(n_products, dtype=object)
     color = np.empty(n_products, dtype=object)
     for d, department in enumerate(DEPARTMENTS):
         rows = dept == d
-        brand[rows] = np.array(department.brands, dtype=object)[
-            (brand_pick[rows] * len(department.brands)).astype(np.int64)]
+        n_brands = len(department.brands)
+        style_brand = taste[rows] * n_brands // tastes
+        any_brand = (brand_pick[rows] * n_brands).astype(np.int64)
+        brand[rows] = np.array(department.brands, dtype=object)[np.where(own_brand[rows], style_brand, any_brand)]
         if department.has_color:
             color[rows] = np.array(COLORS, dtype=object)[color_pick[rows]]
     id_steps = rng.integers(1, 20, n_products)
 
-    rows = np.lexsort((added_at, category))
-    category, added_at, weight = category[rows], added_at[rows], weight[rows]
+    group = category * tastes + taste
+    rows = np.lexsort((added_at, group))
+    category, taste, group, added_at, weight = category[rows], taste[rows], group[rows], added_at[rows], weight[rows]
     price, active, brand, color = price[rows], active[rows], brand[rows], color[rows]
     # Ids in launch order: a later product has a larger id, with gaps.
     product_id = np.empty(n_products, dtype=np.int64)
     product_id[np.argsort(added_at, kind="stable")] = 10_000 + np.cumsum(id_steps)
     return Catalog(
-        product_id=product_id, category=category, category_names=tuple(names),
-        category_cdf=category_cdf, added_at=added_at, price=price, active=active,
+        product_id=product_id, category=category, taste=taste, category_names=tuple(names),
+        category_cdf=category_cdf, tastes=tastes, added_at=added_at, price=price, active=active,
         brand=brand, color=color,
-        cat_offsets=np.searchsorted(category, np.arange(n_cat + 1)),
-        sort_key=category * _KEY_SCALE + added_at,
+        group_offsets=np.searchsorted(group, np.arange(n_groups + 1)),
+        sort_key=group * _KEY_SCALE + added_at,
         cum_weight=np.concatenate([[0.0], np.cumsum(weight)]),
     )
 
 
-def sample_products(catalog: Catalog, rng: np.random.Generator, categories: np.ndarray,
+def sample_products(catalog: Catalog, rng: np.random.Generator, groups: np.ndarray,
                     times: np.ndarray) -> np.ndarray:
-    """Catalog rows drawn by popularity within ``categories``, among products added by ``times``."""
-    lo = catalog.cat_offsets[categories]
-    hi = np.searchsorted(catalog.sort_key, categories * _KEY_SCALE + times, side="right")
-    hi = np.maximum(hi, lo + 1)  # each category's first product predates the window
+    """Catalog rows drawn by popularity within ``groups`` (category * tastes + taste),
+    among products added by ``times``."""
+    lo = catalog.group_offsets[groups]
+    hi = np.searchsorted(catalog.sort_key, groups * _KEY_SCALE + times, side="right")
+    hi = np.maximum(hi, lo + 1)  # each group's first product predates the window
     base = catalog.cum_weight[lo]
-    target = base + rng.random(len(categories)) * (catalog.cum_weight[hi] - base)
+    target = base + rng.random(len(groups)) * (catalog.cum_weight[hi] - base)
     rows = np.searchsorted(catalog.cum_weight, target, side="right") - 1
     return np.clip(rows, lo, hi - 1)
 
 
-def build_users(n_users: int, seed: int, catalog: Catalog, start_ts: int,
+def build_users(n_users: int, seed: int, catalog: Catalog, start_ts: int, end_ts: int,
                 behaviour: Behaviour = DEFAULT_BEHAVIOUR) -> Users:
-    """Users: ids, power-law activity, preferred categories and profile features."""
+    """Users: ids, power-law activity, preferred categories, taste and profile features."""
     if n_users < 1:
         raise ValueError("need at least one user")
     b = behaviour
@@ -322,15 +349,25 @@ def build_users(n_users: int, seed: int, catalog: Catalog, start_ts: int,
     slot_weight = np.array([0.6, 0.3, 0.1]) * (np.arange(3) < n_pref[:, None])
     pref_cdf = np.cumsum(slot_weight, axis=1) / slot_weight.sum(axis=1, keepdims=True)
     signup = start_ts - rng.integers(1, 1500, n_users) * DAY
+    age = _draw(rng, _cdf(AGE_BAND_P), n_users)
+    country = _draw(rng, _cdf(1.0 / np.arange(1, len(COUNTRIES) + 1)), n_users)
+    device = _draw(rng, _cdf(DEVICE_P), n_users)
+    has_profile = rng.random(n_users) < b.p_profile
+    # Taste follows age: the youngest band leans to the first style, the oldest to the last.
+    taste = np.clip(np.rint(age / (len(AGE_BANDS) - 1) * (catalog.tastes - 1)
+                            + rng.normal(0.0, 0.6, n_users)), 0, catalog.tastes - 1).astype(np.int64)
+    late_taste = (taste + rng.integers(1, max(catalog.tastes, 2), n_users)) % catalog.tastes
+    drifts = rng.random(n_users) < b.p_drift
+    drift_at = np.where(drifts, rng.integers(start_ts, max(end_ts, start_ts + 1), n_users), np.iinfo(np.int64).max)
     return Users(
         user_id=user_id, activity=activity, activity_cdf=_cdf(activity),
         pref_categories=pref_categories, pref_cdf=pref_cdf,
-        age_band=np.array(AGE_BANDS, dtype=object)[_draw(rng, _cdf(AGE_BAND_P), n_users)],
-        country=np.array(COUNTRIES, dtype=object)[
-            _draw(rng, _cdf(1.0 / np.arange(1, len(COUNTRIES) + 1)), n_users)],
-        device=np.array(DEVICES, dtype=object)[_draw(rng, _cdf(DEVICE_P), n_users)],
+        taste=taste, late_taste=late_taste, drift_at=drift_at,
+        age_band=np.array(AGE_BANDS, dtype=object)[age],
+        country=np.array(COUNTRIES, dtype=object)[country],
+        device=np.array(DEVICES, dtype=object)[device],
         signup_date=np.datetime_as_string(signup.astype("datetime64[s]"), unit="D").astype(object),
-        has_profile=rng.random(n_users) < b.p_profile,
+        has_profile=has_profile,
     )
 
 
@@ -343,7 +380,7 @@ def build_world(users: int, products: int, seed: int, start: str | date | dateti
     end_ts = start_ts + days * DAY
     catalog = build_catalog(products, seed, start_ts, end_ts, behaviour)
     return World(seed=seed, start_ts=start_ts, end_ts=end_ts, catalog=catalog,
-                 users=build_users(users, seed, catalog, start_ts, behaviour), behaviour=behaviour)
+                 users=build_users(users, seed, catalog, start_ts, end_ts, behaviour), behaviour=behaviour)
 
 
 def _categories_for(rng: np.random.Generator, world: World, user_rows: np.ndarray) -> np.ndarray:
@@ -353,6 +390,15 @@ def _categories_for(rng: np.random.Generator, world: World, user_rows: np.ndarra
     preferred = users.pref_categories[user_rows, slot]
     anywhere = _draw(rng, world.catalog.category_cdf, n)
     return np.where(rng.random(n) < world.behaviour.p_preferred_category, preferred, anywhere)
+
+
+def _groups_for(rng: np.random.Generator, world: World, user_rows: np.ndarray, categories: np.ndarray,
+                times: np.ndarray) -> np.ndarray:
+    """The (category, taste) group per entry: mostly the user's taste at ``times``, else any."""
+    users, tastes, n = world.users, world.catalog.tastes, len(user_rows)
+    own = np.where(times >= users.drift_at[user_rows], users.late_taste[user_rows], users.taste[user_rows])
+    taste = np.where(rng.random(n) < world.behaviour.p_own_taste, own, rng.integers(0, tastes, n))
+    return categories * tastes + taste
 
 
 # --- events ------------------------------------------------------------------
@@ -472,7 +518,8 @@ def generate_event_chunk(world: World, n_events: int, t0: int, t1: int,
     # A view's product must exist at the first event of its group (click or view).
     first_seen = np.full(n_views, t1, dtype=np.int64)
     np.minimum.at(first_seen, ev_view, timestamp)
-    view_product = sample_products(world.catalog, rng, view_category, first_seen)
+    view_group = _groups_for(rng, world, user_rows[view_session], view_category, first_seen)
+    view_product = sample_products(world.catalog, rng, view_group, first_seen)
 
     by_time = np.argsort(timestamp, kind="stable")
     return {
@@ -566,9 +613,9 @@ def profiles_table(world: World) -> pa.Table:
     rows = np.flatnonzero(users.has_profile)
     n_items = rng.poisson(np.minimum(users.activity[rows] * b.history_per_activity, b.max_history))
     owner = np.repeat(np.arange(len(rows)), n_items)
-    categories = _categories_for(rng, world, rows[owner])
-    seen = catalog.product_id[sample_products(catalog, rng, categories,
-                                              np.full(len(owner), world.start_ts - 1))]
+    before = np.full(len(owner), world.start_ts - 1)
+    groups = _groups_for(rng, world, rows[owner], _categories_for(rng, world, rows[owner]), before)
+    seen = catalog.product_id[sample_products(catalog, rng, groups, before)]
     bought = rng.random(len(owner)) < b.p_history_purchase
     return pa.Table.from_arrays([
         pa.array(users.user_id[rows], pa.int64()),

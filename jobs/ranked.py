@@ -218,17 +218,23 @@ def fit_ranker(rows: DataFrame, products: DataFrame, profiles: DataFrame | None,
                params: RankedParams) -> RankerModel:
     """Train the ranking model on what happened in the ``label_days`` before ``as_of``."""
     started = time.monotonic()
-    spec = params.spec
     frame, vocabularies = training_rows(rows, products, profiles, as_of, params)
-    features, categorical = list(spec.names), list(spec.categorical)
-    booster, trained = fit_booster(frame, features, categorical, params)
-    version = model_version(ALGORITHM, as_of, {**ranker_config(params), "trained": trained})
-    model = RankerModel(booster, features, categorical, vocabularies, version, trained)
+    model = model_from_rows(frame, vocabularies, as_of, params)
+    trained = model.trained
     log.info("ranked: model %s trained on %d rows of %d users in %.0f s (best iteration %d, validation "
-             "NDCG@10 %s); top features by gain: %s", version, trained["rows"], trained["users"],
+             "NDCG@10 %s); top features by gain: %s", model.version, trained["rows"], trained["users"],
              time.monotonic() - started, trained["best_iteration"], trained["validation_ndcg@10"],
              ", ".join(list(model.importance())[:5]))
     return model
+
+
+def model_from_rows(frame: pd.DataFrame, vocabularies: dict[str, list[str]], as_of: datetime,
+                    params: RankedParams) -> RankerModel:
+    """The model learnt from ``training_rows``' output, versioned by its settings and data."""
+    features, categorical = list(params.spec.names), list(params.spec.categorical)
+    booster, trained = fit_booster(frame, features, categorical, params)
+    version = model_version(ALGORITHM, as_of, {**ranker_config(params), "trained": trained})
+    return RankerModel(booster, features, categorical, vocabularies, version, trained)
 
 
 def ranker_config(params: RankedParams) -> dict:
@@ -250,15 +256,25 @@ def ranked_lists(candidates: DataFrame, rows: DataFrame, products: DataFrame, pr
                  as_of: datetime, model: RankerModel, params: RankedParams) -> DataFrame:
     """Each user's candidates in ``candidates`` (the generators' user lists) re-ranked by
     ``model``, the best ``top_n`` of each, in the CANDIDATES layout."""
-    spec = params.spec
-    check_features(model, spec)
-    features = encode_categorical(pair_features(candidate_pairs(candidates, spec), rows, products, profiles,
-                                                as_of, spec), model.vocabularies)
-    spark = candidates.sparkSession
-    model_text = spark.sparkContext.broadcast(model.booster.model_to_string())
+    check_features(model, params.spec)
+    features = scoring_features(candidates, rows, products, profiles, as_of, model.vocabularies, params.spec)
+    return scored_lists(features, model, params.top_n)
+
+
+def scoring_features(candidates: DataFrame, rows: DataFrame, products: DataFrame, profiles: DataFrame | None,
+                     as_of: datetime, vocabularies: dict[str, list[str]], spec: FeatureSpec) -> DataFrame:
+    """One row per (user, candidate product) with the model's features, categories encoded."""
+    return encode_categorical(pair_features(candidate_pairs(candidates, spec), rows, products, profiles,
+                                            as_of, spec), vocabularies)
+
+
+def scored_lists(features: DataFrame, model: RankerModel, top_n: int) -> DataFrame:
+    """``features`` scored by ``model`` on the workers (its text broadcast), the best
+    ``top_n`` per user, in the CANDIDATES layout."""
+    model_text = features.sparkSession.sparkContext.broadcast(model.booster.model_to_string())
     scored = features.mapInPandas(partial(_score_batches, model_text=model_text, features=list(model.features)),
                                   SCORED_SCHEMA)
-    return as_candidates(top_n_lists(scored, F.col("user_id"), params.top_n), "user", ALGORITHM, model.version)
+    return as_candidates(top_n_lists(scored, F.col("user_id"), top_n), "user", ALGORITHM, model.version)
 
 
 def check_features(model: RankerModel, spec: FeatureSpec) -> None:

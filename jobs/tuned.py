@@ -1,7 +1,7 @@
 """The tuned configuration: what the last tuning run chose, laid over conf.
 
-``jobs.tuning`` writes ``<data-dir>/evaluation/tuned.json``; the ALS, hybrid and
-evaluation jobs (and the pipeline) read their settings through ``with_tuned`` so the
+``jobs.tuning`` writes ``<data-dir>/evaluation/tuned.json``; the ALS, EASE, ranked,
+hybrid and evaluation jobs (and the pipeline) read their settings through ``with_tuned`` so the
 next nightly run uses the winners. ``[tuning] use_tuned = false`` (or
 ``RECSYS__JOBS__TUNING__USE_TUNED=false``) turns that off; a missing or unreadable
 file leaves conf as it is, with a log line saying so.
@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 TUNED_FILE = Path("evaluation") / "tuned.json"
 # Sections tuning may change; anything else in the file is ignored.
-TUNED_SECTIONS = ("als", "ease", "hybrid")
+TUNED_SECTIONS = ("als", "ease", "ranked", "hybrid")
 
 
 def write_json_atomically(path: Path, document: dict) -> None:
@@ -40,7 +40,7 @@ def read_tuned(root: Path) -> dict | None:
 
 
 def with_tuned(settings: dict, root: Path) -> dict:
-    """``settings`` (conf/jobs.toml) with the tuned [als], [ease] and [hybrid] keys laid over it."""
+    """``settings`` (conf/jobs.toml) with the tuned keys of TUNED_SECTIONS laid over it."""
     if not settings.get("tuning", {}).get("use_tuned", True):
         return settings
     document = read_tuned(root)

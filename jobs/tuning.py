@@ -1,4 +1,4 @@
-"""Tuning: search ALS, EASE and the hybrid's weights on a validation split.
+"""Tuning: search ALS, EASE, the learned ranker and the hybrid's weights on a validation split.
 
 The evaluation's protocol (``[evaluation]``: split, holdout, k-core) first cuts the
 interactions into a training and a test part. Tuning never reads the test part: it
@@ -14,19 +14,22 @@ being conf's own configuration:
 - ALS: rank, iterations, regularisation and alpha drawn log-uniform from the
   ranges in ``[tuning]``, and an event-weight set (conf's or a named one);
 - EASE: l2 (log-uniform) and the value of X's entries;
+- the ranker (``jobs.ranked``, over the best ALS and EASE): leaves, learning rate
+  and minimum leaf size (log-uniform), feature fraction (uniform). Its training
+  rows and the validation users' features are built once; a trial fits and scores;
 - hybrid, fusing the best ALS and EASE lists with popularity and content (trained
   once): each weight uniform in ``hybrid_weight``, EASE included even when conf
   gives it none.
 
 No pruner: a trial is one fit with no intermediate score to stop it on. Each search
 stops at ``max_trials`` or when the next trial would overrun its share of the time
-budget (``budget_minutes``; ``als_budget_share``, ``ease_budget_share``, the hybrid
-the rest). The studies live in ``<data-dir>/evaluation/tuning.db`` (SQLite), so the
+budget (``budget_minutes``; ``als_budget_share``, ``ease_budget_share``,
+``ranked_budget_share`` (0: the ranker is not searched), the hybrid the rest). The studies live in ``<data-dir>/evaluation/tuning.db`` (SQLite), so the
 next run's sampler starts from every earlier trial; the winner is chosen among this
 run's trials only, since earlier ones were scored on other data. Every trial is a
 row per metric in the ``evaluations`` table (``run_id`` ``tuning-<split>-<as_of>``,
 ``trial``, ``params`` as JSON). The winners go to ``<data-dir>/evaluation/tuned.json``,
-which the next ALS, EASE, hybrid and evaluation runs lay over conf (``jobs.tuned``).
+which the next ALS, EASE, ranked, hybrid and evaluation runs lay over conf (``jobs.tuned``).
 Trial 0 is the configuration in conf, so the winner never scores below it on the
 validation part.
 
@@ -49,12 +52,12 @@ from pyspark.sql import functions as F
 
 from schemas.settings import load_conf
 
-from jobs import als, content, ease, hybrid, popularity
+from jobs import als, content, ease, hybrid, popularity, ranked
 from jobs.candidates import params_digest
 from jobs.cli import configure_logging, job_parser, resolve_as_of
 from jobs.evaluation import EvaluationParams, PreparedSplit, evaluation_rows, prepare_split, split_rows, write_evaluations
 from jobs.evaluation import params_from_settings as evaluation_params
-from jobs.interactions import read_interactions
+from jobs.interactions import read_interactions, read_profiles
 from jobs.paths import DataPaths
 from jobs.scoring import ALL_USERS, score, served_lists
 from jobs.spark_session import get_spark
@@ -65,7 +68,11 @@ log = logging.getLogger(__name__)
 # Optuna's studies, one per algorithm, split and metric: a later run continues them.
 STUDY_FILE = Path("evaluation") / "tuning.db"
 # TuningParams fields that bound the search, not shape it.
-NOT_SEARCH_SPACE = ("budget_minutes", "als_budget_share", "ease_budget_share", "max_trials")
+NOT_SEARCH_SPACE = ("budget_minutes", "als_budget_share", "ease_budget_share", "ranked_budget_share", "max_trials")
+# Search ranges drawn log-uniform (the others uniform).
+LOG_RANGES = ("rank", "max_iter", "reg_param", "alpha", "ease_l2", "ranked_num_leaves", "ranked_learning_rate",
+              "ranked_min_data_in_leaf")
+RANGES = (*LOG_RANGES, "ranked_feature_fraction", "hybrid_weight")
 # Metrics recorded per trial (segment "all"); ``metric`` picks the winner among them.
 TRIAL_METRICS = ("ndcg", "recall", "hit_rate", "map")
 
@@ -73,9 +80,10 @@ TRIAL_METRICS = ("ndcg", "recall", "hit_rate", "map")
 @dataclass(frozen=True)
 class TuningParams:
     budget_minutes: float = 20.0
-    # Shares of the budget: ALS, then EASE, then the (cheap) hybrid trials take the rest.
-    als_budget_share: float = 0.6
-    ease_budget_share: float = 0.2
+    # Shares of the budget: ALS, EASE, the ranker, then the (cheap) hybrid trials take the rest.
+    als_budget_share: float = 0.5
+    ease_budget_share: float = 0.15
+    ranked_budget_share: float = 0.2
     max_trials: int = 12            # per algorithm, trial 0 included
     metric: str = "ndcg"
     k: int = 10
@@ -87,21 +95,27 @@ class TuningParams:
     alpha: tuple[float, float] = (0.5, 100.0)
     ease_l2: tuple[float, float] = (0.5, 10_000.0)
     hybrid_weight: tuple[float, float] = (0.0, 1.0)
+    ranked_num_leaves: tuple[int, int] = (7, 127)
+    ranked_learning_rate: tuple[float, float] = (0.01, 0.2)
+    ranked_min_data_in_leaf: tuple[int, int] = (5, 200)
+    ranked_feature_fraction: tuple[float, float] = (0.5, 1.0)
     # name -> event weights; "conf" (the [als] weights) is always a candidate too.
     event_weight_sets: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if not self.budget_minutes > 0 or not (0 < self.als_budget_share and 0 <= self.ease_budget_share
-                                               and self.als_budget_share + self.ease_budget_share <= 1):
+        shares = (self.als_budget_share, self.ease_budget_share, self.ranked_budget_share)
+        if not self.budget_minutes > 0 or not (0 < shares[0] and min(shares) >= 0 and sum(shares) <= 1):
             raise ValueError("budget_minutes must be positive and the budget shares between 0 and 1 in sum")
         if self.max_trials < 1 or self.k < 1:
             raise ValueError("max_trials and k must be at least 1")
         if self.metric not in TRIAL_METRICS:
             raise ValueError(f"metric must be one of {TRIAL_METRICS}")
-        for name in ("rank", "max_iter", "reg_param", "alpha", "ease_l2", "hybrid_weight"):
+        for name in RANGES:
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name != "hybrid_weight" and low == 0):
                 raise ValueError(f"{name} must be [low, high] with 0 < low <= high")
+        if self.ranked_feature_fraction[1] > 1:
+            raise ValueError("ranked_feature_fraction must lie in (0, 1]")
         if self.hybrid_weight[1] <= 0:
             raise ValueError("hybrid_weight needs a positive upper bound")
 
@@ -148,6 +162,19 @@ def suggest_ease(trial: optuna.Trial, base: ease.EaseParams, params: TuningParam
 
 def tuned_ease_settings(p: ease.EaseParams) -> dict:
     return {"l2": p.l2, "value": p.value}
+
+
+def suggest_ranked(trial: optuna.Trial, base: ranked.RankedParams, params: TuningParams) -> ranked.RankedParams:
+    return replace(base, num_leaves=trial.suggest_int("num_leaves", *params.ranked_num_leaves, log=True),
+                   learning_rate=trial.suggest_float("learning_rate", *params.ranked_learning_rate, log=True),
+                   min_data_in_leaf=trial.suggest_int("min_data_in_leaf", *params.ranked_min_data_in_leaf, log=True),
+                   feature_fraction=trial.suggest_float("feature_fraction", *params.ranked_feature_fraction))
+
+
+def tuned_ranked_settings(p: ranked.RankedParams) -> dict:
+    """suggest_ranked's parameters of ``p``."""
+    return {"num_leaves": p.num_leaves, "learning_rate": p.learning_rate, "min_data_in_leaf": p.min_data_in_leaf,
+            "feature_fraction": p.feature_fraction}
 
 
 def hybrid_names(base: hybrid.HybridParams) -> list[str]:
@@ -244,9 +271,10 @@ def best_trial(trials: list[Trial], params: TuningParams) -> Trial:
 # --- the whole search -------------------------------------------------------------
 
 def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
-         evaluation: EvaluationParams, params: TuningParams, storage: str | None = None) -> dict[str, list[Trial]]:
-    """ALS, EASE and hybrid trials on a validation split carved from the evaluation's
-    training part; the studies in ``storage`` (None: in memory)."""
+         evaluation: EvaluationParams, params: TuningParams, storage: str | None = None,
+         profiles: DataFrame | None = None) -> dict[str, list[Trial]]:
+    """ALS, EASE, ranker and hybrid trials on a validation split carved from the
+    evaluation's training part; the studies in ``storage`` (None: in memory)."""
     started = time.monotonic()
     budget = params.budget_minutes * 60
     split = validation_split(rows, as_of, evaluation)
@@ -288,8 +316,13 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     best_ease = ease.params_from_settings({**settings["ease"], **best_trial(ease_trials, params).params})
 
     base_hybrid = hybrid.params_from_settings(settings["hybrid"])
+    # The ranker's generators follow the winners: its features are their scores and ranks.
+    tuned_settings = {**settings, "als": {**settings["als"], **best_trial(als_trials, params).params},
+                      "ease": {**settings["ease"], **best_trial(ease_trials, params).params}}
+    base_ranked = ranked.params_from_settings(tuned_settings)
+    search_ranked = params.ranked_budget_share > 0
     sources = [validation.popular, als_lists(best_als), ease_lists(best_ease)]
-    if "content" in base_hybrid.weights:
+    if "content" in base_hybrid.weights or (search_ranked and "content" in base_ranked.generators):
         # User lists only, as the fusion reads: building them collects the neighbour lists
         # once, and the product lists would compute them again (the filter prunes that branch).
         sources.append(content.content_candidates(train, products, until,
@@ -300,16 +333,32 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     for part in sources[1:]:
         lists = lists.unionByName(part)
     lists = lists.localCheckpoint()
+    trials = {"als": als_trials, "ease": ease_trials}
+
+    if search_ranked:
+        frame, vocabularies = ranked.training_rows(train, products, profiles, until, base_ranked)
+        features = ranked.scoring_features(lists, train, products, profiles, until, vocabularies,
+                                           base_ranked.spec).localCheckpoint()
+
+        def fit_ranked(trial: optuna.Trial) -> tuple:
+            p = suggest_ranked(trial, base_ranked, params)
+            model = ranked.model_from_rows(frame, vocabularies, until, p)
+            return ranked.scored_lists(features, model, p.top_n), tuned_ranked_settings(p)
+
+        trials["ranked"] = run_trials(study("ranked"), "ranked", tuned_ranked_settings(base_ranked), fit_ranked,
+                                      validation, params, started + budget * (
+                                          params.als_budget_share + params.ease_budget_share
+                                          + params.ranked_budget_share))
 
     def fit_hybrid(trial: optuna.Trial) -> tuple:
         weights = suggest_hybrid(trial, base_hybrid, params)
         listed = {name: w for name, w in weights.items() if w > 0}  # the hybrid job reads only these
         return hybrid.fused_user_lists(lists, replace(base_hybrid, weights=weights), until), {"weights": listed}
 
-    hybrid_trials = run_trials(study("hybrid"), "hybrid", hybrid_fixed(base_hybrid, params), fit_hybrid,
-                               validation, params, started + budget)
+    trials["hybrid"] = run_trials(study("hybrid"), "hybrid", hybrid_fixed(base_hybrid, params), fit_hybrid,
+                                  validation, params, started + budget)
     log.info("tuning done in %.0f s", time.monotonic() - started)
-    return {"als": als_trials, "ease": ease_trials, "hybrid": hybrid_trials}
+    return trials
 
 
 def trial_rows(trials: dict[str, list[Trial]], run_id: str, as_of: datetime, split: str) -> list[tuple]:
@@ -343,7 +392,7 @@ def run_tuning(spark: SparkSession, paths: DataPaths, as_of: datetime, settings:
     study_file = paths.root / STUDY_FILE
     study_file.parent.mkdir(parents=True, exist_ok=True)
     trials = tune(read_interactions(spark, paths), products, as_of, settings, evaluation, params,
-                  storage=f"sqlite:///{study_file}")
+                  storage=f"sqlite:///{study_file}", profiles=read_profiles(spark, paths))
     write_evaluations(spark, paths, evaluation_rows(spark, trial_rows(trials, run_id, as_of, evaluation.split)),
                       run_id)
     document = tuned_document(trials, run_id, as_of, params)
@@ -354,7 +403,7 @@ def run_tuning(spark: SparkSession, paths: DataPaths, as_of: datetime, settings:
 
 def params_from_settings(settings: dict, **overrides) -> TuningParams:
     values = {**settings, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("rank", "max_iter", "reg_param", "alpha", "ease_l2", "hybrid_weight"):
+    for key in RANGES:
         if key in values:
             values[key] = tuple(values[key])
     values.pop("use_tuned", None)  # read by jobs.tuned, not a search setting

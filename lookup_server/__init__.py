@@ -25,6 +25,7 @@ from lookup_server.config import ServerConfig
 from lookup_server.current_snapshot import CurrentSnapshot
 from lookup_server.errors import json_error
 from lookup_server.json_provider import OrjsonProvider
+from lookup_server.policy import OfflinePolicy
 from lookup_server.realtime import ProcessDelta
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,10 @@ def create_app(test_config: Mapping | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     snapshot = CurrentSnapshot(config.snapshot_root, config.reload_interval_seconds,
                                config.verify_checksums)
-    delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf), conf.get("bandit", {}))
-    attach_state(app, AppState(config=config, snapshot=snapshot, delta=delta))
+    policy = OfflinePolicy(config.policy_path, config.reload_interval_seconds)
+    delta = ProcessDelta(conf.get("delta", {}), conf.get("realtime", {}), data_dir(conf), conf.get("bandit", {}),
+                         priors=policy.priors)
+    attach_state(app, AppState(config=config, snapshot=snapshot, delta=delta, policy=policy))
     metrics.init_app(app)  # first, so its latency timer starts before the other hooks run
     # Lazily, so building an app (tests, `flask routes`) starts no thread; the pid
     # check inside makes this a no-op after the first request of each process.

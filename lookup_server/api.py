@@ -30,14 +30,15 @@ def user_recommendations(user_id: str):
     reader = _serving_reader(state)
     algorithm = parse_algorithm(request.args.get("algorithm"), reader.algorithms("user"), "user")
     delta = state.delta.context()
-    algorithms = config.algorithm_preference if algorithm is None else (algorithm,)
+    preference = state.policy().order(config.algorithm_preference)
+    algorithms = preference if algorithm is None else (algorithm,)
     # Read once what the snapshot knows of the user: the bandit's segment and arms,
     # the lists to skip and the fallback's profile segment all come from it.
     known = reader.user_lookup(uid) if delta is not None else None
     activity = known.record.activity if known is not None and known.record is not None else None
     if algorithm is None and delta is not None and delta.bandit is not None:
-        available = tuple(a for a in config.algorithm_preference if a in known.algorithms)
-        _, algorithms = delta.bandit.segment_and_order(available, config.algorithm_preference, activity)
+        available = tuple(a for a in preference if a in known.algorithms)
+        _, algorithms = delta.bandit.segment_and_order(available, preference, activity)
     merged = recommend_with_delta(reader, delta, uid, k, algorithms, config.similar_preference, known)
     request_id = _new_request_id()
     if delta is not None:  # the impression a click on request_id will reward

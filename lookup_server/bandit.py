@@ -8,7 +8,8 @@ each candidate algorithm from ``Gamma(a0 + rewards, b0 + impressions)`` and the
 highest draw answers: an algorithm that earns more per impression wins more traffic,
 and every algorithm keeps a chance in proportion to how unsure we still are.
 
-Priors come from the nightly offline evaluation (``evaluation/policy.json``): in a
+Priors come from the nightly offline evaluation (``evaluation/policy.json``, read by
+``lookup_server.policy``): in a
 segment, the best algorithm offline starts at ``prior_rate`` rewards per impression
 and the others in proportion to their offline NDCG, worth ``prior_impressions``
 impressions of evidence. Without a policy every algorithm starts equal.
@@ -23,13 +24,11 @@ activity record (an older snapshot) is ``known``, with the policy's ``all``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
@@ -56,22 +55,10 @@ class BanditSettings:
 
     @classmethod
     def from_conf(cls, conf: Mapping) -> "BanditSettings":
-        conf = {k: v for k, v in conf.items() if k != "policy_file"}
         settings = cls(**conf)
         if not (settings.prior_rate > 0 and settings.prior_impressions > 0 and settings.refresh_seconds >= 0):
             raise ValueError("bandit: prior_rate and prior_impressions must be > 0, refresh_seconds >= 0")
         return settings
-
-
-def load_priors(policy_path: Path) -> dict[str, dict[str, float]]:
-    """``segment -> algorithm -> offline score`` from policy.json; {} if absent or unreadable."""
-    try:
-        return json.loads(Path(policy_path).read_text()).get("priors", {})
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, AttributeError) as exc:
-        log.warning("ignoring policy %s: %s", policy_path, exc)
-        return {}
 
 
 def prior_rates(offline: Mapping[str, float], algorithms: Sequence[str], best_rate: float) -> dict[str, float]:
@@ -84,33 +71,6 @@ def prior_rates(offline: Mapping[str, float], algorithms: Sequence[str], best_ra
     mean = sum(scored.values()) / len(scored)
     # A floor keeps an algorithm that scored 0 offline from never being tried.
     return {a: max(best_rate * scored.get(a, mean) / top, best_rate / 20) for a in algorithms}
-
-
-class PolicyPriors:
-    """The priors of ``policy.json``, re-read when the file changes (checked at most
-    every ``check_seconds``): the nightly evaluation rewrites it."""
-
-    def __init__(self, path: Path, check_seconds: float = 30.0, clock: Callable[[], float] = time.monotonic):
-        self.path = Path(path)
-        self._check_seconds, self._clock = check_seconds, clock
-        self._lock = threading.Lock()
-        self._checked_at: float | None = None
-        self._mtime: float | None = None
-        self._priors: dict[str, dict[str, float]] = {}
-
-    def __call__(self) -> dict[str, dict[str, float]]:
-        now = self._clock()
-        with self._lock:
-            if self._checked_at is not None and now - self._checked_at < self._check_seconds:
-                return self._priors
-            self._checked_at = now
-            try:
-                mtime = self.path.stat().st_mtime
-            except OSError:
-                mtime = None
-            if mtime != self._mtime:
-                self._mtime, self._priors = mtime, load_priors(self.path) if mtime else {}
-            return self._priors
 
 
 class Bandit:

@@ -14,10 +14,11 @@ class ServerConfig:
     snapshot_root: Path  # the folder holding CURRENT and one folder per version
     default_k: int
     max_k: int
-    algorithm_preference: tuple[str, ...]  # tried in order for a user's list
+    algorithm_preference: tuple[str, ...]  # a user's lists, tried in the evaluation's order (policy_path)
     similar_preference: tuple[str, ...]  # tried in order for a product's similar list
     reload_interval_seconds: float
     verify_checksums: bool
+    policy_path: Path  # the nightly evaluation's policy.json (lookup_server/policy.py)
     admin_token: str = field(default="", repr=False)  # LOOKUP_ADMIN_TOKEN wins (lookup_server/admin.py)
 
     @classmethod
@@ -25,6 +26,7 @@ class ServerConfig:
         """Check and convert the merged ``server`` settings; raise ValueError naming the bad key."""
         snapshot_dir = Path(conf.get("snapshot_dir", "snapshots"))
         root = snapshot_dir if snapshot_dir.is_absolute() else data_dir(conf) / snapshot_dir
+        policy = Path(conf.get("policy_file", "evaluation/policy.json"))
         config = cls(
             snapshot_root=root,
             default_k=_int(conf, "default_k", 20),
@@ -33,6 +35,7 @@ class ServerConfig:
             similar_preference=_names(conf, "similar_preference"),
             reload_interval_seconds=float(conf.get("reload_interval_seconds", 1.0)),
             verify_checksums=bool(conf.get("verify_checksums", True)),
+            policy_path=policy if policy.is_absolute() else data_dir(conf) / policy,
             admin_token=str(conf.get("admin_token", "")),
         )
         # A list record holds at most MAX_ITEMS items, so a larger k could never be filled.

@@ -60,8 +60,9 @@ def openapi_document(config: ServerConfig) -> dict:
                     {"name": "user_id", "in": "path", "required": True, "schema": user_id},
                     _ref("parameters", "K"),
                     {**_ref("parameters", "Algorithm"),
-                     "description": "A recs/user/<algorithm> list of the snapshot; default: the "
-                                    f"first of {list(config.algorithm_preference)} with a row."},
+                     "description": "A recs/user/<algorithm> list of the snapshot; default: one of "
+                                    f"{list(config.algorithm_preference)} with a row, chosen by the "
+                                    "bandit or else the best in the nightly evaluation."},
                 ],
                 "responses": {"200": _json_response("Recommendations", "UserRecommendations"),
                               **recs_errors},

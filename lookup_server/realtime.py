@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from lookup_server.bandit import Bandit, BanditSettings, PolicyPriors
+from lookup_server.bandit import Bandit, BanditSettings
 from lookup_server.delta import DeltaStore, DeltaUnavailable, RecentEvent, Served
 from lookup_server.delta.breaker import CircuitBreaker
 from lookup_server.delta.catalog_view import DEFAULT_MAX_PRODUCTS, CatalogCache, CatalogView
@@ -186,12 +186,11 @@ class ProcessDelta:
     environment must not cross a fork; a Redis client should not either)."""
 
     def __init__(self, delta_conf: Mapping, realtime_conf: Mapping, data_dir: Path,
-                 bandit_conf: Mapping | None = None):
+                 bandit_conf: Mapping | None = None,
+                 priors: Callable[[], Mapping[str, Mapping[str, float]]] = dict):
         self.enabled = bool(delta_conf.get("enabled", True))
-        bandit_conf = dict(bandit_conf or {})
-        self.bandit_settings = BanditSettings.from_conf(bandit_conf)
-        policy = Path(bandit_conf.get("policy_file", "evaluation/policy.json"))
-        self._policy = PolicyPriors(policy if policy.is_absolute() else data_dir / policy)
+        self.bandit_settings = BanditSettings.from_conf(dict(bandit_conf or {}))
+        self._priors = priors
         self._store_conf = {k: v for k, v in delta_conf.items() if k not in _NOT_STORE_KEYS}
         self._breaker_args = (int(delta_conf.get("breaker_failures", 3)),
                               float(delta_conf.get("breaker_reset_seconds", 2.0)))
@@ -233,7 +232,7 @@ class ProcessDelta:
         breaker = CircuitBreaker(*self._breaker_args)
         bandit = None
         if self.bandit_settings.enabled:
-            bandit = Bandit(self.bandit_settings, self._policy,
+            bandit = Bandit(self.bandit_settings, self._priors,
                             read_counts=lambda: breaker.call(store.bandit_counts, None)[0],
                             read_pinned=lambda: breaker.call(store.pinned, None)[0])
         context = DeltaContext(store, breaker, self.settings, bandit)

@@ -7,6 +7,7 @@ from flask import Flask, current_app
 
 from lookup_server.config import ServerConfig
 from lookup_server.current_snapshot import CurrentSnapshot
+from lookup_server.policy import OfflinePolicy
 from lookup_server.realtime import ProcessDelta
 
 _EXTENSION_KEY = "lookup_server"
@@ -17,6 +18,7 @@ class AppState:
     config: ServerConfig
     snapshot: CurrentSnapshot
     delta: ProcessDelta
+    policy: OfflinePolicy  # the evaluation's verdict: default order and bandit priors
 
 
 def attach_state(app: Flask, state: AppState) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End to end on this machine: generate data -> ingest -> popular, ALS, EASE, content, hybrid -> offline evaluation
+# End to end on this machine: generate data -> ingest -> popular, ALS, EASE, content -> hybrid, ranked -> offline evaluation
 # -> snapshot -> gunicorn. EVALUATE=0 skips the evaluation (about a third of the pipeline's time).
 # Called by `make demo` (which sets up the virtualenv and jars first).
 set -euo pipefail
@@ -30,9 +30,9 @@ say "generating $EVENTS events, $USERS users, $PRODUCTS products into $DEMO_DIR/
 "$PY" -m jobs.generate_data --users "$USERS" --products "$PRODUCTS" --events "$EVENTS" \
   --seed 42 --start "$START" --days 30 --out "$DEMO_DIR/landing"
 
-steps="ingest -> popular, ALS, EASE, content -> hybrid -> snapshot"
+steps="ingest -> popular, ALS, EASE, content -> hybrid, ranked -> snapshot"
 evaluate=()
-if [ "$EVALUATE" = 1 ]; then steps="ingest -> popular, ALS, EASE, content -> hybrid -> evaluation -> snapshot"; evaluate=(--evaluate); fi
+if [ "$EVALUATE" = 1 ]; then steps="ingest -> popular, ALS, EASE, content -> hybrid, ranked -> evaluation -> snapshot"; evaluate=(--evaluate); fi
 say "running the Spark pipeline ($steps), as of $AS_OF"
 rc=0
 "$PY" -m jobs.run_pipeline --data-dir "$DEMO_DIR" --as-of "$AS_OF" "${evaluate[@]}" \
@@ -104,8 +104,16 @@ echo "user $user after:  $(curl -s "http://127.0.0.1:$PORT/v1/users/$user/recomm
 
 echo
 if [ -f "$DEMO_DIR/evaluation/report/report.html" ]; then
-  echo "offline evaluation: $DEMO_DIR/evaluation/report/report.html (best per segment: $("$PY" -c \
-    'import json,sys; print(json.load(open(sys.argv[1]))["best"])' "$DEMO_DIR/evaluation/policy.json"))"
+  "$PY" - "$DEMO_DIR/evaluation/policy.json" <<'PY'
+import json, sys
+policy = json.load(open(sys.argv[1]))
+scores, floor = policy["priors"]["all"], policy.get("baseline", {}).get("all")
+winner = policy["preference"][0]
+versus = f", {scores[winner] / floor:.1f}x global popularity ({floor:.3f})" if floor else ""
+print(f"offline evaluation, {policy['metric']} over all users: {winner} won with {scores[winner]:.3f}{versus}")
+print("  then " + ", ".join(f"{a} {scores[a]:.3f}" for a in policy["preference"][1:]))
+PY
+  echo "report: $DEMO_DIR/evaluation/report/report.html"
 fi
 echo "OpenAPI: curl -s http://127.0.0.1:$PORT/openapi.json    metrics: curl -s http://127.0.0.1:$PORT/metrics"
 echo "status page: http://127.0.0.1:$PORT/status    stop: make stop"

@@ -127,11 +127,13 @@ def test_no_import_errors_and_both_dags(dagbag):
 
 
 def test_nightly_graph(dagbag):
-    """ingest -> ALS, EASE, content, popularity in parallel -> hybrid -> evaluation -> build -> publish."""
+    """ingest -> ALS, EASE, content, popularity in parallel -> hybrid and ranked in parallel
+    -> evaluation -> build -> publish."""
+    generators = ("als", "ease", "content", "popularity")
     assert edges(dagbag["dags"]["nightly"]) == {
-        ("ingest", "als"), ("ingest", "ease"), ("ingest", "content"), ("ingest", "popularity"),
-        ("als", "hybrid"), ("ease", "hybrid"), ("content", "hybrid"), ("popularity", "hybrid"),
-        ("hybrid", "evaluation"), ("evaluation", "build_snapshot"), ("build_snapshot", "publish"),
+        *(("ingest", g) for g in generators), *((g, "hybrid") for g in generators),
+        *((g, "ranked") for g in generators), ("hybrid", "evaluation"), ("ranked", "evaluation"),
+        ("evaluation", "build_snapshot"), ("build_snapshot", "publish"),
     }
 
 

@@ -46,7 +46,8 @@ print(json.dumps({"state": str(run.state), "run_type": str(run.run_type),
                   "logical_date": run.logical_date and run.logical_date.isoformat(),
                   "data_interval_end": run.data_interval_end and run.data_interval_end.isoformat()}))
 """
-NIGHTLY_TASKS = ["ingest", "als", "ease", "content", "popularity", "hybrid", "evaluation", "build_snapshot", "publish"]
+NIGHTLY_TASKS = ["ingest", "als", "ease", "content", "popularity", "hybrid", "ranked", "evaluation",
+                 "build_snapshot", "publish"]
 
 
 class AirflowSandbox:
@@ -116,10 +117,11 @@ def test_nightly_runs_every_task_and_publishes(nightly):
     assert version and version == read_current_version(nightly.data / "snapshots")
     manifest = verify_snapshot_dir(nightly.serving / version)
     assert manifest.as_of == AS_OF
-    for algorithm in ("popular", "als", "ease", "content", "hybrid"):
+    for algorithm in ("popular", "als", "ease", "content", "hybrid", "ranked"):
         assert manifest.databases[f"recs/user/{algorithm}"] > 100, algorithm
     policy = json.loads((nightly.data / "evaluation" / "policy.json").read_text())
-    assert set(policy["priors"]["all"]) == {"popular", "als", "ease", "content", "hybrid"}
+    assert set(policy["priors"]["all"]) == {"popular", "als", "ease", "content", "hybrid", "ranked"}
+    assert sorted(policy["preference"]) == sorted(policy["priors"]["all"])
 
 
 def test_lookup_server_answers_from_the_published_snapshot(nightly):

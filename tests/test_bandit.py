@@ -12,9 +12,10 @@ import requests
 
 from lookup_server import app_state
 from lookup_server.bandit import (
-    HEAVY, KNOWN, LIGHT, NEW, Bandit, BanditSettings, PolicyPriors, prior_rates, serving_segment,
+    HEAVY, KNOWN, LIGHT, NEW, Bandit, BanditSettings, prior_rates, serving_segment,
 )
 from lookup_server.delta import Served
+from lookup_server.policy import OfflinePolicy
 
 from tests.collector_fixtures import TOKEN, running_collector
 from tests.lookup_fixtures import SnapshotContent, publish_snapshot, running_gunicorn
@@ -69,15 +70,17 @@ def test_a_pin_answers_everything():
     assert set(shares(bandit(pinned="gone"))) == {"als", "content"}  # a pin not in the snapshot is ignored
 
 
-def test_policy_priors_follow_the_file(tmp_path):
+def test_the_policy_follows_the_file(tmp_path):
     path = tmp_path / "policy.json"
-    priors = PolicyPriors(path, check_seconds=0)
-    assert priors() == {}
-    path.write_text(json.dumps({"priors": {"all": {"als": 0.2}}}))
-    assert priors() == {"all": {"als": 0.2}}
+    policy = OfflinePolicy(path, check_seconds=0)
+    assert policy.priors() == {} and policy().order(["hybrid", "als"]) == ("hybrid", "als")
+    path.write_text(json.dumps({"priors": {"all": {"als": 0.2, "hybrid": 0.1}}, "preference": ["als", "hybrid"]}))
+    assert policy.priors() == {"all": {"als": 0.2, "hybrid": 0.1}}
+    # The measured order leads; what the evaluation did not score keeps its configured place after.
+    assert policy().order(["ranked", "hybrid", "als", "popular"]) == ("als", "hybrid", "ranked", "popular")
     path.write_text("{broken")
     time.sleep(0.01)
-    assert priors() == {}
+    assert policy.priors() == {} and policy().order(["hybrid", "als"]) == ("hybrid", "als")
 
 
 def test_every_answer_counts_an_impression_a_reward_counts_once(make_app, snapshot_root):
@@ -112,7 +115,7 @@ def test_each_activity_segment_draws_on_its_own_priors_and_counts(tmp_path):
     policy.write_text(json.dumps({"priors": {"light": {"als": 0.4, "content": 0.02},
                                              "heavy": {"als": 0.3, "content": 0.3}}}))
     counts = {(HEAVY, "als"): (4000.0, 40.0), (HEAVY, "content"): (4000.0, 800.0)}
-    chooser = Bandit(BanditSettings(prior_impressions=200.0), PolicyPriors(policy), lambda: counts,
+    chooser = Bandit(BanditSettings(prior_impressions=200.0), OfflinePolicy(policy).priors, lambda: counts,
                      lambda: None, rng=random.Random(3))
     light = Counter(chooser.segment_and_order(["als", "content"], ["als", "content"], "light")[1][0] for _ in range(300))
     heavy = Counter(chooser.segment_and_order(["als", "content"], ["als", "content"], "heavy")[1][0] for _ in range(300))

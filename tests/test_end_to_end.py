@@ -132,7 +132,7 @@ def test_pipeline_tuned_evaluated_and_used_the_winners(spark, pipeline):
     assert {r.algorithm for r in run.select("algorithm").distinct().collect()} == {
         "global_popular", "popular", "als", "ease", "content", "hybrid"}
     policy = json.loads((pipeline / "evaluation" / "policy.json").read_text())
-    assert set(policy["priors"]["all"]) == {"popular", "als", "ease", "content", "hybrid"}
+    assert set(policy["priors"]["all"]) == {"popular", "als", "ease", "content", "hybrid", "ranked"}
     report = (pipeline / "evaluation" / "report" / "report.html").read_text()
     for png in ("metric_by_algorithm.png", "by_segment.png", "by_k.png", "tuning.png"):
         assert f'src="{png}"' in report and (pipeline / "evaluation" / "report" / png).stat().st_size > 1000

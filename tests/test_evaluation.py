@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from jobs.evaluation import (
-    BASELINE, EvaluationParams, evaluate, k_core, leave_last_out_split, random_split, scored_users, served_lists,
-    temporal_split, user_segments,
+    BASELINE, EvaluationParams, evaluate, k_core, leave_last_out_split, policy_from_results, random_split,
+    scored_users, served_lists, temporal_split, user_segments,
 )
 from jobs.ranking_metrics import ranking_metrics
 from schemas import CANDIDATES, PRODUCTS_STORED, spark_schema
@@ -117,13 +117,25 @@ def test_served_lists_fall_back_to_global_popular(spark):
                       (BASELINE, 1): ([7, 8], False), (BASELINE, 2): ([7, 8], False)}
 
 
+def test_a_blend_scoring_below_its_parts_does_not_lead_the_preference():
+    """The demo data's case: the hybrid scored below ALS and popular, so it comes last."""
+    results = [("hybrid", "all", "ndcg@10", 0.18, 90), ("als", "all", "ndcg@10", 0.30, 90),
+               ("popular", "all", "ndcg@10", 0.32, 90), (BASELINE, "all", "ndcg@10", 0.40, 90),
+               ("als", "all", "recall@10", 0.9, 90), ("als", "heavy", "ndcg@10", 0.5, 9)]
+    policy = policy_from_results(results, "r", AS_OF)
+    assert policy["preference"] == ["popular", "als", "hybrid"]
+    assert policy["best"] == {"all": "popular", "heavy": "als"}
+    assert policy["baseline"] == {"all": 0.40}
+
+
 def test_popularity_evaluation_matches_hand_computation(spark, rows):
     """Metrics of the popular lists equal ranking_metrics on the same lists; the policy names them."""
     products = spark.createDataFrame([(p, "c", 1.0, True, None, None, AS_OF) for p in (10, 11, 12, 13, 14)],
                                      spark_schema(PRODUCTS_STORED))
     settings = load_conf("jobs")
     params = EvaluationParams(holdout_days=2, ks=(2,), algorithms=("popular",), light_max_interactions=2)
-    frame, policy = evaluate(spark, rows, products, AS_OF, settings, params, run_id="t")
+    frame, policy, ranker = evaluate(spark, rows, products, AS_OF, settings, params, run_id="t")
+    assert ranker is None  # ranked was not asked for
     results = {(r.algorithm, r.segment, r.metric): r.value for r in frame.collect()}
     # Every scored user has a per-user popular list or the global one; recompute recall@2 for "all".
     split = temporal_split(rows, AS_OF, params)
@@ -131,6 +143,7 @@ def test_popularity_evaluation_matches_hand_computation(spark, rows):
     assert results[("popular", "new", "recall@2")] == ranking_metrics(
         _global_popular(spark, split, products, settings), [10], 2)["recall"]
     assert set(policy["priors"]) == {"all", "new", "light", "heavy"} and policy["best"]["all"] == "popular"
+    assert policy["preference"] == ["popular"]
     assert all(BASELINE not in scores for scores in policy["priors"].values())  # not a served algorithm
     assert (BASELINE, "all", "ndcg@2") in results
     assert json.loads(json.dumps(policy)) == policy
@@ -173,7 +186,7 @@ def test_lists_for_the_scored_users_only_are_the_lists_of_a_run_for_everyone(spa
     scored = spark.createDataFrame([(u,) for u in range(1, 61, 4)], "user_id long")
 
     def user_lists(for_users):
-        lists = train_all(train, products, AS_OF, settings, algorithms, for_users=for_users)
+        lists, _ = train_all(train, products, AS_OF, settings, algorithms, for_users=for_users)
         return {(r.algorithm, int(r.subject_id)): (list(r.product_ids), [round(s, 5) for s in r.scores])
                 for r in lists.where("subject_kind = 'user'").collect()}
 

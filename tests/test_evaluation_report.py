@@ -181,6 +181,21 @@ def test_trials_plot_and_table_best_first(tmp_path):
     assert "{&quot;rank&quot;: 64, &quot;reg&quot;: 0.1}" in page
 
 
+def test_ranker_importance_plot_and_table_by_share_of_gain(tmp_path):
+    """Gains become shares of the total, largest first, in the table and the plot; no
+    ranker, no section."""
+    path = write_report(results_frame(), tmp_path / "r",
+                        importance={"age_days": 10.0, "als_score": 30.0, "user_country": 0.0, "price": 60.0})
+    assert (path.parent / "importance.png").read_bytes().startswith(PNG_MAGIC)
+    page = path.read_text()
+    assert "importance.png" in img_sources(page)
+    table = page.split("<h2>Ranker feature importance</h2>")[1]
+    assert re.findall(r"<td>(\w+)</td><td class=\"num\">([\d.]+)</td>", table) == [
+        ("price", "0.6000"), ("als_score", "0.3000"), ("age_days", "0.1000"), ("user_country", "0.0000")]
+    plain = write_report(results_frame(), tmp_path / "plain")
+    assert not (plain.parent / "importance.png").exists() and "feature importance" not in plain.read_text()
+
+
 @pytest.mark.parametrize("results, message", [
     (pd.DataFrame(columns=COLUMNS), "empty"),
     (pd.concat([results_frame(), results_frame(run_id="temporal-2024-05-02")]), "run_id"),

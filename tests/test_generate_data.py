@@ -154,6 +154,30 @@ def test_users_stick_to_preferred_categories(world, chunk):
     assert heavy and np.median(shares) > 0.7
 
 
+def test_views_follow_the_users_taste_across_categories(world, chunk):
+    """Most views fall on products of the viewer's taste as of the view (after a drift, the
+    new one), in every category; styles set the price tier; taste follows the age band."""
+    users, catalog = world.users, world.catalog
+    row_of_user = {u: i for i, u in enumerate(users.user_id.tolist())}
+    row_of_product = {p: i for i, p in enumerate(catalog.product_id.tolist())}
+    views = chunk["event_type"] == gd.VIEW
+    user_rows = np.array([row_of_user[u] for u in chunk["user_id"][views].tolist()])
+    product_rows = np.array([row_of_product[p] for p in chunk["product_id"][views].tolist()])
+    at = chunk["timestamp"][views]
+    taste_then = np.where(at >= users.drift_at[user_rows], users.late_taste[user_rows], users.taste[user_rows])
+    assert catalog.tastes == 4
+    matches = catalog.taste[product_rows] == taste_then
+    assert 0.7 < matches.mean() < 0.9  # 0.75 own + 0.25 / 4 by chance
+    assert all(matches[catalog.category[product_rows] == c].mean() > 0.6 for c in range(3))
+    drifted = users.drift_at[user_rows] < at
+    assert drifted.any() and matches[drifted].mean() > 0.7
+    electronics = catalog.category == 0
+    tier_price = [np.median(catalog.price[electronics & (catalog.taste == t)]) for t in range(4)]
+    assert tier_price == sorted(tier_price) and tier_price[-1] > 3 * tier_price[0]
+    youngest, oldest = users.age_band == gd.AGE_BANDS[0], users.age_band == gd.AGE_BANDS[-1]
+    assert users.taste[youngest].mean() + 1.5 < users.taste[oldest].mean()
+
+
 def test_catalog_shape(world):
     """max(5, products/50) dot-path categories under at most 8 departments; a few inactive products."""
     catalog = world.catalog

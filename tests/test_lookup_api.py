@@ -1,6 +1,9 @@
 """The lookup API through Flask's test client, against small real snapshots."""
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from lookup_server import app_state
@@ -41,6 +44,20 @@ def test_preference_order_picks_first_algorithm_with_row(client):
     body = client.get("/v1/users/2/recommendations").get_json()
     assert body["algorithm"] == "als"
     assert [i["product_id"] for i in body["items"]] == [30, 31, 32]
+
+
+def test_the_evaluations_order_leads_when_it_measured_popular_best(client, tmp_path):
+    """The nightly policy scored popular above als: user 2 now gets popular by default;
+    once the policy file goes, the configured order is back."""
+    policy_path = tmp_path / "evaluation" / "policy.json"
+    policy_path.parent.mkdir()
+    policy_path.write_text(json.dumps({"priors": {"all": {"popular": 0.3, "als": 0.2}},
+                                       "preference": ["popular", "als"]}))
+    time.sleep(0.05)  # the app checks the file every reload_interval_seconds (0.02 here)
+    assert client.get("/v1/users/2/recommendations").get_json()["algorithm"] == "popular"
+    policy_path.unlink()
+    time.sleep(0.05)
+    assert client.get("/v1/users/2/recommendations").get_json()["algorithm"] == "als"
 
 
 def test_k_limits_items(client):

@@ -46,7 +46,7 @@ def evaluated(spark, frames, **protocol) -> dict[tuple[str, str], float]:
     rows, products = frames
     settings = load_conf("jobs")
     params = params_from_settings(settings["evaluation"], ks=(10,), **protocol)
-    frame, _ = evaluate(spark, rows, products, AS_OF, settings, params, run_id="taobao")
+    frame = evaluate(spark, rows, products, AS_OF, settings, params, run_id="taobao").frame
     return {(r.algorithm, r.metric): r.value for r in frame.where("segment = 'all'").collect()}
 
 

@@ -15,9 +15,11 @@ from jobs.evaluation import EvaluationParams, temporal_split
 from jobs.hybrid import HybridParams
 from jobs.tuned import TUNED_FILE, with_tuned, write_json_atomically
 from jobs import tuning
+from jobs.ranked import RankedParams
 from jobs.tuning import (
     Trial, TuningParams, als_fixed, best_trial, hybrid_fixed, open_study, run_trials, suggest_als, suggest_ease,
-    suggest_hybrid, tuned_als_settings, tuned_ease_settings, tuned_document, validation_split,
+    suggest_hybrid, suggest_ranked, tune, tuned_als_settings, tuned_document, tuned_ease_settings,
+    tuned_ranked_settings, validation_split,
 )
 
 AS_OF = datetime(2026, 10, 10, tzinfo=timezone.utc)
@@ -77,6 +79,20 @@ def test_hybrid_weights_cover_ease_and_trial_0_is_conf():
     assert drawn[0] == {**base.weights, "ease": 0.0}
     assert all(set(w) == {"als", "content", "ease", "popular"} and all(0 <= v <= 1 for v in w.values())
                for w in drawn)
+
+
+def test_ranker_trials_start_with_conf_then_draw_within_the_ranges():
+    base = RankedParams(num_leaves=31, learning_rate=0.05, min_data_in_leaf=50, feature_fraction=0.9)
+    params = TuningParams(ranked_num_leaves=(7, 15), ranked_learning_rate=(0.02, 0.1),
+                          ranked_min_data_in_leaf=(5, 20), ranked_feature_fraction=(0.6, 0.8))
+    study = open_study("ranked", params, None, "temporal")
+    study.enqueue_trial(tuned_ranked_settings(base))
+    drawn = []
+    study.optimize(lambda trial: drawn.append(suggest_ranked(trial, base, params)) or 0.0, n_trials=8)
+    assert drawn[0] == base
+    for p in drawn[1:]:
+        assert 7 <= p.num_leaves <= 15 and 0.02 <= p.learning_rate <= 0.1 and 5 <= p.min_data_in_leaf <= 20
+        assert 0.6 <= p.feature_fraction <= 0.8 and (p.depth, p.generators) == (base.depth, base.generators)
 
 
 def test_run_trials_stops_at_max_trials_and_before_overrunning_the_budget(monkeypatch):
@@ -142,7 +158,9 @@ def test_with_tuned_ignores_an_unreadable_file(tmp_path):
 def test_params_reject_bad_values():
     for bad in ({"budget_minutes": 0}, {"max_trials": 0}, {"metric": "auc"}, {"rank": (0, 8)},
                 {"reg_param": (1.0, 0.1)}, {"hybrid_weight": (0.0, 0.0)}, {"als_budget_share": 1.5},
-                {"als_budget_share": 0.7, "ease_budget_share": 0.5}):
+                {"als_budget_share": 0.7, "ease_budget_share": 0.5},
+                {"als_budget_share": 0.5, "ease_budget_share": 0.2, "ranked_budget_share": 0.4},
+                {"ranked_feature_fraction": (0.5, 1.5)}, {"ranked_num_leaves": (0, 31)}):
         with pytest.raises(ValueError):
             TuningParams(**bad)
 
@@ -168,3 +186,46 @@ def test_validation_split_never_reads_the_test_part(spark):
     assert train_products == {10, 11, 13}
     assert held == {1: [11], 2: [12]}
     assert 99 not in train_products and all(99 not in v for v in held.values())
+
+
+@pytest.mark.spark
+def test_poisoning_the_test_part_changes_no_trial_and_no_winner(spark):
+    """Tuned twice on the same generated events, the second time with the test period
+    rewritten (every event in it a purchase of one product): every trial of every
+    algorithm, ranker included, scores the same and the same parameters win."""
+    import numpy as np
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from jobs import generate_data as gd
+    from jobs.loaders import evaluation_frames
+    from schemas.settings import load_conf
+    from schemas.tables import EVENT_TYPES
+
+    world = gd.build_world(users=400, products=150, seed=3, start="2026-09-30", days=10)
+    columns = gd.generate_event_chunk(world, 15_000, world.start_ts, world.end_ts, np.random.default_rng(3))
+    events = spark.createDataFrame(pa.table({
+        "user_id": columns["user_id"], "product_id": columns["product_id"],
+        "event_type": np.array(EVENT_TYPES, dtype=object)[columns["event_type"]],
+        "timestamp": gd.iso_utc(columns["timestamp"]).astype(object)}))
+    rows, products = evaluation_frames(events, spark.createDataFrame(gd.products_table(world.catalog)))
+    evaluation = EvaluationParams(holdout_days=2)
+    test_starts = AS_OF - timedelta(days=2)
+    in_test = F.col("timestamp") >= F.lit(test_starts)
+    poisoned = rows.select("user_id", F.when(in_test, F.lit(int(world.catalog.product_id[0])))
+                           .otherwise(F.col("product_id")).alias("product_id"),
+                           F.when(in_test, F.lit("purchase")).otherwise(F.col("event_type")).alias("event_type"),
+                           "timestamp")
+    assert poisoned.where(in_test).count() > 1000  # the test part is there, and rewritten
+    settings = load_conf("jobs")
+    params = TuningParams(max_trials=2, budget_minutes=30.0, ease_l2=(1.0, 1000.0))
+
+    def searched(frame):
+        trials = tune(frame, products, AS_OF, settings, evaluation, params)
+        return ({name: [(t.params, t.metrics) for t in group] for name, group in trials.items()},
+                tuned_document(trials, "r", AS_OF, params)["settings"])
+
+    clean, chosen = searched(rows)
+    assert set(clean) == {"als", "ease", "ranked", "hybrid"} and all(len(group) == 2 for group in clean.values())
+    assert clean["ranked"][0][1]["ndcg@10"] > 0
+    assert searched(poisoned) == (clean, chosen)

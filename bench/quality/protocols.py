@@ -144,7 +144,7 @@ def run_protocol(protocol: Protocol, dataset: Dataset, conf: dict, options: RunO
         split = prepare_split(dataset.interactions, dataset.as_of, params)
     seconds["split"] = watch.seconds
     with timed(f"{protocol.name}: training {', '.join(params.algorithms)}") as watch:
-        candidates = train_all(split.train, dataset.products, split.train_until, settings, params.algorithms)
+        candidates, _ = train_all(split.train, dataset.products, split.train_until, settings, params.algorithms)
     seconds["train_all"] = watch.seconds
 
     als_params = als.params_from_settings(settings["als"])
