@@ -4,7 +4,10 @@ Training (on the driver, bounded): the generators (jobs.generators) are trained 
 interactions before ``as_of - label_days``, for a seeded sample of the users active
 after that; each user's candidates -- the union of the generators' lists, ``depth``
 deep each -- get features (jobs.ranking_features) as of that split and a graded label
-from what the user did next (e.g. view 1 < add to cart 2 < purchase 3). Users whose
+from what the user did next (e.g. view 1 < add to cart 2 < purchase 3). With
+``label_split = "random"`` the labels are instead a seeded share of each user's
+products, held out of what the generators see (for offline protocols that hold out
+a random share: the model then learns the task it is scored on). Users whose
 candidates caught nothing carry no ranking signal and are left out; the rows kept are
 at most ``max_train_rows``. A share of the users is held back for early stopping.
 
@@ -35,7 +38,7 @@ from typing import Iterator, Mapping
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
@@ -51,6 +54,7 @@ ALGORITHM = "ranked"
 MODELS_DIR = Path("models") / ALGORITHM
 MODEL_FILE, FEATURES_FILE = "model.txt", "features.json"
 SCORED_SCHEMA = "user_id long, product_id long, score double"
+LABEL_SPLITS = ("temporal", "random")
 # The job settings sections the generators read (jobs.generators).
 GENERATOR_SECTIONS = {"popular": "popularity", "als": "als", "ease": "ease", "content": "content"}
 
@@ -65,6 +69,11 @@ class RankedParams:
     depth: int = 50                      # each generator's first products per user become candidates
     top_n: int = 100
     label_days: float = 1.0              # the last days before as-of label the training candidates
+    # "temporal": labels from the last label_days (what a nightly run predicts: what comes
+    # next); "random": from a seeded label_share of each user's products, for offline
+    # protocols that hold out a random share.
+    label_split: str = "temporal"
+    label_share: float = 0.25
     label_grades: dict[str, int] = field(default_factory=lambda: {
         "view": 1, "click": 1, "wishlist": 2, "add_to_cart": 2, "purchase": 3})
     max_train_users: int = 20_000        # labelled users sampled (seeded) for training
@@ -100,6 +109,8 @@ class RankedParams:
                 and 0 < self.learning_rate and 0 < self.feature_fraction <= 1):
             raise ValueError("label_days and trend_days must be positive, validation_share in (0, 1), "
                              "learning_rate positive, feature_fraction in (0, 1]")
+        if self.label_split not in LABEL_SPLITS or not 0 < self.label_share < 1:
+            raise ValueError(f"label_split must be one of {LABEL_SPLITS} and label_share in (0, 1)")
         if not all(isinstance(g, int) and 0 <= g <= 30 for g in self.label_grades.values()):
             raise ValueError("label_grades must be whole numbers from 0 to 30 (LightGBM's label gains)")
         check_decay(self)
@@ -127,28 +138,50 @@ class RankerModel:
 
 # --- training ---------------------------------------------------------------
 
-def labelled_users(rows: DataFrame, start: datetime, end: datetime, params: RankedParams) -> DataFrame:
-    """``user_id`` of at most ``max_train_users`` users with a graded event in ``[start, end)``
-    and some interaction before ``start`` (a seeded hash picks them)."""
-    labelled = graded_labels(rows, start, end, params.label_grades).select("user_id").distinct()
-    known = rows.where(F.col("timestamp") < F.lit(start)).select("user_id").distinct()
-    return (labelled.join(known, "user_id", "left_semi")
+@dataclass(frozen=True)
+class LabelSplit:
+    before: DataFrame     # what the generators and features see
+    labels: DataFrame     # (user_id, product_id, label): the graded pairs to predict
+    clock: datetime       # the generators' and features' as-of
+
+
+def label_split(rows: DataFrame, as_of: datetime, params: RankedParams) -> LabelSplit:
+    """Rows up to ``as_of`` cut into what the model sees and what it learns to predict."""
+    rows = rows.where(F.col("timestamp") <= F.lit(as_of))
+    if params.label_split == "temporal":
+        start = as_of - timedelta(days=params.label_days)
+        return LabelSplit(rows.where(F.col("timestamp") < F.lit(start)),
+                          graded_labels(rows, params.label_grades, start, as_of), start)
+    graded = graded_labels(rows, params.label_grades)
+    per_user = Window.partitionBy("user_id")
+    held = (graded.withColumn("_n", F.row_number().over(
+                per_user.orderBy(F.xxhash64(F.lit(params.seed), "user_id", "product_id"), "product_id")))
+            .withColumn("_size", F.count("*").over(per_user))
+            .where(F.col("_n") <= F.floor(F.col("_size") * F.lit(params.label_share))).drop("_n", "_size"))
+    return LabelSplit(rows.join(held, ["user_id", "product_id"], "left_anti"), held, as_of)
+
+
+def labelled_users(split: LabelSplit, params: RankedParams) -> DataFrame:
+    """``user_id`` of at most ``max_train_users`` users with a label and something seen
+    before it (a seeded hash picks them)."""
+    known = split.before.select("user_id").distinct()
+    return (split.labels.select("user_id").distinct().join(known, "user_id", "left_semi")
             .orderBy(F.xxhash64(F.lit(params.seed), "user_id"), "user_id").limit(params.max_train_users))
 
 
 def training_rows(rows: DataFrame, products: DataFrame, profiles: DataFrame | None, as_of: datetime,
                   params: RankedParams) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The labelled candidate rows the model learns from, on the driver, and the category
-    vocabularies: candidates and features as of ``as_of - label_days``, labels after."""
-    split = as_of - timedelta(days=params.label_days)
+    vocabularies: candidates and features from what ``label_split`` leaves to see, labels
+    from what it holds out."""
     spec = params.spec
-    before = rows.where(F.col("timestamp") < F.lit(split))
-    users = labelled_users(rows.where(F.col("timestamp") <= F.lit(as_of)), split, as_of, params).localCheckpoint()
-    lists = generator_lists(before, products, split, dict(params.generator_settings), params.generators,
+    split = label_split(rows, as_of, params)
+    before = split.before.localCheckpoint()
+    users = labelled_users(LabelSplit(before, split.labels, split.clock), params).localCheckpoint()
+    lists = generator_lists(before, products, split.clock, dict(params.generator_settings), params.generators,
                             for_users=users)
-    features = pair_features(candidate_pairs(lists, spec), before, products, profiles, split, spec)
-    labels = graded_labels(rows, split, as_of, params.label_grades)
-    labelled = features.join(labels, ["user_id", "product_id"], "left").fillna(0.0, subset=["label"])
+    features = pair_features(candidate_pairs(lists, spec), before, products, profiles, split.clock, spec)
+    labelled = features.join(split.labels, ["user_id", "product_id"], "left").fillna(0.0, subset=["label"])
     # A user whose candidates caught none of what they did next teaches the ranking nothing.
     useful = labelled.groupBy("user_id").agg(F.max("label").alias("_best")).where(F.col("_best") > 0)
     labelled = labelled.join(useful.select("user_id"), "user_id", "left_semi").localCheckpoint()

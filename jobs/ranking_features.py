@@ -170,9 +170,14 @@ def encode_categorical(features: DataFrame, vocabularies: Mapping[str, Sequence[
     return features
 
 
-def graded_labels(rows: DataFrame, start: datetime, end: datetime, grades: Mapping[str, float]) -> DataFrame:
-    """``(user_id, product_id, label)``: the best grade of each pair's events in ``[start, end)``."""
+def graded_labels(rows: DataFrame, grades: Mapping[str, float], start: datetime | None = None,
+                  end: datetime | None = None) -> DataFrame:
+    """``(user_id, product_id, label)``: the best grade of each pair's events (in ``[start,
+    end)`` when given)."""
     grade = F.create_map(*[x for k, v in grades.items() for x in (F.lit(k), F.lit(float(v)))])
-    return (rows.where((F.col("timestamp") >= F.lit(start)) & (F.col("timestamp") < F.lit(end)))
-            .withColumn("grade", grade[F.col("event_type")]).where(F.col("grade") > 0)
+    if start is not None:
+        rows = rows.where(F.col("timestamp") >= F.lit(start))
+    if end is not None:
+        rows = rows.where(F.col("timestamp") < F.lit(end))
+    return (rows.withColumn("grade", grade[F.col("event_type")]).where(F.col("grade") > 0)
             .groupBy("user_id", "product_id").agg(F.max("grade").alias("label")))

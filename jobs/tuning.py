@@ -212,6 +212,17 @@ def validation_split(rows: DataFrame, as_of: datetime, evaluation: EvaluationPar
     return prepare_split(outer.train, outer.train_until, evaluation)
 
 
+def prepare_validation(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
+                       evaluation: EvaluationParams, params: TuningParams) -> Validation:
+    """The validation split and the popular lists every trial falls back on."""
+    split = validation_split(rows, as_of, evaluation)
+    scored = split.held_out.select("user_id")  # lists for the scored users only: the same lists, less work
+    popular = popularity.popularity_candidates(split.train, products, split.train_until,
+                                               popularity.params_from_settings(settings["popularity"]),
+                                               for_users=scored)
+    return Validation(split, popular.localCheckpoint(), (params.k,))
+
+
 def score_lists(candidates: DataFrame, algorithm: str, validation: Validation) -> tuple[dict[str, float], int]:
     """Metrics of ``algorithm``'s user lists in ``candidates`` on the validation part (all users)."""
     split = validation.split
@@ -277,13 +288,9 @@ def tune(rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
     evaluation's training part; the studies in ``storage`` (None: in memory)."""
     started = time.monotonic()
     budget = params.budget_minutes * 60
-    split = validation_split(rows, as_of, evaluation)
-    train, until = split.train, split.train_until
-    scored = split.held_out.select("user_id")  # lists for the scored users only: the same lists, less work
-    popular = popularity.popularity_candidates(train, products, until,
-                                               popularity.params_from_settings(settings["popularity"]),
-                                               for_users=scored)
-    validation = Validation(split, popular.localCheckpoint(), (params.k,))
+    validation = prepare_validation(rows, products, as_of, settings, evaluation, params)
+    train, until = validation.split.train, validation.split.train_until
+    scored = validation.split.held_out.select("user_id")
 
     def als_lists(p: als.AlsParams) -> DataFrame:
         candidates, _ = als.als_candidates(train, until, p, product_lists=False, for_users=scored)

@@ -79,6 +79,34 @@ def test_params_refuse_what_lightgbm_cannot_use():
         RankedParams(label_grades={"view": 1.5})
     with pytest.raises(ValueError, match="event_weights"):
         RankedParams(event_weights={"glance": 1.0})
+    with pytest.raises(ValueError, match="label_split"):
+        RankedParams(label_split="next_week")
+
+
+@pytest.mark.spark
+def test_label_splits_hold_out_the_last_days_or_a_share_of_each_users_products(spark):
+    """temporal: what happened in the last label_days is the label and unseen; random: a
+    seeded quarter of each user's graded products, all of their rows unseen, the rest seen."""
+    def day(n: float) -> datetime:
+        return AS_OF - timedelta(days=n)
+
+    rows = spark.createDataFrame(
+        [(u, 100 + p, "purchase" if p % 3 == 0 else "view", day(9 - p * 0.75)) for u in (1, 2) for p in range(12)]
+        + [(1, 105, "view", day(8.9)), (3, 200, "view", day(0.2))],
+        "user_id long, product_id long, event_type string, timestamp timestamp")
+    temporal = ranked.label_split(rows, AS_OF, replace(PARAMS, label_days=2.0))
+    assert temporal.clock == day(2)
+    assert {(r.user_id, r.product_id, r.label) for r in temporal.labels.collect()} == {
+        (1, 110, 1), (1, 111, 1), (2, 110, 1), (2, 111, 1), (3, 200, 1)}  # 109 at day 2.25 is seen
+    assert temporal.before.where(f"timestamp >= '{day(2).isoformat()}'").count() == 0
+    random = ranked.label_split(rows, AS_OF, replace(PARAMS, label_split="random", label_share=0.25))
+    held = {(r.user_id, r.product_id): r.label for r in random.labels.collect()}
+    assert random.clock == AS_OF
+    assert sorted(u for u, _ in held) == [1, 1, 1, 2, 2, 2]  # floor(12 / 4) each; user 3's single product stays seen
+    assert all(label == (3 if (p - 100) % 3 == 0 else 1) for (_, p), label in held.items())
+    seen = {(r.user_id, r.product_id) for r in random.before.collect()}
+    assert not seen & set(held) and len(seen) == 2 * 12 - 6 + 1
+    assert ranked.labelled_users(random, PARAMS).count() == 2
 
 
 class TestModelFile:

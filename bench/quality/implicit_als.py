@@ -44,6 +44,8 @@ from jobs.interactions import weighted
 from bench.quality.timing import timed
 
 ALGORITHM = "implicit_als"
+# implicit's ALS with its own hyper-parameters, searched like ours (bench.quality.protocols).
+TUNED = "implicit_als_tuned"
 # implicit marks the masked slots of a short list with the lowest float32.
 MASKED_SCORE = np.finfo(np.float32).min
 
@@ -112,7 +114,7 @@ def fit_and_recommend(matrices: TrainingMatrices, params: als.AlsParams,
 
 
 def lists_frame(spark, matrices: TrainingMatrices, positions: np.ndarray, scores: np.ndarray,
-                version: str) -> DataFrame:
+                version: str, algorithm: str = ALGORITHM) -> DataFrame:
     """implicit's lists as CANDIDATES rows; masked slots dropped, users left with
     nothing dropped (as Spark's job does)."""
     keep = scores > MASKED_SCORE
@@ -124,10 +126,11 @@ def lists_frame(spark, matrices: TrainingMatrices, positions: np.ndarray, scores
         "product_ids": pa.ListArray.from_arrays(offsets, pa.array(matrices.product_ids[positions[keep]])),
         "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[keep].astype(np.float32))),
     })
-    return as_candidates(spark.createDataFrame(table), "user", ALGORITHM, version)
+    return as_candidates(spark.createDataFrame(table), "user", algorithm, version)
 
 
-def run_implicit_als(split: PreparedSplit, params: als.AlsParams, threads: int) -> ImplicitRun:
+def run_implicit_als(split: PreparedSplit, params: als.AlsParams, threads: int,
+                     algorithm: str = ALGORITHM) -> ImplicitRun:
     """implicit's ALS on ``split.train``: its user lists and how long it took."""
     with timed("implicit ALS: confidence matrix collected") as prepare:
         matrices = training_matrices(split, params)
@@ -135,7 +138,7 @@ def run_implicit_als(split: PreparedSplit, params: als.AlsParams, threads: int) 
                " + top-N lists") as run:
         positions, scores = fit_and_recommend(matrices, params, threads)
     spark = split.train.sparkSession
-    version = model_version(ALGORITHM, split.train_until, asdict(params))
-    candidates = lists_frame(spark, matrices, positions, scores, version).localCheckpoint()
+    version = model_version(algorithm, split.train_until, asdict(params))
+    candidates = lists_frame(spark, matrices, positions, scores, version, algorithm).localCheckpoint()
     return ImplicitRun(candidates, prepare.seconds, run.seconds, len(matrices.user_ids),
                        len(matrices.product_ids), matrices.confidence.nnz)

@@ -1,14 +1,16 @@
 """The protocols -- which data set, split how, with which settings -- and one
-protocol's run: split once, train every algorithm and both ALS implementations on
-the same training part, score them all with the same code."""
+protocol's run: tune ours and implicit's ALS with the same budget on a validation
+split of the training part, split once, train every algorithm and both ALS
+implementations on the same training part, score them all with the same code."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 
 from schemas.settings import deep_merge
 
-from jobs import als, tuning
+from jobs import als, ranked, tuning
 from jobs.evaluation import (
     BASELINE, EvaluationParams, PreparedSplit, params_from_settings, prepare_split, score_algorithms, train_all,
 )
@@ -28,6 +30,10 @@ QUICK_MAX_ITER = 3  # --quick: ALS iterations (both implementations)
 # Tuning budget (minutes, trials per algorithm). Small on purpose: enough to move off
 # conf where conf is poor for the data, not a full search.
 TUNING_BUDGET, QUICK_TUNING_BUDGET = (5.0, 6), (1.0, 2)
+# The generators the learned ranker is compared with (the hybrid is a blend, not one).
+SINGLE_GENERATORS = ("popular", "als", "ease", "content")
+# Random protocols hold out a random share: the ranker learns that task (jobs.ranked).
+RANDOM_LABELS = {"ranked": {"label_split": "random"}}
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Protocol:
     description: str
     evaluation: dict             # laid over conf [evaluation]
     settings: dict = field(default_factory=dict)  # laid over conf (sections deep-merged)
-    tune: bool = False           # choose ALS and hybrid settings on a validation split first
+    tune: bool = True            # search ours and implicit's settings on a validation split first
 
 
 PROTOCOLS = {p.name: p for p in (
@@ -48,21 +54,22 @@ PROTOCOLS = {p.name: p for p in (
     Protocol("taobao-random-5core", "taobao",
              "Taobao sample, 5-core (users and products with at least 5 events): "
              "25% of each user's products held out at random (seeded)",
-             {"split": "random", "min_interactions": 5, "test_fraction": 0.25}),
+             {"split": "random", "min_interactions": 5, "test_fraction": 0.25}, settings=RANDOM_LABELS),
     Protocol("online-retail-temporal", "online-retail",
              "UCI Online Retail purchases: the last 30 days before the clock (2011-12-10T00:00Z) held out; "
-             "algorithms train on everything before, clock at the split",
-             {"split": "temporal", "holdout_days": 30.0}),
+             "algorithms train on everything before, clock at the split; the ranker's labels are the last "
+             "7 days (purchases are sparse: one day labels few customers)",
+             {"split": "temporal", "holdout_days": 30.0}, settings={"ranked": {"label_days": 7.0}}),
     Protocol("online-retail-random", "online-retail",
              "UCI Online Retail purchases, 5-core (customers and products with at least 5 purchases): "
              "25% of each customer's products held out at random (seeded)",
-             {"split": "random", "min_interactions": 5, "test_fraction": 0.25}),
+             {"split": "random", "min_interactions": 5, "test_fraction": 0.25}, settings=RANDOM_LABELS),
     Protocol("movielens-random", "movielens",
              "MovieLens ratings as implicit interactions: 25% of each user's movies held out at random "
              "(seeded); ALS and hybrid settings tuned on a validation split of the training part; no decay",
              {"split": "random", "test_fraction": 0.25},
-             settings={section: {"half_life_days": NO_DECAY_DAYS} for section in ("popularity", "als", "content")},
-             tune=True),
+             settings={**{section: {"half_life_days": NO_DECAY_DAYS} for section in ("popularity", "als", "content")},
+                       "ranked": {"half_life_days": NO_DECAY_DAYS, **RANDOM_LABELS["ranked"]}}),
 )}
 
 
@@ -103,19 +110,48 @@ def evaluation_params(settings: dict, protocol: Protocol) -> EvaluationParams:
     return params_from_settings(settings["evaluation"], **{**protocol.evaluation, "ks": ks})
 
 
+def tuning_budget(settings: dict, options: RunOptions) -> tuning.TuningParams:
+    return tuning.params_from_settings(settings["tuning"], budget_minutes=options.tuning_minutes,
+                                       max_trials=options.tuning_trials)
+
+
 def tuned_settings(dataset: Dataset, settings: dict, params: EvaluationParams,
                    options: RunOptions) -> tuple[dict, dict]:
-    """``settings`` with the ALS and hybrid winners of ``jobs.tuning.tune`` laid over
-    them, and the tuning summary. tune carves its validation split out of the
-    training part of ``params``' split: the held-out part is never seen."""
-    budget = tuning.params_from_settings(settings["tuning"], budget_minutes=options.tuning_minutes,
-                                         max_trials=options.tuning_trials)
+    """``settings`` with the ALS, EASE, ranker and hybrid winners of ``jobs.tuning.tune``
+    laid over them, and the tuning summary. tune carves its validation split out of
+    the training part of ``params``' split: the held-out part is never seen."""
+    budget = tuning_budget(settings, options)
     trials = tuning.tune(dataset.interactions, dataset.products, dataset.as_of, settings, params, budget)
     document = tuning.tuned_document(trials, f"bench-{dataset.name}", dataset.as_of, budget)
     winners = document["settings"]
-    tuned = deep_merge(settings, {"als": winners["als"], "ease": winners["ease"]})
+    tuned = deep_merge(settings, {name: winners[name] for name in ("als", "ease", "ranked") if name in winners})
     tuned["hybrid"]["weights"] = dict(winners["hybrid"]["weights"])  # replaced, not merged
     return tuned, {key: document[key] for key in ("metric", "settings", "scores", "trials")}
+
+
+def tuned_implicit_params(dataset: Dataset, settings: dict, params: EvaluationParams,
+                          options: RunOptions) -> tuple[als.AlsParams, dict]:
+    """implicit's ALS searched as ``jobs.tuning`` searches ours: the same validation split,
+    search space, seeded sampler, trial count and ALS share of the time budget; trial 0
+    is conf's setting. Returns the winner and a summary like ``tuned_settings``'."""
+    budget = tuning_budget(settings, options)
+    validation = tuning.prepare_validation(dataset.interactions, dataset.products, dataset.as_of, settings, params,
+                                           budget)
+    base = als.params_from_settings(settings["als"])
+
+    def fit(trial) -> tuple:
+        p = tuning.suggest_als(trial, base, budget)
+        run = implicit_als.run_implicit_als(validation.split, p, options.threads, implicit_als.TUNED)
+        return run.candidates, tuning.tuned_als_settings(p)
+
+    deadline = time.monotonic() + budget.budget_minutes * 60 * budget.als_budget_share
+    trials = tuning.run_trials(tuning.open_study(implicit_als.TUNED, budget, None, params.split), implicit_als.TUNED,
+                               tuning.als_fixed(base), fit, validation, budget, deadline)
+    best = tuning.best_trial(trials, budget)
+    key = f"{budget.metric}@{budget.k}"
+    return (als.params_from_settings({**settings["als"], **best.params}),
+            {"settings": best.params, "scores": {"conf": trials[0].metrics.get(key), "best": best.metrics.get(key),
+                                                 "best_trial": best.number, "trials": len(trials)}})
 
 
 def time_spark_als(split: PreparedSplit, params: als.AlsParams) -> float:
@@ -134,10 +170,16 @@ def run_protocol(protocol: Protocol, dataset: Dataset, conf: dict, options: RunO
     params = evaluation_params(settings, protocol)
     seconds: dict[str, float] = {}
     tuning_summary = None
+    implicit_params = als.params_from_settings(settings["als"])
     if protocol.tune:
-        with timed(f"{protocol.name}: tuning ALS and hybrid on validation data") as watch:
+        with timed(f"{protocol.name}: tuning implicit's ALS on validation data") as watch:
+            implicit_params, implicit_summary = tuned_implicit_params(dataset, settings, params, options)
+        seconds["tuning_implicit"] = watch.seconds
+        with timed(f"{protocol.name}: tuning ALS, EASE, the ranker and the hybrid on validation data") as watch:
             settings, tuning_summary = tuned_settings(dataset, settings, params, options)
         seconds["tuning"] = watch.seconds
+        tuning_summary["scores"][implicit_als.TUNED] = implicit_summary["scores"]
+        tuning_summary["settings"][implicit_als.TUNED] = implicit_summary["settings"]
         log.info("%s: tuned settings %s", protocol.name, tuning_summary["settings"])
 
     with timed(f"{protocol.name}: split") as watch:
@@ -151,16 +193,24 @@ def run_protocol(protocol: Protocol, dataset: Dataset, conf: dict, options: RunO
     seconds["spark_als"] = time_spark_als(split, als_params)
     reference = implicit_als.run_implicit_als(split, als_params, options.threads)
     seconds["implicit_als"], seconds["implicit_als_prepare"] = reference.seconds, reference.prepare_seconds
-
+    references = reference.candidates
     algorithms = (BASELINE, *params.algorithms, implicit_als.ALGORITHM)
+    if protocol.tune:
+        tuned_reference = implicit_als.run_implicit_als(split, implicit_params, options.threads, implicit_als.TUNED)
+        references = references.unionByName(tuned_reference.candidates)
+        algorithms += (implicit_als.TUNED,)
+
     with timed(f"{protocol.name}: scoring {', '.join(algorithms)}") as watch:
-        results = score_algorithms(candidates.unionByName(reference.candidates), split, algorithms,
+        results = score_algorithms(candidates.unionByName(references), split, algorithms,
                                    dataset.products.where("active").count(), params.ks)
     seconds["scoring"] = watch.seconds
 
     return ProtocolRun(
         protocol=protocol, dataset=dataset.describe(), params=params,
-        settings={"als": asdict(als_params), "hybrid": settings["hybrid"]},
+        settings={"als": asdict(als_params), "hybrid": settings["hybrid"],
+                  "ranked": {k: v for k, v in asdict(ranked.params_from_settings(settings)).items()
+                             if k != "generator_settings"},
+                  implicit_als.TUNED: asdict(implicit_params)},
         split=split_summary(split), results=results, seconds=seconds,
         implicit={"users": reference.users, "products": reference.products, "pairs": reference.pairs},
         tuning=tuning_summary)

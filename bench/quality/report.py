@@ -11,13 +11,16 @@ from jobs.evaluation import BASELINE
 from jobs.tuned import write_json_atomically
 
 from bench.quality.implicit_als import ALGORITHM as IMPLICIT
-from bench.quality.protocols import TABLE_K, ProtocolRun
+from bench.quality.implicit_als import TUNED as IMPLICIT_TUNED
+from bench.quality.protocols import SINGLE_GENERATORS, TABLE_K, ProtocolRun
 
-ROWS = (BASELINE, "popular", "als", "ease", "content", "hybrid", IMPLICIT)  # table order
+ROWS = (BASELINE, "popular", "als", "ease", "content", "hybrid", "ranked", IMPLICIT, IMPLICIT_TUNED)  # table order
+OURS = ("popular", "als", "ease", "content", "hybrid", "ranked")
 METRIC_COLUMNS = (("NDCG", "ndcg"), ("Recall", "recall"), ("HitRate", "hit_rate"), ("MAP", "map"), ("MAP (all relevant)", "map_all"),
                   ("Precision", "precision"))
 # Compared with the global popular list, the floor every algorithm must beat.
-OVER_BASELINE = (("ALS", "als"), ("EASE", "ease"), ("hybrid", "hybrid"), ("content", "content"), ("implicit ALS", IMPLICIT))
+OVER_BASELINE = (("ALS", "als"), ("EASE", "ease"), ("hybrid", "hybrid"), ("ranked", "ranked"), ("content", "content"),
+                 ("implicit ALS", IMPLICIT), ("implicit ALS tuned", IMPLICIT_TUNED))
 
 NOTES = (
     "Same split, same training part, same scoring code for every row: implicit's lists are scored "
@@ -37,7 +40,12 @@ NOTES = (
     "(implicit_als_prepare) and left out of the ratio.",
     "The job's timed run is its second fit on the same training part (the evaluation's came first), so "
     "JVM start-up and JIT warm-up are not in it; other work on the machine inflates either figure.",
-    "hybrid fuses the project's own lists (the job's ALS, content, popular), not implicit's.",
+    "hybrid fuses the project's own lists (the job's ALS, content, popular), not implicit's; ranked "
+    "(LightGBM lambdarank) re-ranks the union of popular, ALS, EASE and content lists.",
+    "Tuned protocols: ours (ALS, EASE, the ranker, the hybrid's weights) and implicit's ALS "
+    "(implicit_als_tuned: same search space, sampler, trials and ALS share of the budget) are searched on "
+    "a validation split carved from the training part; the test part is read once, by the table. "
+    "implicit_als keeps our ALS settings: the implementation comparison.",
     "Users without a list of an algorithm are served the global popular list, as the server would.",
 )
 
@@ -69,7 +77,15 @@ def summary(run: ProtocolRun) -> dict[str, dict[str, float]]:
 def comparisons(run: ProtocolRun) -> dict:
     """The side-by-side ratios of one protocol."""
     ndcg = {algorithm: row.get(f"ndcg@{TABLE_K}") for algorithm, row in summary(run).items()}
+    ours = {a: finite(ndcg.get(a)) for a in OURS if finite(ndcg.get(a)) is not None}
+    singles = {a: v for a, v in ours.items() if a in SINGLE_GENERATORS}
+    best = max(ours, key=ours.get) if ours else None
+    best_single = max(singles, key=singles.get) if singles else None
     return {
+        "best_list": best,
+        "best_over_tuned_implicit_ndcg": ratio(ndcg.get(best), ndcg.get(IMPLICIT_TUNED)) if best else None,
+        "best_single_generator": best_single,
+        "ranked_over_best_single_ndcg": ratio(ndcg.get("ranked"), ndcg.get(best_single)) if best_single else None,
         "spark_over_implicit_ndcg": ratio(ndcg.get("als"), ndcg.get(IMPLICIT)),
         "spark_over_implicit_seconds": ratio(run.seconds["spark_als"], run.seconds["implicit_als"]),
         "over_global_popularity_ndcg": {algorithm: ratio(ndcg.get(algorithm), ndcg.get(BASELINE))
@@ -102,9 +118,15 @@ def comparison_lines(run: ProtocolRun) -> list[str]:
              f"wall-time ratio {_number(ratios['spark_over_implicit_seconds'], 2)} "
              f"({seconds['spark_als']:.2f} s / {seconds['implicit_als']:.2f} s; implicit's input collected "
              f"in {seconds['implicit_als_prepare']:.2f} s more)"]
+    if ratios["best_list"]:
+        lines.append(f"- best list ({ratios['best_list']}) / implicit ALS tuned: NDCG@{TABLE_K} ratio "
+                     f"{_number(ratios['best_over_tuned_implicit_ndcg'], 2)}")
+        lines.append(f"- ranked / best single generator ({ratios['best_single_generator']}): NDCG@{TABLE_K} ratio "
+                     f"{_number(ratios['ranked_over_best_single_ndcg'], 2)}")
     for label, algorithm in OVER_BASELINE:
-        lines.append(f"- {label} / global popularity NDCG@{TABLE_K}: "
-                     f"{_number(ratios['over_global_popularity_ndcg'][algorithm], 2)}x")
+        value = ratios["over_global_popularity_ndcg"][algorithm]
+        if value is not None:
+            lines.append(f"- {label} / global popularity NDCG@{TABLE_K}: {_number(value, 2)}x")
     return lines
 
 
