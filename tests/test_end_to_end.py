@@ -126,13 +126,15 @@ def test_pipeline_tuned_evaluated_and_used_the_winners(spark, pipeline):
     evaluations = spark.read.format("delta").load(str(pipeline / "lake" / "evaluations"))
     trials = evaluations.where("run_id like 'tuning-%' and metric = 'ndcg@10'")
     assert sorted((r.algorithm, r.trial) for r in trials.collect()) == [
-        ("als", 0), ("als", 1), ("ease", 0), ("ease", 1), ("hybrid", 0), ("hybrid", 1)]
+        ("als", 0), ("als", 1), ("ease", 0), ("ease", 1), ("hybrid", 0), ("hybrid", 1), ("ranked", 0), ("ranked", 1)]
     assert all(json.loads(r.params) for r in trials.collect())
+    assert settings["ranked"]["num_leaves"] == tuned["settings"]["ranked"]["num_leaves"]
     run = evaluations.where("run_id not like 'tuning-%'")
     assert {r.algorithm for r in run.select("algorithm").distinct().collect()} == {
-        "global_popular", "popular", "als", "ease", "content", "hybrid"}
+        "global_popular", "popular", "als", "ease", "content", "hybrid", "ranked"}
     policy = json.loads((pipeline / "evaluation" / "policy.json").read_text())
     assert set(policy["priors"]["all"]) == {"popular", "als", "ease", "content", "hybrid", "ranked"}
+    assert sorted(policy["preference"]) == sorted(policy["priors"]["all"]) and policy["baseline"]["all"] >= 0
     report = (pipeline / "evaluation" / "report" / "report.html").read_text()
-    for png in ("metric_by_algorithm.png", "by_segment.png", "by_k.png", "tuning.png"):
+    for png in ("metric_by_algorithm.png", "by_segment.png", "by_k.png", "tuning.png", "importance.png"):
         assert f'src="{png}"' in report and (pipeline / "evaluation" / "report" / png).stat().st_size > 1000

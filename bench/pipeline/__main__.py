@@ -1,5 +1,5 @@
 """The nightly pipeline at scale: generated data (``jobs.generate_data``), then ingest,
-popularity, ALS, content (TF-IDF), hybrid, evaluation and snapshot in one SparkSession,
+popularity, ALS, EASE, content (TF-IDF), hybrid, ranked, evaluation and snapshot in one SparkSession,
 as ``jobs.run_pipeline`` runs them; wall time and peak RSS per stage.
 
     python -m bench.pipeline                       # 1M, 3M and 10M events, one process each (~1 h+ on 2 cores)

@@ -26,8 +26,8 @@ from bench.snapshot_build.peak_rss import PeakRss, jvm_pid
 
 log = logging.getLogger(__name__)
 
-# In run_pipeline's order; hybrid blends the lists of the three before it.
-STAGES = ("ingest", "popular", "als", "content", "hybrid", "evaluation", "snapshot")
+# In run_pipeline's order; hybrid blends the lists before it, ranked re-ranks them.
+STAGES = ("ingest", "popular", "als", "ease", "content", "hybrid", "ranked", "evaluation", "snapshot")
 # A failure here leaves nothing for the later stages to read (run_pipeline stops too).
 REQUIRED = ("ingest",)
 
@@ -44,7 +44,7 @@ def stage_actions(spark, paths: DataPaths, as_of: datetime, settings: dict) -> d
     return {
         "ingest": lambda: {table: asdict(counts) if is_dataclass(counts) else counts
                            for table, counts in run_ingest(spark, paths, as_of, settings["ingest"]).items()},
-        **{name: algorithm(name) for name in ("popular", "als", "content", "hybrid")},
+        **{name: algorithm(name) for name in ("popular", "als", "ease", "content", "hybrid", "ranked")},
         "evaluation": lambda: {"best": evaluation.run_evaluation(
             spark, paths, as_of, tuned(), evaluation.params_from_settings(tuned()["evaluation"]))["best"]},
         "snapshot": lambda: _snapshot(build_snapshot(spark, paths, as_of, settings["snapshot"])),
