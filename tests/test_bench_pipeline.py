@@ -70,3 +70,17 @@ def test_growth_reads_every_serving_size_and_calls_flat_latency_flat(tmp_path):
     assert "| lookup p50 | 3 | 0.00 | flat (about the same at every size) | 100,000: 1.0, 1,000,000: 1.0, " \
            "5,000,000: 1.0 ms |" in text
     assert "snapshot size(s)" not in text
+
+
+def test_cost_run_without_ease_and_ranked_leaves_them_out_everywhere():
+    """The side-by-side run without EASE and the ranker neither evaluates, fuses nor
+    re-ranks with them; the rest of the settings are conf's."""
+    from bench.pipeline_cost.__main__ import without
+    from schemas.settings import load_conf
+
+    conf = load_conf("jobs")
+    conf["hybrid"]["weights"] = {"als": 1.0, "ease": 0.5}
+    cut = without(conf, ("ease", "ranked"))
+    assert "ease" not in cut["evaluation"]["algorithms"] and "ranked" not in cut["evaluation"]["algorithms"]
+    assert cut["hybrid"]["weights"] == {"als": 1.0} and "ease" not in cut["ranked"]["generators"]
+    assert cut["als"] == conf["als"] and conf["hybrid"]["weights"] == {"als": 1.0, "ease": 0.5}
