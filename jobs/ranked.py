@@ -29,7 +29,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -177,7 +177,7 @@ def training_rows(rows: DataFrame, products: DataFrame, profiles: DataFrame | No
     spec = params.spec
     split = label_split(rows, as_of, params)
     before = split.before.localCheckpoint()
-    users = labelled_users(LabelSplit(before, split.labels, split.clock), params).localCheckpoint()
+    users = labelled_users(replace(split, before=before), params).localCheckpoint()
     lists = generator_lists(before, products, split.clock, dict(params.generator_settings), params.generators,
                             for_users=users)
     features = pair_features(candidate_pairs(lists, spec), before, products, profiles, split.clock, spec)
@@ -249,7 +249,7 @@ def fit_booster(frame: pd.DataFrame, features: list[str], categorical: list[str]
 
 def fit_ranker(rows: DataFrame, products: DataFrame, profiles: DataFrame | None, as_of: datetime,
                params: RankedParams) -> RankerModel:
-    """Train the ranking model on what happened in the ``label_days`` before ``as_of``."""
+    """Train the ranking model on the labels ``label_split`` holds out of the rows up to ``as_of``."""
     started = time.monotonic()
     frame, vocabularies = training_rows(rows, products, profiles, as_of, params)
     model = model_from_rows(frame, vocabularies, as_of, params)

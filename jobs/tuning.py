@@ -24,9 +24,10 @@ being conf's own configuration:
 No pruner: a trial is one fit with no intermediate score to stop it on. Each search
 stops at ``max_trials`` or when the next trial would overrun its share of the time
 budget (``budget_minutes``; ``als_budget_share``, ``ease_budget_share``,
-``ranked_budget_share`` (0: the ranker is not searched), the hybrid the rest). The studies live in ``<data-dir>/evaluation/tuning.db`` (SQLite), so the
-next run's sampler starts from every earlier trial; the winner is chosen among this
-run's trials only, since earlier ones were scored on other data. Every trial is a
+``ranked_budget_share`` (0: the ranker is not searched), the hybrid the rest). The
+studies live in ``<data-dir>/evaluation/tuning.db`` (SQLite), so the next run's sampler
+starts from every earlier trial; the winner is chosen among this run's trials only,
+since earlier ones were scored on other data. Every trial is a
 row per metric in the ``evaluations`` table (``run_id`` ``tuning-<split>-<as_of>``,
 ``trial``, ``params`` as JSON). The winners go to ``<data-dir>/evaluation/tuned.json``,
 which the next ALS, EASE, ranked, hybrid and evaluation runs lay over conf (``jobs.tuned``).
@@ -69,10 +70,9 @@ log = logging.getLogger(__name__)
 STUDY_FILE = Path("evaluation") / "tuning.db"
 # TuningParams fields that bound the search, not shape it.
 NOT_SEARCH_SPACE = ("budget_minutes", "als_budget_share", "ease_budget_share", "ranked_budget_share", "max_trials")
-# Search ranges drawn log-uniform (the others uniform).
-LOG_RANGES = ("rank", "max_iter", "reg_param", "alpha", "ease_l2", "ranked_num_leaves", "ranked_learning_rate",
-              "ranked_min_data_in_leaf")
-RANGES = (*LOG_RANGES, "ranked_feature_fraction", "hybrid_weight")
+# TuningParams fields that are [low, high] search ranges.
+RANGES = ("rank", "max_iter", "reg_param", "alpha", "ease_l2", "hybrid_weight", "ranked_num_leaves",
+          "ranked_learning_rate", "ranked_min_data_in_leaf", "ranked_feature_fraction")
 # Metrics recorded per trial (segment "all"); ``metric`` picks the winner among them.
 TRIAL_METRICS = ("ndcg", "recall", "hit_rate", "map")
 
