@@ -59,19 +59,25 @@ class FeatureSpec:
 
 def candidate_pairs(candidates: DataFrame, spec: FeatureSpec) -> DataFrame:
     """``(user_id, product_id, <g>_score, <g>_rank for each generator g, generators)``:
-    the union of each user's lists from the generators, ``depth`` deep each."""
+    the union of each user's lists from the generators, ``depth`` deep each, hash
+    partitioned on ``user_id`` (the user-side features join there without a shuffle)."""
     lists = candidates.where((F.col("subject_kind") == "user") & F.col("algorithm").isin(*spec.generators))
     items = F.zip_with(F.slice("product_ids", 1, spec.depth), F.slice("scores", 1, spec.depth),
                        lambda p, s: F.struct(p.alias("product_id"), s.alias("score")))
     exploded = lists.select(F.col("subject_id").cast("long").alias("user_id"), "algorithm",
                             F.posexplode(items).alias("position", "item"))
-    per_generator = []
-    for g in spec.generators:
-        mine = F.col("algorithm") == g
-        per_generator += [F.max(F.when(mine, F.col("item.score"))).cast("double").alias(f"{g}_score"),
-                          F.min(F.when(mine, F.col("position") + 1)).cast("double").alias(f"{g}_rank")]
-    return (exploded.groupBy("user_id", F.col("item.product_id").alias("product_id"))
-            .agg(*per_generator, F.countDistinct("algorithm").cast("double").alias("generators")))
+    # One column per generator before the aggregation: plain max/min, no countDistinct
+    # (which doubles the rows it shuffles).
+    mine = {g: F.col("algorithm") == g for g in spec.generators}
+    spread = exploded.select(
+        "user_id", F.col("item.product_id").alias("product_id"),
+        *[F.when(mine[g], F.col("item.score")).alias(f"{g}_score") for g in spec.generators],
+        *[F.when(mine[g], F.col("position") + 1).alias(f"{g}_rank") for g in spec.generators])
+    per_generator = [F.max(f"{g}_score").cast("double").alias(f"{g}_score") for g in spec.generators]
+    per_generator += [F.min(f"{g}_rank").cast("double").alias(f"{g}_rank") for g in spec.generators]
+    listed_by = sum(F.col(f"{g}_rank").isNotNull().cast("double") for g in spec.generators)
+    return (spread.repartition("user_id").groupBy("user_id", "product_id").agg(*per_generator)
+            .withColumn("generators", listed_by))
 
 
 def _days_since(as_of: datetime, timestamp: Column) -> Column:
@@ -106,10 +112,11 @@ def product_features(rows: DataFrame, products: DataFrame, as_of: datetime, spec
 
 
 def user_features(rows: DataFrame, products: DataFrame, profiles: DataFrame | None, as_of: datetime,
-                  spec: FeatureSpec) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """Three frames keyed on the user: ``(user_id, user_events, user_purchases,
-    user_products, user_idle_days, user_<key>...)``; ``(user_id, category,
-    category_affinity, category_idle_days)``; ``(user_id, price_band, price_band_affinity)``."""
+                  spec: FeatureSpec) -> DataFrame:
+    """One row per user: ``(user_id, user_events, user_purchases, user_products,
+    user_idle_days, user_<key>..., _categories, _bands)``, the last two maps from the
+    user's categories to ``(affinity, idle_days)`` and price bands to affinity (one
+    frame, so the pairs join it once)."""
     seen = rows.where(F.col("timestamp") <= F.lit(as_of))
     activity = seen.groupBy("user_id").agg(
         F.count("*").cast("double").alias("user_events"),
@@ -126,25 +133,33 @@ def user_features(rows: DataFrame, products: DataFrame, profiles: DataFrame | No
         products.select("product_id", "category", _price_band(F.col("price").cast("double")).alias("price_band")),
         "product_id")
     total = F.sum("weight").over(Window.partitionBy("user_id"))
-    by_category = (decayed.groupBy("user_id", "category")
+    by_category = (decayed.where(F.col("category").isNotNull()).groupBy("user_id", "category")
                    .agg(F.sum("weight").alias("weight"), F.max("timestamp").alias("_last"))
-                   .select("user_id", "category", (F.col("weight") / total).alias("category_affinity"),
-                           _days_since(as_of, F.col("_last")).alias("category_idle_days")))
+                   .select("user_id", "category", F.struct((F.col("weight") / total).alias("affinity"),
+                                                           _days_since(as_of, F.col("_last")).alias("idle"))
+                           .alias("_seen"))
+                   .groupBy("user_id").agg(F.map_from_entries(F.collect_list(F.struct("category", "_seen")))
+                                           .alias("_categories")))
     by_band = (decayed.where(F.col("price_band").isNotNull())
                .groupBy("user_id", "price_band").agg(F.sum("weight").alias("weight"))
-               .select("user_id", "price_band", (F.col("weight") / total).alias("price_band_affinity")))
-    return activity, by_category, by_band
+               .select("user_id", "price_band", (F.col("weight") / total).alias("affinity"))
+               .groupBy("user_id").agg(F.map_from_entries(F.collect_list(F.struct("price_band", "affinity")))
+                                       .alias("_bands")))
+    return activity.join(by_category, "user_id", "left").join(by_band, "user_id", "left")
 
 
 def pair_features(pairs: DataFrame, rows: DataFrame, products: DataFrame, profiles: DataFrame | None,
                   as_of: datetime, spec: FeatureSpec) -> DataFrame:
     """``pairs`` (from ``candidate_pairs``) with every feature of ``spec.names``, the
     categorical ones still as their raw strings (``encode_categorical`` turns them into codes)."""
-    items = product_features(rows, products, as_of, spec)
-    users, by_category, by_band = user_features(rows, products, profiles, as_of, spec)
+    # The catalog's features are small beside the pairs: broadcast, the pairs stay put.
+    items = F.broadcast(product_features(rows, products, as_of, spec))
+    users = user_features(rows, products, profiles, as_of, spec)
+    seen_category = F.col("_categories")[F.col("category")]
     joined = (pairs.join(items, "product_id", "left").join(users, "user_id", "left")
-              .join(by_category, ["user_id", "category"], "left")
-              .join(by_band, ["user_id", "price_band"], "left"))
+              .withColumn("category_affinity", seen_category["affinity"])
+              .withColumn("category_idle_days", seen_category["idle"])
+              .withColumn("price_band_affinity", F.col("_bands")[F.col("price_band")]))
     return joined.select("user_id", "product_id", *spec.names)
 
 
