@@ -35,7 +35,9 @@ and algorithm: the priors the server's switching will start from) and
 ``evaluation/report/report.html`` with its plots (``jobs.evaluation_report``).
 Algorithms run with conf's settings, overlaid by ``evaluation/tuned.json`` when a
 tuning run left one (``jobs.tuned``): the evaluation scores what the next nightly
-run will serve.
+run will serve. The ranker, like the nightly one, is retrained only every
+``[ranked] retrain_days`` (on the temporal split; its models in ``evaluation/ranker/``):
+the evaluation then scores a model as old as the one served.
 
 Run: ``python -m jobs.evaluation --help`` or ``spark-submit jobs/evaluation.py --help``.
 """
@@ -79,6 +81,7 @@ ALGORITHMS = ("popular", "als", "ease", "content", "hybrid", "ranked")
 SEGMENTS = ("new", "light", "heavy")
 POLICY_METRIC, POLICY_K = "ndcg", 10
 POLICY_FILE = Path("evaluation") / "policy.json"
+RANKER_DIR = Path("evaluation") / "ranker"  # the evaluation's own rankers (trained before its split)
 REPORT_DIR = Path("evaluation") / "report"
 # Rounds of k-core filtering before giving up on a fixed point (each is two small
 # aggregations; real logs converge in a handful).
@@ -211,16 +214,22 @@ def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) 
 
 def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
               algorithms: tuple[str, ...], for_users: DataFrame | None = None,
-              profiles: DataFrame | None = None) -> tuple[DataFrame, ranked.RankerModel | None]:
+              profiles: DataFrame | None = None,
+              ranker_dir: Path | None = None) -> tuple[DataFrame, ranked.RankerModel | None]:
     """User lists (and the global popular list) of every algorithm, trained on ``train`` only
     (``jobs.generators``; ``for_users`` as there), and the ranker when ``ranked`` is one:
-    it learns inside ``train`` too, its labels being the last ``label_days`` of it."""
+    it learns inside ``train`` too, its labels being the last ``label_days`` of it.
+
+    ``ranker_dir``: where earlier evaluations saved their rankers; one trained at most
+    ``retrain_days`` before ``train_until`` (so on data before it) is reused, as the
+    nightly job reuses its own, and a new one is saved there. Only for splits where
+    nothing held out precedes ``train_until`` (temporal)."""
     lists = generator_lists(train, products, train_until, settings,
                             tuple(a for a in algorithms if a != ranked.ALGORITHM), for_users=for_users)
     if ranked.ALGORITHM not in algorithms:
         return lists, None
     params = ranked.params_from_settings(settings)
-    model = ranked.fit_ranker(train, products, profiles, train_until, params)
+    model = ranked.trained_or_reused(train, products, profiles, train_until, params, ranker_dir)
     lists = lists.unionByName(materialised(ranked.ALGORITHM, lambda: ranked.ranked_lists(
         lists, train, products, profiles, train_until, model, params)))
     return lists, model
@@ -268,11 +277,14 @@ class Evaluated(NamedTuple):
 
 
 def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
-             params: EvaluationParams, run_id: str, profiles: DataFrame | None = None) -> Evaluated:
-    """Evaluation rows, policy and ranker for one run."""
+             params: EvaluationParams, run_id: str, profiles: DataFrame | None = None,
+             ranker_dir: Path | None = None) -> Evaluated:
+    """Evaluation rows, policy and ranker for one run (``ranker_dir`` as in ``train_all``,
+    used on the temporal split only)."""
     split = prepare_split(rows, as_of, params)
     candidates, ranker = train_all(split.train, products, split.train_until, settings, params.algorithms,
-                           for_users=split.held_out.select("user_id"), profiles=profiles)
+                                   for_users=split.held_out.select("user_id"), profiles=profiles,
+                                   ranker_dir=ranker_dir if params.split == "temporal" else None)
     results = score_algorithms(candidates, split, (BASELINE, *params.algorithms),
                                products.where("active").count(), params.ks)
     evaluated_at = datetime.now(timezone.utc).replace(microsecond=0)
@@ -325,7 +337,7 @@ def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     run_id = f"{params.split}-{as_of:%Y%m%dT%H%M%SZ}"
     products = spark.read.format("delta").load(paths.table("products"))
     frame, policy, ranker = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params,
-                                     run_id, profiles=read_profiles(spark, paths))
+                                     run_id, profiles=read_profiles(spark, paths), ranker_dir=paths.root / RANKER_DIR)
     write_evaluations(spark, paths, frame, run_id)
     write_json_atomically(paths.root / POLICY_FILE, policy)
     report = write_report(frame.toPandas(), paths.root / REPORT_DIR, trials=tuning_trials(paths.root),

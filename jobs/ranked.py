@@ -16,8 +16,11 @@ as of ``as_of``; the model, broadcast in LightGBM's text format, scores them in
 ``mapInPandas``; each user's ``top_n`` best become the ``ranked`` list.
 
 The model is saved (text format, no pickle) with its feature list, category
-vocabularies and gain importance under ``<data_dir>/models/ranked/<version>/``;
-``--model`` scores with a saved one instead of training. A model that cannot be read,
+vocabularies and gain importance under ``<data_dir>/models/ranked/<version>/``. A run
+reuses the newest saved model trained on the same settings at most ``retrain_days``
+before its as-of (training costs as much as scoring every user; what a user is likely
+to do next shifts slowly), so a nightly schedule retrains about weekly; ``--retrain``
+trains regardless, ``--model`` scores with a given saved one. A model that cannot be read,
 or whose features are not the ones this configuration computes, stops the job with
 one line and leaves the candidates table (and so the served snapshot) as it was.
 
@@ -41,7 +44,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from jobs.candidates import as_candidates, model_version, replace_algorithm_candidates, top_n_lists
+from jobs.candidates import as_candidates, model_version, params_digest, replace_algorithm_candidates, top_n_lists
 from jobs.generators import GENERATORS, generator_lists
 from jobs.interactions import check_decay, read_interactions, read_profiles
 from jobs.paths import DataPaths
@@ -92,6 +95,7 @@ class RankedParams:
     trend_days: float = 1.0
     event_weights: dict[str, float] = field(default_factory=lambda: {"view": 1.0, "purchase": 8.0})
     seed: int = 42
+    retrain_days: float = 7.0            # a saved model this young, on these settings, is reused; 0: always train
     # The generators' own sections of the job settings (they are retrained at the label split).
     generator_settings: Mapping[str, dict] = field(default_factory=dict)
 
@@ -106,9 +110,10 @@ class RankedParams:
             raise ValueError("depth, top_n, max_train_*, num_leaves, num_boost_round, min_data_in_leaf "
                              "and max_category_values must be at least 1")
         if not (self.label_days > 0 and self.trend_days > 0 and 0 < self.validation_share < 1
+                and self.retrain_days >= 0
                 and 0 < self.learning_rate and 0 < self.feature_fraction <= 1):
             raise ValueError("label_days and trend_days must be positive, validation_share in (0, 1), "
-                             "learning_rate positive, feature_fraction in (0, 1]")
+                             "retrain_days >= 0, learning_rate positive, feature_fraction in (0, 1]")
         if self.label_split not in LABEL_SPLITS or not 0 < self.label_share < 1:
             raise ValueError(f"label_split must be one of {LABEL_SPLITS} and label_share in (0, 1)")
         if not all(isinstance(g, int) and 0 <= g <= 30 for g in self.label_grades.values()):
@@ -266,13 +271,20 @@ def model_from_rows(frame: pd.DataFrame, vocabularies: dict[str, list[str]], as_
     """The model learnt from ``training_rows``' output, versioned by its settings and data."""
     features, categorical = list(params.spec.names), list(params.spec.categorical)
     booster, trained = fit_booster(frame, features, categorical, params)
+    trained |= {"as_of": as_of.isoformat(), "settings": settings_digest(params)}
     version = model_version(ALGORITHM, as_of, {**ranker_config(params), "trained": trained})
     return RankerModel(booster, features, categorical, vocabularies, version, trained)
 
 
 def ranker_config(params: RankedParams) -> dict:
-    """The settings that shape the model (generator settings included), for its version."""
-    return asdict(params)
+    """The settings that shape the model (generator settings included; not the retraining
+    cadence), for its version."""
+    return {k: v for k, v in asdict(params).items() if k != "retrain_days"}
+
+
+def settings_digest(params: RankedParams) -> str:
+    """What a saved model must have been trained with to be reused."""
+    return params_digest(ranker_config(params))
 
 
 # --- scoring ----------------------------------------------------------------
@@ -352,12 +364,57 @@ def load_model(folder: Path) -> RankerModel:
                        described.get("version", folder.name), described.get("trained", {}))
 
 
+def saved_models(models_dir: Path) -> list[Path]:
+    """Saved model folders, the most recent first."""
+    folders = [p for p in models_dir.glob("*") if (p / MODEL_FILE).exists()] if models_dir.exists() else []
+    return sorted(folders, key=lambda p: (p / MODEL_FILE).stat().st_mtime, reverse=True)
+
+
 def newest_model(models_dir: Path) -> Path:
     """The most recently saved model folder (RankerModelError if none)."""
-    folders = [p for p in models_dir.glob("*") if (p / MODEL_FILE).exists()] if models_dir.exists() else []
+    folders = saved_models(models_dir)
     if not folders:
         raise RankerModelError(f"no saved ranked model under {models_dir}")
-    return max(folders, key=lambda p: (p / MODEL_FILE).stat().st_mtime)
+    return folders[0]
+
+
+def reusable_model(models_dir: Path, clock: datetime, params: RankedParams) -> RankerModel | None:
+    """The newest model saved in ``models_dir`` that was trained on ``params``' settings
+    at most ``retrain_days`` before ``clock`` (never after it: its labels must lie
+    before what ``clock`` scores), or None. One that cannot be read is skipped, loudly."""
+    if params.retrain_days <= 0:
+        return None
+    digest = settings_digest(params)
+    for folder in saved_models(models_dir):
+        try:
+            trained = json.loads((folder / FEATURES_FILE).read_text()).get("trained", {})
+            trained_at = datetime.fromisoformat(trained["as_of"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # saved before models recorded their clock, or unreadable: never reused
+        age = clock - trained_at
+        if trained.get("settings") != digest or not timedelta(0) <= age <= timedelta(days=params.retrain_days):
+            continue
+        try:
+            model = load_model(folder)
+            check_features(model, params.spec)
+        except RankerModelError as exc:
+            log.warning("%s; not reused", exc)
+            continue
+        log.info("ranked: reusing model %s, trained %.1f days before %s (retrain_days %g)",
+                 model.version, age.total_seconds() / 86_400, clock.isoformat(), params.retrain_days)
+        return model
+    return None
+
+
+def trained_or_reused(rows: DataFrame, products: DataFrame, profiles: DataFrame | None, clock: datetime,
+                      params: RankedParams, models_dir: Path | None) -> RankerModel:
+    """A model young enough from ``models_dir``, else one trained now (and saved there)."""
+    if models_dir is not None and (model := reusable_model(models_dir, clock, params)) is not None:
+        return model
+    model = fit_ranker(rows, products, profiles, clock, params)
+    if models_dir is not None:
+        log.info("ranked: model saved in %s", save_model(model, models_dir))
+    return model
 
 
 # --- the job ----------------------------------------------------------------
@@ -373,7 +430,7 @@ def params_from_settings(settings: dict) -> RankedParams:
 
 def run_ranked(spark: SparkSession, paths: DataPaths, as_of: datetime, params: RankedParams,
                model_folder: Path | None = None) -> dict:
-    """Train (or load) the model, re-rank every user's stored generator lists, store the
+    """Train (or reuse, or load) the model, re-rank every user's stored generator lists, store the
     ranked ones; return the lists written per kind and the model's version."""
     model = None
     if model_folder is not None:  # before any table is read: a bad model stops the job at once
@@ -386,8 +443,7 @@ def run_ranked(spark: SparkSession, paths: DataPaths, as_of: datetime, params: R
     rows = read_interactions(spark, paths).persist()
     try:
         if model is None:
-            model = fit_ranker(rows, products, profiles, as_of, params)
-            log.info("ranked: model saved in %s", save_model(model, paths.root / MODELS_DIR))
+            model = trained_or_reused(rows, products, profiles, as_of, params, paths.root / MODELS_DIR)
         candidates = read(paths.table("candidates"))
         lists = ranked_lists(candidates, rows, products, profiles, as_of, model, params)
         counts = replace_algorithm_candidates(spark, paths.table("candidates"), ALGORITHM, lists)
@@ -405,12 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.tuned import with_tuned
 
     parser = job_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="score with this saved model folder (or 'newest') instead of training")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--model", help="score with this saved model folder (or 'newest') instead of training")
+    chosen.add_argument("--retrain", action="store_true",
+                        help="train a model even when a saved one is younger than [ranked] retrain_days")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     paths = DataPaths.from_settings(load_conf("jobs"), args.data_dir)
     settings = with_tuned(load_conf("jobs"), paths.root)
     params = params_from_settings(settings)
+    if args.retrain:
+        params = replace(params, retrain_days=0.0)
     try:
         folder = None
         if args.model:

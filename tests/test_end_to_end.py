@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 
 import pytest
 import requests
 
-from jobs import als, run_pipeline
+from jobs import als, evaluation, ranked, run_pipeline
 from jobs.candidates import model_version
 from jobs.cli import parse_as_of
 from jobs.generate_data import generate
@@ -138,3 +139,22 @@ def test_pipeline_tuned_evaluated_and_used_the_winners(spark, pipeline):
     report = (pipeline / "evaluation" / "report" / "report.html").read_text()
     for png in ("metric_by_algorithm.png", "by_segment.png", "by_k.png", "tuning.png", "importance.png"):
         assert f'src="{png}"' in report and (pipeline / "evaluation" / "report" / png).stat().st_size > 1000
+
+
+def test_a_run_within_retrain_days_reuses_the_rankers(pipeline, caplog, capsys):
+    """The next run, nightly job and evaluation alike, scores with the models the
+    pipeline saved instead of training new ones; ``--retrain`` trains regardless."""
+    caplog.set_level(logging.INFO)
+    saved = {d: sorted(p.name for p in (pipeline / d).iterdir()) for d in ("models/ranked", "evaluation/ranker")}
+    assert all(len(names) == 1 for names in saved.values()), saved
+    arguments = ["--data-dir", str(pipeline), "--as-of", AS_OF, "--log-level", "INFO"]
+    assert ranked.main(arguments) == 0
+    assert f"ranked: reusing model {saved['models/ranked'][0]}" in caplog.text and "trained on" not in caplog.text
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["result"]["model_version"] == saved["models/ranked"][0]
+    caplog.clear()
+    assert evaluation.main(arguments) == 0
+    assert f"ranked: reusing model {saved['evaluation/ranker'][0]}" in caplog.text
+    assert {d: sorted(p.name for p in (pipeline / d).iterdir()) for d in saved} == saved
+    caplog.clear()
+    assert ranked.main([*arguments, "--retrain"]) == 0
+    assert "reusing" not in caplog.text and "trained on" in caplog.text

@@ -2,6 +2,8 @@
 before use, and the Spark scoring keeps the candidates contract."""
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -142,6 +144,42 @@ class TestModelFile:
         assert ranked.main(["--data-dir", str(data), "--model", str(folder), "--log-level", "ERROR"]) == 1
         assert "model.txt unreadable" in caplog.text and "unchanged" in caplog.text
         assert not (data / "lake").exists()  # nothing was read, nothing written
+
+
+class TestReuse:
+    """A saved model is reused while it is young enough and trained on the same settings."""
+
+    @staticmethod
+    def saved(learned, models_dir, trained_at: datetime, params: RankedParams = PARAMS, name: str = "m"):
+        model = replace(learned, version=f"ranked-{name}", trained={
+            **learned.trained, "as_of": trained_at.isoformat(), "settings": ranked.settings_digest(params)})
+        return save_model(model, models_dir)
+
+    def test_a_young_model_on_these_settings_is_reused(self, learned, tmp_path):
+        self.saved(learned, tmp_path, AS_OF - timedelta(days=3))
+        assert ranked.reusable_model(tmp_path, AS_OF, PARAMS).version == "ranked-m"
+
+    def test_an_old_a_future_or_an_other_settings_model_is_not(self, learned, tmp_path):
+        self.saved(learned, tmp_path, AS_OF - timedelta(days=3))
+        assert ranked.reusable_model(tmp_path, AS_OF + timedelta(days=5), PARAMS) is None  # 8 days old
+        assert ranked.reusable_model(tmp_path, AS_OF - timedelta(days=4), PARAMS) is None  # its labels lie ahead
+        assert ranked.reusable_model(tmp_path, AS_OF, replace(PARAMS, num_leaves=7)) is None
+        assert ranked.reusable_model(tmp_path, AS_OF, replace(PARAMS, retrain_days=0)) is None
+        # The cadence is not a setting of the model: a shorter one still reuses it.
+        assert ranked.reusable_model(tmp_path, AS_OF, replace(PARAMS, retrain_days=3)).version == "ranked-m"
+
+    def test_an_unreadable_newest_model_falls_back_to_the_one_before(self, learned, tmp_path, caplog):
+        self.saved(learned, tmp_path, AS_OF - timedelta(days=2), name="older")
+        broken = self.saved(learned, tmp_path, AS_OF - timedelta(days=1), name="newer")
+        (broken / "model.txt").write_bytes(b"\x00garbage")
+        os.utime(broken / "model.txt", (time.time() + 60, time.time() + 60))
+        assert ranked.reusable_model(tmp_path, AS_OF, PARAMS).version == "ranked-older"
+        assert "model.txt unreadable" in caplog.text and "not reused" in caplog.text
+
+    def test_a_new_model_records_its_clock_and_settings(self):
+        model = ranked.model_from_rows(synthetic_frame(40, seed=5), {"product_brand": []}, AS_OF, PARAMS)
+        assert model.trained["as_of"] == AS_OF.isoformat()
+        assert model.trained["settings"] == ranked.settings_digest(PARAMS)
 
 
 @pytest.fixture(scope="module")
