@@ -84,3 +84,25 @@ def test_cost_run_without_ease_and_ranked_leaves_them_out_everywhere():
     assert "ease" not in cut["evaluation"]["algorithms"] and "ranked" not in cut["evaluation"]["algorithms"]
     assert cut["hybrid"]["weights"] == {"als": 1.0} and "ease" not in cut["ranked"]["generators"]
     assert cut["als"] == conf["als"] and conf["hybrid"]["weights"] == {"als": 1.0, "ease": 0.5}
+
+
+def test_cost_nights_put_the_reusing_stages_in_place_of_the_first_nights():
+    """A reusing night is the first night with its ranked and evaluation times swapped for
+    the second pass's; the week's mean weighs one training night against the others."""
+    from bench.pipeline_cost.__main__ import night_seconds, ratios, report
+
+    stage = lambda name, seconds: {"stage": name, "seconds": seconds, "status": "ok"}  # noqa: E731
+    runs = {"all": {"stages": [stage("ingest", 10.0), stage("ranked", 30.0), stage("evaluation", 20.0)],
+                    "reusing": [stage("ranked", 6.0), stage("evaluation", 4.0)], "seconds": 60.0, "failed": []},
+            "without": {"stages": [stage("ingest", 10.0), stage("evaluation", 10.0)], "seconds": 20.0, "failed": []}}
+    assert night_seconds(runs["all"]) == {"training": 60.0, "reusing": 20.0}
+    assert night_seconds(runs["without"]) == {"training": 20.0, "reusing": 20.0}
+    ratio = ratios(runs)
+    days = ratio["retrain_days"]
+    assert ratio["training"] == 3.0 and ratio["reusing"] == 1.0
+    assert ratio["mean"] == pytest.approx((3.0 + (days - 1) * 1.0) / days)
+    text = report({"scale": {"name": "1M", "events": 1, "users": 1, "products": 1}, "runs": runs, "ratio": ratio,
+                   "load_average_start": {}, "environment": {
+                       "machine": {"cores": 2, "memory_gb": 1, "load_average": [0.0, 0.0, 0.0]},
+                       "versions": {"spark": "4"}, "git": {"commit": "abc", "dirty": False}, "command": "x"}})
+    assert "| ranked | 30.0 | 6.0 | - |" in text and "| **pipeline** | **60.0** | **20.0** | **20.0** |" in text
