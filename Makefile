@@ -26,7 +26,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline bench-pipeline-cost clean dist-jobs airflow airflow-stop airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline bench-pipeline-cost bench-ease-variants clean dist-jobs airflow airflow-stop airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -159,6 +159,9 @@ bench-pipeline: setup  ## the nightly pipeline at 1M, 3M and 10M generated event
 
 bench-pipeline-cost: setup  ## the pipeline with and without EASE and the ranker, side by side (1M events ~15 min; BENCH_ARGS="--scale 10M")
 	$(PY) -m bench.pipeline_cost $(BENCH_ARGS)
+
+bench-ease-variants: setup  ## EASE's exact inverse against its scalable kNN on the real samples (validation splits)
+	$(PY) -m bench.ease_variants $(BENCH_ARGS)
 
 dist-jobs:  ## dist/recsys_jobs.zip for spark-submit --py-files on a cluster
 	mkdir -p dist && rm -f dist/recsys_jobs.zip && zip -qr dist/recsys_jobs.zip jobs schemas -x '*__pycache__*'

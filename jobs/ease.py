@@ -15,16 +15,24 @@ zero: an item never explains itself, so the model learns which other items do.
 
 Where it fits: X's Gram matrix and its inverse are dense, 8 n² bytes each on the
 driver (float64) and B is broadcast to the executors as float32 (4 n² bytes), so
-only the ``max_items`` items with the most users are modelled (10k items: 800 MB
-each on the driver, 400 MB per Python worker; the inverse costs ~n³ flops). Other
-items get no EASE lists, and the other generators list them. The driver also holds
-the interaction pairs of the modelled items while X is built, ~16 bytes per pair.
-Beyond that catalog size the next step is a sparse approximation (each item's top
-co-occurring items only, as SANSA does) computed with Spark; it is not built yet.
+the ``exact`` method models at most ``max_items`` items, those with the most users
+(10k items: 800 MB each on the driver, 400 MB per Python worker; the inverse costs
+~n³ flops). The driver also holds the interaction pairs of the modelled items while
+X is built, ~16 bytes per pair.
+
+Beyond that catalog size, the ``knn`` method: a shrunk-cosine item-item model
+computed with Spark, S[i, j] = c_ij / (sqrt(n_i n_j) + shrink), c_ij the users'
+co-occurrences (sum of x_ui x_uj, each user's ``max_user_items`` heaviest items), n_i
+the item's sum of squares, each row pruned to its ``neighbours`` best. Chosen over a
+sparse approximate inverse (SANSA): it is a self-join and two aggregations Spark
+does well, every item with ``min_item_users`` users is modelled, and the driver holds
+only the pruned S (~12 bytes per entry); its quality cost against the exact inverse
+is measured in bench/results/ease_variants.md. ``auto`` (the default) takes ``exact``
+while the items with ``min_item_users`` users fit in ``max_items``, else ``knn``.
 
 Scoring is ALS's pattern: a ``mapInArrow`` task takes a batch of users (their
-modelled items as lists), multiplies the sparse rows by B (scipy: nnz x n flops),
-masks the purchases, keeps the top N per row (jobs.top_n.top_columns).
+modelled items as lists), multiplies the sparse rows by B or S (scipy), masks the
+purchases, keeps the top N per row (jobs.top_n.top_columns).
 
 Run: ``python -m jobs.ease --help`` or ``spark-submit jobs/ease.py --help``.
 """
@@ -42,7 +50,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy import sparse
 from scipy.linalg import lapack
@@ -57,6 +65,7 @@ log = logging.getLogger(__name__)
 
 ALGORITHM = "ease"
 VALUES = ("binary", "log_weight")
+METHODS = ("auto", "exact", "knn")
 # Upper bound on one block of scores (rows x modelled items): 64 MB of float32.
 BLOCK_SCORES = 1 << 24
 
@@ -65,8 +74,12 @@ BLOCK_SCORES = 1 << 24
 class EaseParams:
     l2: float = 400.0            # the ridge penalty lambda: larger, smoother, more popular
     value: str = "binary"        # X's entries: 1 per pair, or log1p of its decayed weight
-    max_items: int = 10_000      # items with the most users, modelled; the rest get no lists
+    max_items: int = 10_000      # exact: items with the most users, modelled; the rest get no lists
     min_item_users: int = 2      # an item needs this many users to be modelled
+    method: str = "auto"         # "exact" (the inverse), "knn" (pruned shrunk cosine), "auto": exact if it fits
+    neighbours: int = 100        # knn: each item's most similar items kept
+    shrink: float = 10.0         # knn: added to the cosine's denominator (rare pairs count less)
+    max_user_items: int = 200    # knn: each user's heaviest items in the co-occurrence self-join
     half_life_days: float = 30.0
     top_n: int = 200
     similar_top_n: int = 50
@@ -75,13 +88,17 @@ class EaseParams:
         "view": 1.0, "click": 1.0, "wishlist": 2.0, "add_to_cart": 4.0, "purchase": 8.0})
 
     def __post_init__(self):
-        for name in ("max_items", "min_item_users", "top_n", "similar_top_n"):
+        for name in ("max_items", "min_item_users", "top_n", "similar_top_n", "neighbours", "max_user_items"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
         if isinstance(self.l2, bool) or not (isinstance(self.l2, (int, float)) and self.l2 > 0
                                              and math.isfinite(self.l2)):
             raise ValueError(f"l2 must be a finite number > 0, got {self.l2!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if isinstance(self.shrink, bool) or not (isinstance(self.shrink, (int, float)) and self.shrink >= 0):
+            raise ValueError(f"shrink must be a number >= 0, got {self.shrink!r}")
         if self.value not in VALUES:
             raise ValueError(f"value must be one of {', '.join(VALUES)}, got {self.value!r}")
         if not isinstance(self.exclude_purchased, bool):
@@ -132,22 +149,72 @@ def best_of_rows(subjects: np.ndarray, scores: np.ndarray, excluded: tuple[np.nd
     return ranked_lists_batch(subjects, columns, values, item_ids)
 
 
+def as_scores(block) -> np.ndarray:
+    """A block of scores or weights as a float32 array. A sparse one (knn's) is expanded
+    and its zeros, where no neighbour said anything, become -inf: never listed."""
+    if not sparse.issparse(block):
+        return np.asarray(block, dtype=np.float32)
+    scores = block.toarray().astype(np.float32)
+    scores[scores == 0] = -np.inf
+    return scores
+
+
 @dataclass(frozen=True)
 class EaseModel:
-    """B on the driver: ``weights[i, j]`` links item ``ids[i]`` to item ``ids[j]``; ids ascending."""
-    ids: np.ndarray      # int64, (n,)
-    weights: np.ndarray  # float32, (n, n)
+    """B (or S) on the driver: ``weights[i, j]`` links item ``ids[i]`` to item ``ids[j]``; ids ascending."""
+    ids: np.ndarray                               # int64, (n,)
+    weights: np.ndarray | sparse.csr_matrix       # float32, (n, n): dense B, or knn's pruned S
 
 
 # --- Spark: data in, lists out ----------------------------------------------
 
-def modelled_items(pairs: DataFrame, params: EaseParams) -> np.ndarray:
-    """The ids (ascending) of the ``max_items`` products with the most users, each with at
-    least ``min_item_users``; ties to the smaller id."""
+def modelled_items(pairs: DataFrame, params: EaseParams, limit: int | None) -> np.ndarray:
+    """The ids (ascending) of the products with at least ``min_item_users`` users, the
+    ``limit`` with the most when given; ties to the smaller id."""
     counts = (pairs.groupBy("product_id").agg(F.count("*").alias("users"))
               .where(F.col("users") >= params.min_item_users)
-              .orderBy(F.col("users").desc(), "product_id").limit(params.max_items))
+              .orderBy(F.col("users").desc(), "product_id"))
+    if limit is not None:
+        counts = counts.limit(limit)
     return np.sort(counts.select("product_id").toArrow().column(0).to_numpy())
+
+
+def knn_neighbours(pairs: DataFrame, params: EaseParams) -> DataFrame:
+    """``(i, j, similarity)``: for each product i of ``pairs``, its ``neighbours`` others
+    j by shrunk cosine over the users' co-occurrences (ties: smaller j)."""
+    heaviest = Window.partitionBy("user_id").orderBy(F.col("value").desc(), "product_id")
+    kept = (pairs.withColumn("_n", F.row_number().over(heaviest)).where(F.col("_n") <= params.max_user_items)
+            .select("user_id", "product_id", F.col("value").cast("double").alias("value")))
+    left = kept.select("user_id", F.col("product_id").alias("i"), F.col("value").alias("vi"))
+    right = kept.select("user_id", F.col("product_id").alias("j"), F.col("value").alias("vj"))
+    together = (left.join(right, "user_id").where(F.col("i") != F.col("j"))
+                .groupBy("i", "j").agg(F.sum(F.col("vi") * F.col("vj")).alias("c")))
+    norms = kept.groupBy("product_id").agg(F.sum(F.col("value") * F.col("value")).alias("n"))
+    similarity = (together
+                  .join(F.broadcast(norms.select(F.col("product_id").alias("i"), F.col("n").alias("ni"))), "i")
+                  .join(F.broadcast(norms.select(F.col("product_id").alias("j"), F.col("n").alias("nj"))), "j")
+                  .select("i", "j", (F.col("c") / (F.sqrt(F.col("ni") * F.col("nj")) + F.lit(float(params.shrink))))
+                          .alias("similarity")))
+    best = Window.partitionBy("i").orderBy(F.col("similarity").desc(), "j")
+    return (similarity.withColumn("_n", F.row_number().over(best)).where(F.col("_n") <= params.neighbours)
+            .drop("_n"))
+
+
+def knn_weights(neighbours: pa.Table, ids: np.ndarray) -> sparse.csr_matrix:
+    """S (float32 CSR, items x items in ``ids``' order) from ``(i, j, similarity)`` rows."""
+    rows = np.searchsorted(ids, neighbours.column("i").to_numpy())
+    columns = np.searchsorted(ids, neighbours.column("j").to_numpy())
+    values = neighbours.column("similarity").to_numpy().astype(np.float32)
+    return sparse.csr_matrix((values, (rows, columns)), shape=(len(ids), len(ids)))
+
+
+def chosen_method(pairs: DataFrame, params: EaseParams) -> str:
+    """``exact`` or ``knn``: ``auto`` takes exact while the items worth modelling fit in ``max_items``."""
+    if params.method != "auto":
+        return params.method
+    enough = (pairs.groupBy("product_id").count().where(F.col("count") >= params.min_item_users)
+              .limit(params.max_items + 1).count())
+    return "exact" if enough <= params.max_items else "knn"
 
 
 def interaction_pairs(rows: DataFrame, as_of: datetime, params: EaseParams) -> DataFrame:
@@ -160,12 +227,18 @@ def interaction_pairs(rows: DataFrame, as_of: datetime, params: EaseParams) -> D
 def fit(pairs: DataFrame, params: EaseParams) -> tuple[EaseModel, DataFrame]:
     """The model, and ``(product_id, item)``: each modelled product's row in it."""
     spark = pairs.sparkSession
-    with _timed("modelled items chosen"):
-        ids = modelled_items(pairs, params)
+    method = chosen_method(pairs, params)
+    with _timed(f"modelled items chosen ({method})"):
+        ids = modelled_items(pairs, params, params.max_items if method == "exact" else None)
     if not len(ids):
         raise ValueError(f"no product has {params.min_item_users} or more users: nothing for EASE to model")
     index = spark.createDataFrame(pa.table({"product_id": pa.array(ids, pa.int64()),
                                             "item": pa.array(np.arange(len(ids), dtype=np.int32))}))
+    if method == "knn":
+        with _timed(f"knn S for {len(ids)} items ({params.neighbours} neighbours, shrink {params.shrink:g})"):
+            modelled = pairs.join(F.broadcast(index.select("product_id")), "product_id")
+            weights = knn_weights(knn_neighbours(modelled, params).toArrow(), ids)
+        return EaseModel(ids=ids.astype(np.int64), weights=weights), index
     with _timed("interactions of the modelled items collected"):
         table = (pairs.join(F.broadcast(index), "product_id").select("user_id", "item", "value")
                  .toArrow())
@@ -204,7 +277,7 @@ def user_recommendations(pairs: DataFrame, purchased: DataFrame, index: DataFram
             for start in range(0, batch.num_rows, per_block):
                 block = batch.slice(start, per_block)
                 matrix = rows_matrix(*_flat(block.column(1)), _flat(block.column(2))[1], len(block), len(ids))
-                scores = np.asarray(matrix @ weights, dtype=np.float32)
+                scores = as_scores(matrix @ weights)
                 yield best_of_rows(block.column(0).to_numpy(), scores, _flat(block.column(3)), ids, k)
 
     return rows.mapInArrow(recommend, LISTS_SCHEMA)
@@ -226,7 +299,7 @@ def similar_products(spark: SparkSession, model: EaseModel, params: EaseParams) 
             for start in range(0, len(rows), per_block):
                 block = rows[start:start + per_block]
                 self_pairs = (np.arange(len(block)), block)  # the product itself is not its neighbour
-                yield best_of_rows(ids[block], weights[block], self_pairs, ids, k)
+                yield best_of_rows(ids[block], as_scores(weights[block]), self_pairs, ids, k)
 
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(n / 5_000))
     return spark.range(0, n, numPartitions=parts).mapInArrow(similar, LISTS_SCHEMA)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
+from jobs import ease
 from jobs.ease import EaseParams, ease_candidates, ease_weights, interaction_pairs
 from schemas.settings import load_conf
 from tests.candidate_contract import assert_candidates_contract
@@ -83,11 +84,11 @@ class TestOnTasteGroups:
             assert max(left_out) <= got["scores"][-1] + 1e-5, user
 
     def test_only_the_items_with_most_users_are_modelled(self, interactions):
-        """max_items = 4: lists name only the 4 products with the most users, the rest get none."""
+        """exact with max_items = 4: lists name only the 4 products with the most users, the rest get none."""
         pairs = interaction_pairs(interactions, AS_OF, PARAMS).groupBy("product_id").count().collect()
         by_users = sorted(pairs, key=lambda r: (-r["count"], r["product_id"]))
         kept = {r["product_id"] for r in by_users[:4]}
-        rows = ease_candidates(interactions, AS_OF, replace(PARAMS, max_items=4)).collect()
+        rows = ease_candidates(interactions, AS_OF, replace(PARAMS, max_items=4, method="exact")).collect()
         assert {int(r["subject_id"]) for r in rows if r["subject_kind"] == "product"} == kept
         assert {p for r in rows for p in r["product_ids"]} <= kept
 
@@ -110,6 +111,61 @@ class TestOnTasteGroups:
             ease_candidates(lone, AS_OF, PARAMS)
 
 
+KNN = replace(PARAMS, method="knn", neighbours=4, shrink=2.0)
+
+
+def shrunk_cosine(x: np.ndarray, shrink: float, neighbours: int) -> np.ndarray:
+    """The knn weights by hand: co-occurrences over the root of the items' squared norms plus
+    ``shrink``, no self-similarity, each row's ``neighbours`` best kept (ties: smaller column)."""
+    together = x.T @ x
+    norms = np.diag(together).copy()
+    similarity = together / (np.sqrt(np.outer(norms, norms)) + shrink)
+    np.fill_diagonal(similarity, 0.0)
+    kept = np.zeros_like(similarity)
+    for i, row in enumerate(similarity):
+        best = np.lexsort((np.arange(len(row)), -row))[:neighbours]
+        kept[i, best] = row[best]
+    return kept
+
+
+@pytest.mark.spark
+class TestKnn:
+    """The scalable variant: Spark's pruned shrunk cosine, scored as B is."""
+
+    @pytest.fixture(scope="class")
+    def knn_lists(self, interactions):
+        rows = assert_candidates_contract(ease_candidates(interactions, AS_OF, KNN))
+        return {(r["subject_kind"], int(r["subject_id"])): r for r in rows}
+
+    def test_weights_are_the_pruned_shrunk_cosine(self, interactions):
+        pairs = interaction_pairs(interactions, AS_OF, KNN)
+        model, _ = ease.fit(pairs, KNN)
+        users = sorted({r["user_id"] for r in pairs.collect()})
+        x = np.zeros((len(users), len(model.ids)))
+        for r in pairs.collect():
+            x[users.index(r["user_id"]), np.searchsorted(model.ids, r["product_id"])] = r["value"]
+        assert sparse.issparse(model.weights) and model.weights.getnnz(axis=1).max() == KNN.neighbours
+        np.testing.assert_allclose(model.weights.toarray(), shrunk_cosine(x, KNN.shrink, KNN.neighbours), atol=1e-5)
+
+    def test_users_and_products_get_their_own_groups(self, knn_lists):
+        users = {s: list(r["product_ids"]) for (k, s), r in knn_lists.items() if k == "user"}
+        assert sorted(users) == [U + u for u in range(1, 21)]
+        assert all(group_of_product(p) == group_of_user(u) for u, ids in users.items() for p in ids[:3]), users
+        assert not [(u, p) for u, ids in users.items() for p in ids if (u, p) in BOUGHT]
+        similar = {s: list(r["product_ids"]) for (k, s), r in knn_lists.items() if k == "product"}
+        assert set(similar) == ALL_PRODUCTS and not [s for s, ids in similar.items() if s in ids]
+        assert all(len(ids) <= KNN.neighbours for ids in similar.values())
+        assert all(group_of_product(p) == group_of_product(s) for s, ids in similar.items() for p in ids[:2])
+
+    def test_auto_takes_exact_while_the_items_fit_and_knn_past_that(self, interactions):
+        pairs = interaction_pairs(interactions, AS_OF, PARAMS)
+        assert ease.chosen_method(pairs, PARAMS) == "exact"
+        assert ease.chosen_method(pairs, replace(PARAMS, max_items=4)) == "knn"
+        assert ease.chosen_method(pairs, replace(PARAMS, method="knn")) == "knn"
+        model, _ = ease.fit(pairs, replace(PARAMS, max_items=4, neighbours=3))
+        assert len(model.ids) == len(ALL_PRODUCTS) and sparse.issparse(model.weights)  # every item modelled
+
+
 def test_conf_ease_section_is_valid():
     params = EaseParams(**load_conf("jobs")["ease"])
     assert params.l2 > 0 and params.event_weights
@@ -118,7 +174,8 @@ def test_conf_ease_section_is_valid():
 @pytest.mark.parametrize("bad", [
     {"l2": 0}, {"l2": -1.0}, {"l2": float("nan")}, {"l2": True}, {"max_items": 0}, {"min_item_users": 0},
     {"top_n": 2.5}, {"value": "counts"}, {"exclude_purchased": "yes"}, {"half_life_days": 0},
-    {"event_weights": {"like": 1.0}}, {"event_weights": {"view": 0.0}},
+    {"event_weights": {"like": 1.0}}, {"event_weights": {"view": 0.0}}, {"method": "sansa"}, {"neighbours": 0},
+    {"shrink": -1.0}, {"max_user_items": 0},
 ])
 def test_params_reject_bad_values(bad):
     with pytest.raises(ValueError):
