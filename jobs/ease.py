@@ -168,15 +168,21 @@ class EaseModel:
 
 # --- Spark: data in, lists out ----------------------------------------------
 
-def modelled_items(pairs: DataFrame, params: EaseParams, limit: int | None) -> np.ndarray:
-    """The ids (ascending) of the products with at least ``min_item_users`` users, the
-    ``limit`` with the most when given; ties to the smaller id."""
+def worth_modelling(pairs: DataFrame, params: EaseParams) -> np.ndarray:
+    """The ids of the products with at least ``min_item_users`` users, most users first
+    (ties: smaller id)."""
     counts = (pairs.groupBy("product_id").agg(F.count("*").alias("users"))
               .where(F.col("users") >= params.min_item_users)
               .orderBy(F.col("users").desc(), "product_id"))
-    if limit is not None:
-        counts = counts.limit(limit)
-    return np.sort(counts.select("product_id").toArrow().column(0).to_numpy())
+    return counts.select("product_id").toArrow().column(0).to_numpy()
+
+
+def chosen_method(candidates: int, params: EaseParams) -> str:
+    """``exact`` or ``knn`` for ``candidates`` products worth modelling: ``auto`` takes
+    exact while they fit in ``max_items``."""
+    if params.method != "auto":
+        return params.method
+    return "exact" if candidates <= params.max_items else "knn"
 
 
 def knn_neighbours(pairs: DataFrame, params: EaseParams) -> DataFrame:
@@ -208,14 +214,6 @@ def knn_weights(neighbours: pa.Table, ids: np.ndarray) -> sparse.csr_matrix:
     return sparse.csr_matrix((values, (rows, columns)), shape=(len(ids), len(ids)))
 
 
-def chosen_method(pairs: DataFrame, params: EaseParams) -> str:
-    """``exact`` or ``knn``: ``auto`` takes exact while the items worth modelling fit in ``max_items``."""
-    if params.method != "auto":
-        return params.method
-    enough = (pairs.groupBy("product_id").count().where(F.col("count") >= params.min_item_users)
-              .limit(params.max_items + 1).count())
-    return "exact" if enough <= params.max_items else "knn"
-
 
 def interaction_pairs(rows: DataFrame, as_of: datetime, params: EaseParams) -> DataFrame:
     """``(user_id, product_id, value)``: one row per pair with a positive decayed weight."""
@@ -227,9 +225,12 @@ def interaction_pairs(rows: DataFrame, as_of: datetime, params: EaseParams) -> D
 def fit(pairs: DataFrame, params: EaseParams) -> tuple[EaseModel, DataFrame]:
     """The model, and ``(product_id, item)``: each modelled product's row in it."""
     spark = pairs.sparkSession
-    method = chosen_method(pairs, params)
-    with _timed(f"modelled items chosen ({method})"):
-        ids = modelled_items(pairs, params, params.max_items if method == "exact" else None)
+    with _timed("modelled items chosen"):
+        candidates = worth_modelling(pairs, params)
+    method = chosen_method(len(candidates), params)
+    # exact: the max_items with the most users; knn: all of them. Ascending: B's order.
+    ids = np.sort(candidates[:params.max_items] if method == "exact" else candidates)
+    log.info("ease: %s method over %d of %d products worth modelling", method, len(ids), len(candidates))
     if not len(ids):
         raise ValueError(f"no product has {params.min_item_users} or more users: nothing for EASE to model")
     index = spark.createDataFrame(pa.table({"product_id": pa.array(ids, pa.int64()),

@@ -159,9 +159,10 @@ class TestKnn:
 
     def test_auto_takes_exact_while_the_items_fit_and_knn_past_that(self, interactions):
         pairs = interaction_pairs(interactions, AS_OF, PARAMS)
-        assert ease.chosen_method(pairs, PARAMS) == "exact"
-        assert ease.chosen_method(pairs, replace(PARAMS, max_items=4)) == "knn"
-        assert ease.chosen_method(pairs, replace(PARAMS, method="knn")) == "knn"
+        candidates = len(ease.worth_modelling(pairs, PARAMS))
+        assert ease.chosen_method(candidates, PARAMS) == "exact"
+        assert ease.chosen_method(candidates, replace(PARAMS, max_items=4)) == "knn"
+        assert ease.chosen_method(candidates, replace(PARAMS, method="knn")) == "knn"
         model, _ = ease.fit(pairs, replace(PARAMS, max_items=4, neighbours=3))
         assert len(model.ids) == len(ALL_PRODUCTS) and sparse.issparse(model.weights)  # every item modelled
 

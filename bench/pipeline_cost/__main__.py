@@ -89,7 +89,7 @@ def ratios(runs: dict) -> dict[str, float]:
     retrains once every ``retrain_days``."""
     base = runs["without"]["seconds"]
     nights = night_seconds(runs["all"])
-    retrain_days = max(1.0, float(load_conf("jobs")["ranked"]["retrain_days"]) or 1.0)
+    retrain_days = max(1.0, float(load_conf("jobs")["ranked"]["retrain_days"]))  # 0: every night trains
     week = (nights["training"] + (retrain_days - 1) * nights["reusing"]) / retrain_days
     return {"training": nights["training"] / base, "reusing": nights["reusing"] / base, "mean": week / base,
             "retrain_days": retrain_days}
