@@ -8,6 +8,8 @@ Arrow skips the JVM's row-to-Arrow conversion of every list element, which took
 most of the build before. Memory is bounded by ``[snapshot] read_budget_mb``: a
 partition larger than that decoded is read in key ranges, in several passes.
 ``user_segments`` is optional (a pipeline that never ran popularity has none).
+With a data dir on an object store, the snapshot is built in a local temporary
+folder (LMDB needs a local file) and uploaded, CURRENT last.
 
 Run: ``python -m jobs.build_snapshot --help`` or ``spark-submit jobs/build_snapshot.py --help``.
 """
@@ -16,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 import pyarrow.compute as pc
@@ -27,9 +31,10 @@ from schemas.settings import load_conf
 from schemas.snapshot import PRODUCTS_DB, USERS_DB, Manifest, recs_db_name
 
 from jobs.candidates import params_digest
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import configure_logging, data_paths, job_parser, resolve_as_of
 from jobs.delta_files import PinnedTable, column_array, pin, read_columns, read_in_ranges
 from jobs.paths import DataPaths
+from jobs.publish_snapshot import ObjectStoreTarget
 from jobs.snapshot_packing import Records, numeric_subject_keys, product_records, ranked_list_records, user_records
 from jobs.snapshot_writer import SnapshotWriter, new_version, publish, remove_abandoned_builds
 from jobs.spark_session import get_spark
@@ -103,11 +108,6 @@ def build_snapshot(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     if users is not None:
         delta_versions["user_segments"] = users.version
     version = version or new_version()
-    root = paths.snapshots
-    root.mkdir(parents=True, exist_ok=True)
-    for leftover in remove_abandoned_builds(root):
-        log.warning("removed abandoned build folder %s", leftover)
-
     manifest = Manifest(
         version=version, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         as_of=as_of.isoformat(), delta_versions=delta_versions,
@@ -118,7 +118,31 @@ def build_snapshot(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     databases = [candidate_databases(candidates, budget), product_databases(products)]
     if users is not None:
         databases.append(user_databases(users))
-    written = 0
+    if paths.snapshots.is_local:
+        root = paths.snapshots.local_path
+        write_snapshot(root, manifest, databases, settings, started)
+        if do_publish:
+            publish(root, version, settings["keep_versions"])
+        return manifest
+    # LMDB writes a local file: build here, then upload to the data dir's snapshots
+    # folder the way publish_snapshot ships to an object store (files, manifest, CURRENT).
+    with tempfile.TemporaryDirectory(prefix="recsys-build-") as tmp:
+        write_snapshot(Path(tmp), manifest, databases, settings, started)
+        target = ObjectStoreTarget(paths.snapshots)
+        target.upload(Path(tmp) / version, version)
+    if do_publish:
+        target.point_current_at(version)
+        target.prune(settings["keep_versions"])
+    log.info("snapshot %s uploaded to %s", version, paths.snapshots / version)
+    return manifest
+
+
+def write_snapshot(root: Path, manifest: Manifest, databases: list, settings: dict, started: float) -> Path:
+    """The LMDB snapshot ``root/<manifest.version>/`` from ``databases``' sorted records."""
+    root.mkdir(parents=True, exist_ok=True)
+    for leftover in remove_abandoned_builds(root):
+        log.warning("removed abandoned build folder %s", leftover)
+    version, written = manifest.version, 0
     with SnapshotWriter(root, version, int(settings["map_size_gb"] * (1 << 30))) as writer:
         for source in databases:
             for db, records in source:
@@ -129,9 +153,7 @@ def build_snapshot(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
         final = writer.finish(manifest)
     log.info("snapshot %s built in %s: %d records, %.1f MB, %.1f s", version, final, written,
              manifest.files["data.mdb"]["bytes"] / 1e6, time.monotonic() - started)
-    if do_publish:
-        publish(root, version, settings["keep_versions"])
-    return manifest
+    return final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
+    paths = data_paths(settings, args.data_dir)
     spark = get_spark("recsys-build-snapshot")
     manifest = build_snapshot(spark, paths, resolve_as_of(args.as_of), settings["snapshot"],
                               args.version, do_publish=not args.no_publish)

@@ -37,6 +37,22 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def data_paths(settings: dict, override: str | None):
+    """The run's ``DataPaths`` (--data-dir, else conf), checked before any work: a store
+    that cannot be reached stops the job at once, in one line naming the URL and why."""
+    from schemas.storage import StorageError, check_reachable
+
+    from jobs.paths import DataPaths
+
+    paths = DataPaths.from_settings(settings, override)
+    try:
+        check_reachable(paths.root)
+    except StorageError as exc:
+        logging.getLogger("jobs").error("%s", exc)
+        raise SystemExit(f"error: {exc}") from None
+    return paths
+
+
 def resolve_as_of(as_of: datetime | None) -> datetime:
     return as_of or datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -55,14 +71,13 @@ def run_algorithm_job(argv: list[str] | None, description: str, algorithm: str, 
 
     from schemas.settings import load_conf
 
-    from jobs.paths import DataPaths
     from jobs.spark_session import get_spark
     from jobs.tuned import with_tuned
 
     args = job_parser(description).parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
+    paths = data_paths(settings, args.data_dir)
     settings = with_tuned(settings, paths.root)
     spark = get_spark(f"recsys-{algorithm}")
     result = run(spark, paths, resolve_as_of(args.as_of), params_from_settings(settings[section]))

@@ -59,10 +59,11 @@ from pyspark.sql import functions as F
 
 from schemas.fields import spark_schema
 from schemas.settings import load_conf
+from schemas.storage import Location, staged_locally
 from schemas.tables import EVALUATIONS
 
 from jobs import ranked
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import configure_logging, data_paths, job_parser, resolve_as_of
 from jobs.delta_tables import ensure_table
 from jobs.evaluation_report import write_report
 from jobs.generators import generator_lists, materialised
@@ -215,7 +216,7 @@ def user_segments(train: DataFrame, users: DataFrame, params: EvaluationParams) 
 def train_all(train: DataFrame, products: DataFrame, train_until: datetime, settings: dict,
               algorithms: tuple[str, ...], for_users: DataFrame | None = None,
               profiles: DataFrame | None = None,
-              ranker_dir: Path | None = None) -> tuple[DataFrame, ranked.RankerModel | None]:
+              ranker_dir: Location | None = None) -> tuple[DataFrame, ranked.RankerModel | None]:
     """User lists (and the global popular list) of every algorithm, trained on ``train`` only
     (``jobs.generators``; ``for_users`` as there), and the ranker when ``ranked`` is one:
     it learns inside ``train`` too, its labels being the last ``label_days`` of it.
@@ -278,7 +279,7 @@ class Evaluated(NamedTuple):
 
 def evaluate(spark: SparkSession, rows: DataFrame, products: DataFrame, as_of: datetime, settings: dict,
              params: EvaluationParams, run_id: str, profiles: DataFrame | None = None,
-             ranker_dir: Path | None = None) -> Evaluated:
+             ranker_dir: Location | None = None) -> Evaluated:
     """Evaluation rows, policy and ranker for one run (``ranker_dir`` as in ``train_all``,
     used on the temporal split only)."""
     split = prepare_split(rows, as_of, params)
@@ -340,9 +341,12 @@ def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
                                      run_id, profiles=read_profiles(spark, paths), ranker_dir=paths.root / RANKER_DIR)
     write_evaluations(spark, paths, frame, run_id)
     write_json_atomically(paths.root / POLICY_FILE, policy)
-    report = write_report(frame.toPandas(), paths.root / REPORT_DIR, trials=tuning_trials(paths.root),
-                          notes=report_notes(params, settings),
-                          importance=ranker.importance() if ranker is not None else None)
+    report_dir = paths.root / REPORT_DIR
+    with staged_locally(report_dir) as local_dir:
+        written = write_report(frame.toPandas(), local_dir, trials=tuning_trials(paths.root),
+                               notes=report_notes(params, settings),
+                               importance=ranker.importance() if ranker is not None else None)
+    report = report_dir / written.name
     log.info("evaluation %s written; best per segment: %s; report: %s", run_id, policy["best"], report)
     return policy
 
@@ -391,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
+    paths = data_paths(settings, args.data_dir)
     settings = with_tuned(settings, paths.root)  # evaluate what the next nightly will run
     params = params_from_settings(settings["evaluation"], split=args.split, holdout_days=args.holdout_days,
                                   ks=args.ks, min_interactions=args.min_interactions,

@@ -40,7 +40,7 @@ from schemas.tables import (
     PROFILES_STORED, REJECTED,
 )
 
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import configure_logging, data_paths, job_parser, resolve_as_of
 from jobs.delta_tables import ensure_table, idempotent_write
 from jobs.landing import FORMATS, has_files, read_stream
 from jobs.paths import DataPaths
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
+    paths = data_paths(settings, args.data_dir)
     spark = get_spark("recsys-ingest")
     results = run_ingest(spark, paths, resolve_as_of(args.as_of), settings["ingest"], args.tables)
     print(json.dumps({name: asdict(c) for name, c in results.items()}))

@@ -12,13 +12,12 @@ The ``parse_*`` functions are the pure transforms; ``read_stream`` is the I/O ed
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from schemas.fields import Table
+from schemas.storage import Location
 
 from jobs.validation import MALFORMED, RAW, SOURCE_FILE
 
@@ -94,14 +93,14 @@ def parquet_as_strings(rows: DataFrame, table: Table) -> DataFrame:
                        F.lit(None).cast("string").alias(MALFORMED))
 
 
-def has_files(folder: Path, fmt: str) -> bool:
+def has_files(folder: Location, fmt: str) -> bool:
     pattern = FORMATS[fmt]
     suffixes = pattern[pattern.index("{") + 1:-1].split(",") if "{" in pattern else [pattern[2:]]
-    return folder.is_dir() and any(
-        p.suffix.lstrip(".") in suffixes and not p.name.startswith((".", "_")) for p in folder.iterdir())
+    return any(name.rpartition(".")[2] in suffixes and not name.startswith((".", "_"))
+               for name in Location.of(folder).children())
 
 
-def read_stream(spark: SparkSession, folder: Path, table: Table, fmt: str,
+def read_stream(spark: SparkSession, folder: Location, table: Table, fmt: str,
                 max_files_per_trigger: int, max_line_bytes: int) -> DataFrame:
     """A streaming DataFrame over ``folder``'s files of format ``fmt``, parsed for validation."""
     reader = (spark.readStream.option("pathGlobFilter", FORMATS[fmt])

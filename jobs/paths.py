@@ -1,40 +1,49 @@
-"""Where the landing zone, Delta tables, stream checkpoints and snapshots live."""
+"""Where the landing zone, Delta tables, stream checkpoints and snapshots live.
+
+The data dir is a local path or a URL (``s3a://bucket/recsys``, ``hdfs://…``,
+``file://…``): every location here is a ``schemas.storage.Location``, whose ``str()``
+Spark takes as it is and whose methods do the driver's own reads and writes.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
-from schemas.settings import data_dir
+from schemas.settings import data_dir_setting
+from schemas.storage import Location
 
 
 @dataclass(frozen=True)
 class DataPaths:
-    root: Path
+    root: Location
+
+    def __init__(self, root: "str | os.PathLike | Location"):
+        object.__setattr__(self, "root", Location.of(root))
 
     @classmethod
-    def from_settings(cls, settings: Mapping, override: str | Path | None = None) -> "DataPaths":
-        return cls(Path(override) if override else data_dir(settings))
+    def from_settings(cls, settings: Mapping, override: "str | os.PathLike | None" = None) -> "DataPaths":
+        return cls(override or data_dir_setting(settings))
 
     @property
-    def landing(self) -> Path:
+    def landing(self) -> Location:
         return self.root / "landing"
 
     @property
-    def lake(self) -> Path:
+    def lake(self) -> Location:
         return self.root / "lake"
 
     @property
-    def checkpoints(self) -> Path:
+    def checkpoints(self) -> Location:
         return self.root / "checkpoints"
 
     @property
-    def snapshots(self) -> Path:
+    def snapshots(self) -> Location:
         return self.root / "snapshots"
 
-    def landing_for(self, table: str) -> Path:
+    def landing_for(self, table: str) -> Location:
         return self.landing / table
 
     def table(self, name: str) -> str:
-        """Path of a Delta table, as the string Spark wants."""
-        return str((self.lake / name).resolve())
+        """Location of a Delta table, as the string Spark wants."""
+        return str(self.lake / name)

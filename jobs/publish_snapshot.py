@@ -8,11 +8,12 @@ snapshot folder, ``[publish] target`` in ``conf/jobs.toml``:
   files are copied into ``.incoming-<version>/``, fsynced and verified (manifest and
   SHA-256), the folder is renamed to ``<version>/``, and only then ``CURRENT`` is
   replaced by rename. A server never sees a half-copied version.
-- an object-store URL (``s3://bucket/prefix``, ``gs://…``, any fsspec protocol; needs
-  ``fsspec`` and the store's driver, e.g. ``s3fs``, in the jobs' environment): the data
+- an object-store URL (``s3a://bucket/prefix`` or ``s3://``, reached as
+  ``conf/storage.toml`` says; other schemes pyarrow has a filesystem for): the data
   file is uploaded first, the manifest after it, each checked by size, and the
-  ``CURRENT`` object last (a PUT replaces an object atomically). Lookup hosts pull
-  ``CURRENT``, then the version it names, into their local snapshot folder.
+  ``CURRENT`` object last (a PUT replaces an object atomically). Each lookup host's
+  ``python -m lookup_server.sync`` pulls ``CURRENT``, then the version it names, into
+  its local snapshot folder.
 
 Re-publishing a version that is already at the target (a re-run of the same
 interval) verifies it and points ``CURRENT`` at it again; ``--version`` publishes an
@@ -29,17 +30,20 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
+import pyarrow.fs as pafs
+
 from schemas.settings import load_conf
+from schemas.storage import Location
 from schemas.snapshot import (
     CURRENT_POINTER, DATA_FILE, MANIFEST_FILE, Manifest, SnapshotFormatError, fsync_dir, read_current_version,
     verify_snapshot_dir,
 )
 
-from jobs.cli import configure_logging, job_parser, parse_as_of
-from jobs.paths import DataPaths
+from jobs.cli import configure_logging, data_paths, job_parser, parse_as_of
 
 log = logging.getLogger(__name__)
 
@@ -147,75 +151,81 @@ class LocalFolderTarget:
 
 
 class ObjectStoreTarget:
-    """A prefix in an object store, written through fsspec (imported only when used)."""
+    """A prefix in an object store (``s3a://``/``s3://`` as conf/storage.toml sets it up,
+    or any URL pyarrow has a filesystem for), written through pyarrow."""
 
-    def __init__(self, url: str):
-        try:
-            import fsspec
-        except ImportError as exc:
-            raise RuntimeError(f"publishing to {url} needs fsspec and the store's driver (e.g. s3fs) "
-                               "in the jobs' environment") from exc
-        self.fs, root = fsspec.core.url_to_fs(url)
-        self.root = root.rstrip("/")
-        self.location = url
-
-    def _path(self, *parts: str) -> str:
-        return "/".join((self.root, *parts))
+    def __init__(self, root: Location):
+        self.root = root
+        self.location = str(root)
 
     def current(self) -> str | None:
         try:
-            return self.fs.cat_file(self._path(CURRENT_POINTER)).decode().strip() or None
+            return (self.root / CURRENT_POINTER).read_text().strip() or None
         except FileNotFoundError:
             return None
 
+    def _size(self, location: Location) -> int | None:
+        fs, path = location.filesystem()
+        return fs.get_file_info(path).size
+
     def has_valid(self, version: str) -> bool:
         try:
-            manifest = Manifest.from_json(self.fs.cat_file(self._path(version, MANIFEST_FILE)).decode())
-            return all(self.fs.size(self._path(version, name)) == meta["bytes"]
-                       for name, meta in manifest.files.items())
+            manifest = Manifest.from_json((self.root / version / MANIFEST_FILE).read_text())
         except (FileNotFoundError, SnapshotFormatError):
             return False
+        return all(self._size(self.root / version / name) == meta["bytes"] for name, meta in manifest.files.items())
 
     def upload(self, source: Path, version: str) -> None:
         manifest = verify_snapshot_dir(source, check_checksums=False)
-        self.fs.makedirs(self._path(version), exist_ok=True)  # a no-op on object stores; needed for file://
         for path in snapshot_files(source):  # the manifest last: a version without one is not complete
-            remote = self._path(version, path.name)
-            self.fs.put_file(str(path), remote)
+            remote = self.root / version / path.name
+            fs, remote_path = remote.filesystem()
+            pafs.copy_files(str(path), remote_path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
             expected = manifest.files.get(path.name, {}).get("bytes", path.stat().st_size)
-            if self.fs.size(remote) != expected:
-                raise OSError(f"{remote}: {self.fs.size(remote)} bytes after upload, expected {expected}")
+            if self._size(remote) != expected:
+                raise OSError(f"{remote}: {self._size(remote)} bytes after upload, expected {expected}")
 
     def point_current_at(self, version: str) -> None:
-        self.fs.pipe_file(self._path(CURRENT_POINTER), (version + "\n").encode())
+        (self.root / CURRENT_POINTER).write_text(version + "\n")  # one PUT: replaced whole
 
     def prune(self, keep_versions: int) -> list[str]:
-        versions = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)]
-        versions = [v for v in versions if not v.startswith(".") and v != CURRENT_POINTER
-                    and self.fs.exists(self._path(v, MANIFEST_FILE))]
+        versions = [v for v in self.root.children() if not v.startswith(".") and v != CURRENT_POINTER
+                    and (self.root / v / MANIFEST_FILE).exists()]
         keep = _newest(versions, self.current(), keep_versions)
         removed = sorted(v for v in versions if v not in keep)
         for version in removed:
-            self.fs.rm(self._path(version), recursive=True)
+            (self.root / version).remove_tree()
         return removed
 
 
-def open_target(target: str, data_dir: Path) -> SnapshotTarget:
-    """An object store for ``scheme://…`` (``file://`` too, through fsspec), else a folder
-    (relative to ``data_dir`` unless absolute)."""
-    if "://" in target:
-        return ObjectStoreTarget(target)
-    path = Path(target)
-    return LocalFolderTarget(path if path.is_absolute() else data_dir / path)
+def open_target(target: str | Location, data_dir: Location) -> SnapshotTarget:
+    """A folder for a path or ``file://`` (relative to ``data_dir`` unless absolute), else an object store."""
+    location = Location.of(target, base=Location.of(data_dir))
+    return LocalFolderTarget(location.local_path) if location.is_local else ObjectStoreTarget(location)
 
 
-def publish_snapshot(built: Path, target: SnapshotTarget, version: str | None = None,
+def publish_snapshot(built: "Path | Location", target: SnapshotTarget, version: str | None = None,
                      keep_versions: int = 3) -> dict:
     """Ship ``built/<version>`` (default: the one ``built/CURRENT`` names) to ``target``
     and point the target's CURRENT at it; return what happened."""
+    built = Location.of(built)
+    if built.is_local:
+        return _publish_local(built.local_path, target, version, keep_versions)
+    # Builds on an object store (an s3a:// data dir) come here first, to be verified whole.
+    version = version or ObjectStoreTarget(built).current()
+    if not version:
+        raise NothingToPublishError(f"nothing to publish: {built} has no {CURRENT_POINTER} (run build_snapshot first)")
+    with tempfile.TemporaryDirectory(prefix="recsys-publish-") as tmp:
+        (built / version).download_dir(Path(tmp) / version)
+        return _publish_local(Path(tmp), target, version, keep_versions)
+
+
+def _publish_local(built: Path, target: SnapshotTarget, version: str | None, keep_versions: int) -> dict:
     version = version or read_current_version(built)
     if not version:
         raise NothingToPublishError(f"nothing to publish: {built} has no {CURRENT_POINTER} (run build_snapshot first)")
+    if not (built / version).is_dir():
+        raise NothingToPublishError(f"nothing to publish: no version {version} in {built}")
     manifest = verify_snapshot_dir(built / version)  # never ship a snapshot the servers would refuse
     previous = target.current()
     copied = not target.has_valid(version)
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
+    paths = data_paths(settings, args.data_dir)
     target = open_target(args.target or settings["publish"]["target"], paths.root)
     result = publish_snapshot(paths.snapshots, target, args.version, settings["publish"]["keep_versions"])
     if args.as_of is not None and parse_as_of(result["as_of"]) != args.as_of:

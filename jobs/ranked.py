@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -43,6 +44,8 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+
+from schemas.storage import Location
 
 from jobs.candidates import as_candidates, model_version, params_digest, replace_algorithm_candidates, top_n_lists
 from jobs.generators import GENERATORS, generator_lists
@@ -334,26 +337,26 @@ def check_features(model: RankerModel, spec: FeatureSpec) -> None:
 
 # --- the model on disk -------------------------------------------------------
 
-def save_model(model: RankerModel, models_dir: Path) -> Path:
+def save_model(model: RankerModel, models_dir: Location) -> Location:
     """``<models_dir>/<version>/model.txt`` (LightGBM's text format) and ``features.json``."""
-    folder = models_dir / model.version
-    folder.mkdir(parents=True, exist_ok=True)
-    model.booster.save_model(str(folder / MODEL_FILE))
+    folder = Location.of(models_dir) / model.version
+    (folder / MODEL_FILE).write_text(model.booster.model_to_string())
     described = {"version": model.version, "features": model.features, "categorical": model.categorical,
                  "vocabularies": model.vocabularies, "trained": model.trained, "importance_gain": model.importance()}
     (folder / FEATURES_FILE).write_text(json.dumps(described, indent=1))
     return folder
 
 
-def load_model(folder: Path) -> RankerModel:
+def load_model(folder: "str | os.PathLike | Location") -> RankerModel:
     """The model saved in ``folder``; RankerModelError with the reason if it cannot be used."""
+    folder = Location.of(folder)
     try:
         described = json.loads((folder / FEATURES_FILE).read_text())
         features, categorical = list(described["features"]), list(described["categorical"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RankerModelError(f"ranked model {folder}: {FEATURES_FILE} unreadable ({type(exc).__name__}: {exc})")
     try:
-        booster = lgb.Booster(model_file=str(folder / MODEL_FILE))
+        booster = lgb.Booster(model_str=(folder / MODEL_FILE).read_text())
     except (lgb.basic.LightGBMError, OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RankerModelError(f"ranked model {folder}: {MODEL_FILE} unreadable ({first_line})")
@@ -364,13 +367,18 @@ def load_model(folder: Path) -> RankerModel:
                        described.get("version", folder.name), described.get("trained", {}))
 
 
-def saved_models(models_dir: Path) -> list[Path]:
+def saved_models(models_dir: Location) -> list[Location]:
     """Saved model folders, the most recent first."""
-    folders = [p for p in models_dir.glob("*") if (p / MODEL_FILE).exists()] if models_dir.exists() else []
-    return sorted(folders, key=lambda p: (p / MODEL_FILE).stat().st_mtime, reverse=True)
+    models_dir = Location.of(models_dir)
+    saved = {}
+    for name in models_dir.children():
+        modified = (models_dir / name / MODEL_FILE).modified()
+        if modified is not None:
+            saved[models_dir / name] = modified
+    return sorted(saved, key=saved.get, reverse=True)
 
 
-def newest_model(models_dir: Path) -> Path:
+def newest_model(models_dir: Location) -> Location:
     """The most recently saved model folder (RankerModelError if none)."""
     folders = saved_models(models_dir)
     if not folders:
@@ -378,7 +386,7 @@ def newest_model(models_dir: Path) -> Path:
     return folders[0]
 
 
-def reusable_model(models_dir: Path, clock: datetime, params: RankedParams) -> RankerModel | None:
+def reusable_model(models_dir: Location, clock: datetime, params: RankedParams) -> RankerModel | None:
     """The newest model saved in ``models_dir`` that was trained on ``params``' settings
     at most ``retrain_days`` before ``clock`` (never after it: its labels must lie
     before what ``clock`` scores), or None. One that cannot be read is skipped, loudly."""
@@ -407,7 +415,7 @@ def reusable_model(models_dir: Path, clock: datetime, params: RankedParams) -> R
 
 
 def trained_or_reused(rows: DataFrame, products: DataFrame, profiles: DataFrame | None, clock: datetime,
-                      params: RankedParams, models_dir: Path | None) -> RankerModel:
+                      params: RankedParams, models_dir: Location | None) -> RankerModel:
     """A model young enough from ``models_dir``, else one trained now (and saved there)."""
     if models_dir is not None and (model := reusable_model(models_dir, clock, params)) is not None:
         return model
@@ -429,7 +437,7 @@ def params_from_settings(settings: dict) -> RankedParams:
 
 
 def run_ranked(spark: SparkSession, paths: DataPaths, as_of: datetime, params: RankedParams,
-               model_folder: Path | None = None) -> dict:
+               model_folder: Location | None = None) -> dict:
     """Train (or reuse, or load) the model, re-rank every user's stored generator lists, store the
     ranked ones; return the lists written per kind and the model's version."""
     model = None
@@ -456,7 +464,7 @@ def run_ranked(spark: SparkSession, paths: DataPaths, as_of: datetime, params: R
 def main(argv: list[str] | None = None) -> int:
     from schemas.settings import load_conf
 
-    from jobs.cli import configure_logging, job_parser, resolve_as_of
+    from jobs.cli import configure_logging, data_paths, job_parser, resolve_as_of
     from jobs.spark_session import get_spark
     from jobs.tuned import with_tuned
 
@@ -467,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="train a model even when a saved one is younger than [ranked] retrain_days")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    paths = DataPaths.from_settings(load_conf("jobs"), args.data_dir)
+    paths = data_paths(load_conf("jobs"), args.data_dir)
     settings = with_tuned(load_conf("jobs"), paths.root)
     params = params_from_settings(settings)
     if args.retrain:
@@ -475,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = None
         if args.model:
-            folder = newest_model(paths.root / MODELS_DIR) if args.model == "newest" else Path(args.model)
+            folder = newest_model(paths.root / MODELS_DIR) if args.model == "newest" else Location.of(args.model)
         result = run_ranked(get_spark(f"recsys-{ALGORITHM}"), paths, resolve_as_of(args.as_of), params, folder)
     except RankerModelError as exc:
         log.error("%s; the candidates table and the served snapshot are unchanged", exc)

@@ -31,7 +31,7 @@ from schemas.settings import load_conf
 
 from jobs import als, content, ease, evaluation, hybrid, popularity, ranked
 from jobs.build_snapshot import build_snapshot
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import configure_logging, data_paths, job_parser, resolve_as_of
 from jobs.ingest import run_ingest
 from jobs.paths import DataPaths
 from jobs.spark_session import get_spark
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")
-    paths = DataPaths.from_settings(settings, args.data_dir)
+    paths = data_paths(settings, args.data_dir)
     as_of = resolve_as_of(args.as_of)
     spark = get_spark("recsys-pipeline")
     summary: dict = {"as_of": as_of.isoformat()}

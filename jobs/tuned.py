@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
+
+from schemas.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -19,17 +22,14 @@ TUNED_FILE = Path("evaluation") / "tuned.json"
 TUNED_SECTIONS = ("als", "ease", "ranked", "hybrid")
 
 
-def write_json_atomically(path: Path, document: dict) -> None:
-    """Write ``document`` to ``path`` so that readers see the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, sort_keys=True))
-    tmp.replace(path)
+def write_json_atomically(path: "str | os.PathLike | Location", document: dict) -> None:
+    """Write ``document`` to ``path`` (a local path or a URL) so that readers see the old or the new file, whole."""
+    Location.of(path).write_text(json.dumps(document, indent=2, sort_keys=True))
 
 
-def read_tuned(root: Path) -> dict | None:
+def read_tuned(root: "str | os.PathLike | Location") -> dict | None:
     """The last tuning run's document under ``root``, or None if there is none or it is unreadable."""
-    path = Path(root) / TUNED_FILE
+    path = Location.of(root) / TUNED_FILE
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -39,7 +39,7 @@ def read_tuned(root: Path) -> dict | None:
         return None
 
 
-def with_tuned(settings: dict, root: Path) -> dict:
+def with_tuned(settings: dict, root: "str | os.PathLike | Location") -> dict:
     """``settings`` (conf/jobs.toml) with the tuned keys of TUNED_SECTIONS laid over it."""
     if not settings.get("tuning", {}).get("use_tuned", True):
         return settings

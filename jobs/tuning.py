@@ -52,10 +52,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from schemas.settings import load_conf
+from schemas.storage import staged_file
 
 from jobs import als, content, ease, hybrid, popularity, ranked
 from jobs.candidates import params_digest
-from jobs.cli import configure_logging, job_parser, resolve_as_of
+from jobs.cli import configure_logging, data_paths, job_parser, resolve_as_of
 from jobs.evaluation import EvaluationParams, PreparedSplit, evaluation_rows, prepare_split, split_rows, write_evaluations
 from jobs.evaluation import params_from_settings as evaluation_params
 from jobs.interactions import read_interactions, read_profiles
@@ -396,10 +397,9 @@ def run_tuning(spark: SparkSession, paths: DataPaths, as_of: datetime, settings:
     """Tune, record every trial in ``evaluations`` and write ``evaluation/tuned.json``."""
     run_id = f"tuning-{evaluation.split}-{as_of:%Y%m%dT%H%M%SZ}"
     products = spark.read.format("delta").load(paths.table("products"))
-    study_file = paths.root / STUDY_FILE
-    study_file.parent.mkdir(parents=True, exist_ok=True)
-    trials = tune(read_interactions(spark, paths), products, as_of, settings, evaluation, params,
-                  storage=f"sqlite:///{study_file}", profiles=read_profiles(spark, paths))
+    with staged_file(paths.root / STUDY_FILE) as study_file:  # SQLite needs a local file
+        trials = tune(read_interactions(spark, paths), products, as_of, settings, evaluation, params,
+                      storage=f"sqlite:///{study_file}", profiles=read_profiles(spark, paths))
     write_evaluations(spark, paths, evaluation_rows(spark, trial_rows(trials, run_id, as_of, evaluation.split)),
                       run_id)
     document = tuned_document(trials, run_id, as_of, params)
@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     settings = load_conf("jobs")  # plain conf: trial 0 is what conf says, not the last winner
-    paths = DataPaths.from_settings(settings, args.data_dir)
+    paths = data_paths(settings, args.data_dir)
     params = params_from_settings(settings["tuning"], budget_minutes=args.budget_minutes,
                                   max_trials=args.max_trials)
     spark = get_spark("recsys-tuning")

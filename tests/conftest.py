@@ -6,7 +6,7 @@ import os
 import pytest
 
 # The lookup server fixtures (app, client, make_app, snapshot_root) for every test module.
-pytest_plugins = ["tests.lookup_fixtures", "tests.redis_fixtures"]
+pytest_plugins = ["tests.lookup_fixtures", "tests.redis_fixtures", "tests.objectstore_fixtures"]
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

@@ -55,7 +55,7 @@ def open_db(path, name):
 def test_builds_publishes_and_reads_back(spark, lake):
     """Every list and product lands in its named database, readable with the documented layout."""
     manifest = build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
-    root = lake.snapshots
+    root = lake.snapshots.local_path
     assert read_current_version(root) == "v1"
     assert verify_snapshot_dir(root / "v1") == manifest
     assert manifest.databases == {"products": 3, "recs/category/popular": 1,
@@ -86,7 +86,7 @@ def test_user_segments_and_segment_lists_are_packed(spark, lake):
     manifest = build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
     assert manifest.databases[USERS_DB] == 2 and manifest.databases["recs/segment/popular"] == 1
     assert "user_segments" in manifest.delta_versions
-    env, users = open_db(lake.snapshots / "v1", USERS_DB)
+    env, users = open_db(lake.snapshots.local_path / "v1", USERS_DB)
     segment_lists = env.open_db(recs_db_name("segment", "popular").encode())
     with env.begin(buffers=True) as txn:
         assert unpack_user(7, txn.get(user_key(7), db=users)) == UserRecord(7, "heavy", "country=DE")
@@ -102,16 +102,16 @@ def test_failed_build_leaves_the_served_snapshot(spark, lake):
     replace_algorithm_candidates(spark, lake.table("candidates"), "popular", broken)
     with pytest.raises(Exception, match="2 product ids but 1 scores"):
         build_snapshot(spark, lake, AS_OF, SETTINGS, version="v2")
-    assert read_current_version(lake.snapshots) == "v1"
-    assert sorted(p.name for p in lake.snapshots.iterdir()) == ["CURRENT", "v1"]
+    assert read_current_version(lake.snapshots.local_path) == "v1"
+    assert sorted(p.name for p in lake.snapshots.local_path.iterdir()) == ["CURRENT", "v1"]
 
 
 def test_keeps_only_the_newest_versions(spark, lake):
     """Publishing prunes to keep_versions, never removing the one in service."""
     for version in ("v1", "v2", "v3"):
         build_snapshot(spark, lake, AS_OF, SETTINGS, version=version)
-    assert sorted(p.name for p in lake.snapshots.iterdir() if p.is_dir()) == ["v2", "v3"]
-    assert read_current_version(lake.snapshots) == "v3"
+    assert sorted(p.name for p in lake.snapshots.local_path.iterdir() if p.is_dir()) == ["v2", "v3"]
+    assert read_current_version(lake.snapshots.local_path) == "v3"
 
 
 def test_equal_tables_give_an_equal_snapshot_whatever_the_read_budget(spark, lake):
@@ -122,7 +122,7 @@ def test_equal_tables_give_an_equal_snapshot_whatever_the_read_budget(spark, lak
                                  spark.createDataFrame(candidate_rows() + many, spark_schema(CANDIDATES)))
     build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
     build_snapshot(spark, lake, AS_OF, {**SETTINGS, "read_budget_mb": 0.001}, version="v2")
-    one_read, in_ranges = (snapshot_records(lake.snapshots / v) for v in ("v1", "v2"))
+    one_read, in_ranges = (snapshot_records(lake.snapshots.local_path / v) for v in ("v1", "v2"))
     assert len(one_read["recs/user/popular"]) == 2 + len(many)
     assert in_ranges == one_read
 
@@ -133,7 +133,7 @@ def test_a_table_with_deletion_vectors_is_refused(spark, lake):
               "SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
     with pytest.raises(UnsupportedDeltaTable, match="deletionVectors"):
         build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
-    assert not lake.snapshots.exists() or read_current_version(lake.snapshots) is None
+    assert not lake.snapshots.local_path.exists() or read_current_version(lake.snapshots.local_path) is None
 
 
 @pytest.mark.parametrize("uri, values", [

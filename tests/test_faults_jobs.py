@@ -136,11 +136,12 @@ def events_lake(spark, tmp_path_factory) -> DataPaths:
 
 def land_generated_events(paths: DataPaths, name: str, events: int, seed: int, start: str) -> None:
     """``events`` generated events over 15 days from ``start``, landed as ``<name>-*.jsonl``."""
-    staging = paths.root / "generated" / name
+    staging = paths.root.local_path / "generated" / name
     generate(staging, users=300, products=80, events=events, seed=seed, start=start, days=15)
-    paths.landing_for("events").mkdir(parents=True, exist_ok=True)
+    landing = paths.landing_for("events").local_path
+    landing.mkdir(parents=True, exist_ok=True)
     for path in (staging / "events").glob("*.jsonl"):
-        shutil.copy(path, paths.landing_for("events") / f"{name}-{path.name}")
+        shutil.copy(path, landing / f"{name}-{path.name}")
 
 
 def landed_event_keys(folder: Path) -> list[tuple]:
@@ -163,7 +164,7 @@ def stored_event_keys(spark, paths: DataPaths) -> list[tuple]:
 def assert_each_landed_event_once(spark, paths: DataPaths) -> None:
     """What a clean run gives: every distinct landed event stored once, and the
     ingest log counts every landed line once (received = accepted + rejected)."""
-    landed_keys = landed_event_keys(paths.landing_for("events"))
+    landed_keys = landed_event_keys(paths.landing_for("events").local_path)
     assert stored_event_keys(spark, paths) == sorted(set(landed_keys))
     logged = (spark.read.format("delta").load(paths.table("ingest_log"))
               .where(F.col("stream_id") == "ingest-events-json")
@@ -180,7 +181,7 @@ def test_ingest_killed_while_writing_leaves_the_table_and_the_rerun_stores_each_
     table = Path(paths.table("events"))
     version, files, rows = committed_version(table), data_files(table), stored_event_keys(spark, paths)
 
-    with running_job("jobs.ingest", paths.root, "--tables", "events") as job:
+    with running_job("jobs.ingest", paths.root.local_path, "--tables", "events") as job:
         kill_when(job, lambda: data_files(table) - files and committed_version(table) == version,
                   "new Parquet files in the events table without a commit")
 
@@ -245,7 +246,7 @@ def snapshot_lake(spark, tmp_path_factory) -> DataPaths:
 def reading(snapshot_lake: DataPaths, data_dir: Path) -> DataPaths:
     """A data folder of its own whose lake is ``snapshot_lake``'s (the builder only reads it)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "lake").symlink_to(snapshot_lake.lake)
+    (data_dir / "lake").symlink_to(snapshot_lake.lake.local_path)
     return DataPaths(data_dir)
 
 
@@ -254,10 +255,10 @@ def test_snapshot_build_killed_mid_write_leaves_current_and_the_rerun_publishes_
     """SIGKILL while ``.building-v2`` exists: CURRENT still names v1, which verifies; the
     re-run clears the leftover and publishes v2 with exactly v1's records."""
     paths = reading(snapshot_lake, tmp_path / "data")
-    root = paths.snapshots
+    root = paths.snapshots.local_path
     served = build_snapshot(spark, paths, AS_OF, SNAPSHOT_SETTINGS, version="v1")
 
-    with running_job("jobs.build_snapshot", paths.root, "--version", "v2", env=SLOW_READ) as job:
+    with running_job("jobs.build_snapshot", paths.root.local_path, "--version", "v2", env=SLOW_READ) as job:
         # A folder for v2, hidden or not: a builder writing in place must be caught too.
         kill_when(job, lambda: (root / ".building-v2").is_dir() or (root / "v2").is_dir(), "a folder for v2")
 
@@ -345,7 +346,7 @@ def test_snapshot_build_on_a_full_disk_fails_cleanly_and_leaves_the_served_snaps
     assert message.startswith(f"snapshot v2: LMDB commit in {paths.snapshots / '.building-v2'} failed"), message
     assert "MB free of" in message and (small_disk.mode == "tmpfs" or "ulimit -f" in message), message
 
-    root = paths.snapshots
+    root = paths.snapshots.local_path
     assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "v1"]
     assert read_current_version(root) == "v1" and verify_snapshot_dir(root / "v1") == served
 

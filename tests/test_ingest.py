@@ -34,7 +34,7 @@ def lake(tmp_path_factory, spark):
     """A landing zone with good and bad rows in all three formats, ingested once."""
     root = tmp_path_factory.mktemp("lake")
     paths = DataPaths(root)
-    events = paths.landing_for("events")
+    events = paths.landing_for("events").local_path
     write_lines(events / "a.jsonl", [
         event(1, 10), event(1, 10),                      # the second is a duplicate
         event(2, 11, "purchase", 1790000000),            # epoch seconds
@@ -47,14 +47,14 @@ def lake(tmp_path_factory, spark):
     pq.write_table(pa.table({"user_id": [7, 8], "event_type": ["view", "view"], "product_id": [13, 2**33],
                              "timestamp": ["2026-10-02T00:00:00Z"] * 2}), events / "c.parquet")
     (events / ".hidden.jsonl").write_text(json.dumps(event(9, 9)) + "\n")  # a file still being written
-    write_lines(paths.landing_for("products") / "p.jsonl", [
+    write_lines(paths.landing_for("products").local_path / "p.jsonl", [
         {"product_id": 10, "category": "a.b", "price": 3.5, "other_features": {"brand": "x"}},
         {"product_id": 11, "category": "a.c", "price": -1},
         {"product_id": 12, "category": "", "price": 1},
         {"product_id": 13, "category": "a.c", "price": 2.0},
         {"product_id": 10, "category": "a.b", "price": 4.5, "active": False},  # later row wins
     ])
-    write_lines(paths.landing_for("profiles") / "u.jsonl", [
+    write_lines(paths.landing_for("profiles").local_path / "u.jsonl", [
         {"user_id": 1, "purchase_history": [10, 11], "view_history": [12], "other_features": {"country": "de"}},
         {"user_id": 2, "purchase_history": [-5]},
     ])
@@ -134,7 +134,7 @@ def test_every_write_of_a_batch_carries_its_transaction_id(lake):
 def test_new_file_with_a_known_event_is_quarantined_as_duplicate(spark, lake, tmp_path):
     """An event seen in an earlier run is refused as a duplicate; a new one is appended."""
     paths, _ = lake
-    write_lines(paths.landing_for("events") / "d.jsonl", [event(1, 10), event(1, 13, "purchase")])
+    write_lines(paths.landing_for("events").local_path / "d.jsonl", [event(1, 10), event(1, 13, "purchase")])
     counts = run_ingest(spark, paths, AS_OF, SETTINGS, tables=["events"])
     assert counts["events"] == IngestCounts(received=2, accepted=1, rejected=1)
     assert read(spark, paths, "events_rejected").where(
@@ -155,7 +155,7 @@ def test_products_merge_last_row_wins_and_inactive_kept(spark, lake):
 def test_catalog_update_replaces_a_product(spark, lake):
     """A later catalog file re-activates a product and changes its price, in place."""
     paths, _ = lake
-    write_lines(paths.landing_for("products") / "p2.jsonl",
+    write_lines(paths.landing_for("products").local_path / "p2.jsonl",
                 [{"product_id": 10, "category": "a.b", "price": 5.0, "active": True}])
     run_ingest(spark, paths, AS_OF, SETTINGS, tables=["products"])
     rows = read(spark, paths, "products").where("product_id = 10").collect()
@@ -166,7 +166,7 @@ def test_deactivation_without_category_flips_only_the_flag(spark, lake):
     """{product_id, active: false} keeps the stored category and price; of an unknown
     product it is accepted and stores nothing."""
     paths, _ = lake
-    write_lines(paths.landing_for("products") / "p3.jsonl",
+    write_lines(paths.landing_for("products").local_path / "p3.jsonl",
                 [{"product_id": 13, "active": False}, {"product_id": 99, "active": False}])
     counts = run_ingest(spark, paths, AS_OF, SETTINGS, tables=["products"])
     assert counts["products"] == IngestCounts(received=2, accepted=2, rejected=0)
@@ -180,7 +180,7 @@ def test_the_latest_change_wins_whatever_order_files_arrive_in(spark, lake):
     Within a run the newer changed_at wins; a later run with a stale change is ignored;
     a row without changed_at (a batch catalog file) still applies."""
     paths, _ = lake
-    landing = paths.landing_for("products")
+    landing = paths.landing_for("products").local_path
     write_lines(landing / "collector-a-200-1.jsonl",
                 [{"product_id": 14, "category": "x", "price": 1.0, "changed_at": "2026-10-01T10:00:00Z"}])
     write_lines(landing / "collector-a-100-1.jsonl",

@@ -303,7 +303,7 @@ def test_ingest_quarantines_or_stores_every_line_and_counts_them_all(spark, land
     event (of this file or stored before), each with its reason; the table gains
     exactly the other events, once each."""
     paths, numbers = landing_zone
-    folder = paths.landing_for("events")
+    folder = paths.landing_for("events").local_path
     folder.mkdir(parents=True, exist_ok=True)
     earlier = sorted(folder.glob("example-*.jsonl"))
     # The first lines of the file before, again: events stored already, or refused again.

@@ -9,12 +9,11 @@ import pytest
 
 from jobs import publish_snapshot
 from schemas.settings import PROJECT_ROOT
-from schemas.snapshot import CURRENT_POINTER, DATA_FILE, read_current_version, verify_snapshot_dir
+from schemas.snapshot import (CURRENT_POINTER, DATA_FILE, SnapshotFormatError, read_current_version,
+                              verify_snapshot_dir)
+from schemas.storage import Location
 from tests.lookup_fixtures import flip_data_byte
 from tests.lookup_fixtures import publish_snapshot as build_and_publish
-
-AIRFLOW_PYTHON = PROJECT_ROOT / ".venv-airflow" / "bin" / "python"
-
 
 @pytest.fixture
 def data_dir(tmp_path):
@@ -119,21 +118,46 @@ def test_runs_as_a_script_with_help():
     assert "--target" in done.stdout and "--as-of" in done.stdout and "--data-dir" in done.stdout
 
 
-def test_object_store_target_through_fsspec(data_dir, tmp_path):
-    """An fsspec URL (file:// here; s3:// in production) gets the files and then CURRENT, and a re-run copies nothing.
+class TestObjectStore:
+    """The same promises on a real S3 API (scripts/objectstore on loopback), through pyarrow."""
 
-    fsspec is not a dependency of the jobs' environment; Airflow's environment has it,
-    so this runs the job with that interpreter (`make airflow-venv` builds it)."""
-    assert AIRFLOW_PYTHON.exists(), f"{AIRFLOW_PYTHON} missing: run `make airflow-venv`"
-    bucket = tmp_path / "bucket"
-    command = [str(AIRFLOW_PYTHON), "-m", "jobs.publish_snapshot", "--data-dir", str(data_dir),
-               "--target", f"file://{bucket}/recsys/snapshots", "--as-of", "2026-01-01T00:00:00Z"]
-    results = []
-    for _ in range(2):
-        done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
-        assert done.returncode == 0, done.stderr
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    assert [r["copied"] for r in results] == [True, False]
-    published = bucket / "recsys" / "snapshots"
-    assert read_current_version(published) == "20261031T000000000000Z"
-    verify_snapshot_dir(published / "20261031T000000000000Z")
+    def test_files_then_current_and_a_rerun_copies_nothing(self, data_dir, object_store_env, capsys, tmp_path):
+        bucket = object_store_env.new_bucket()
+        target = f"s3a://{bucket}/recsys/snapshots"
+        results = [run_main(capsys, "--data-dir", str(data_dir), "--target", target) for _ in range(2)]
+        assert [r["copied"] for r in results] == [True, False]
+        published = Location.of(target)
+        assert published.children() == ["20261031T000000000000Z", CURRENT_POINTER]
+        (published / "20261031T000000000000Z").download_dir(tmp_path / "pulled" / "20261031T000000000000Z")
+        (tmp_path / "pulled" / CURRENT_POINTER).write_bytes((published / CURRENT_POINTER).read_bytes())
+        assert read_current_version(tmp_path / "pulled") == "20261031T000000000000Z"
+        verify_snapshot_dir(tmp_path / "pulled" / "20261031T000000000000Z")
+
+    def test_rollback_and_pruning(self, data_dir, object_store_env, capsys):
+        target = f"s3://{object_store_env.new_bucket()}/snapshots"
+        run_main(capsys, "--data-dir", str(data_dir), "--target", target, "--version", "20261030T000000000000Z")
+        run_main(capsys, "--data-dir", str(data_dir), "--target", target)
+        rolled_back = run_main(capsys, "--data-dir", str(data_dir), "--target", target,
+                               "--version", "20261030T000000000000Z")
+        assert rolled_back["copied"] is False and rolled_back["previous"] == "20261031T000000000000Z"
+        assert (Location.of(target) / CURRENT_POINTER).read_text().strip() == "20261030T000000000000Z"
+        pruned = publish_snapshot.publish_snapshot(data_dir / "snapshots",
+                                                             publish_snapshot.open_target(target, data_dir),
+                                                             keep_versions=1)
+        assert pruned["pruned"] == ["20261030T000000000000Z"]
+
+    def test_a_build_on_the_object_store_is_published_from_there(self, data_dir, object_store_env, capsys, tmp_path):
+        """An s3a:// data dir: its snapshots folder is read back, verified, then shipped."""
+        remote = Location.of(f"s3a://{object_store_env.new_bucket()}/recsys")
+        (remote / "snapshots").upload_dir(data_dir / "snapshots")
+        result = run_main(capsys, "--data-dir", str(remote), "--target", str(tmp_path / "serving"))
+        assert result["version"] == "20261031T000000000000Z" and result["copied"] is True
+        verify_snapshot_dir(tmp_path / "serving" / "20261031T000000000000Z")
+
+    def test_a_corrupt_build_on_the_object_store_is_refused(self, data_dir, object_store_env, tmp_path):
+        flip_data_byte(data_dir / "snapshots" / "20261031T000000000000Z")
+        remote = Location.of(f"s3a://{object_store_env.new_bucket()}/recsys")
+        (remote / "snapshots").upload_dir(data_dir / "snapshots")
+        with pytest.raises(SnapshotFormatError):
+            publish_snapshot.main(["--data-dir", str(remote), "--target", str(tmp_path / "serving")])
+        assert not (tmp_path / "serving" / CURRENT_POINTER).exists()

@@ -104,7 +104,7 @@ def timed_build(spark, paths: DataPaths, version: str, module=builder) -> dict:
         manifest = module.build_snapshot(spark, paths, AS_OF, {"keep_versions": 1, "map_size_gb": 64},
                                           version=version, do_publish=False)
         seconds = time.perf_counter() - started
-    folder = paths.snapshots / version
+    folder = paths.snapshots.local_path / version
     return {"seconds": round(seconds, 2), "data_mdb_bytes": (folder / DATA_FILE).stat().st_size,
             "databases": manifest.databases, "lmdb": lmdb_layout(folder), "peak_rss_mb": memory.mb()}
 
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, out: Path) -> dict:
                      old["seconds"], entry["before"]["bytes_per_user_per_algorithm"], old["peak_rss_mb"])
         result["runs"].append(entry)
         write_results(out, result)  # after every build: a later one may fail (the JVM's heap, at 1M users)
-        for folder in paths.snapshots.glob("bench-*"):  # a 4-algorithm snapshot is ~4 GB
+        for folder in paths.snapshots.local_path.glob("bench-*"):  # a 4-algorithm snapshot is ~4 GB
             shutil.rmtree(folder, ignore_errors=True)
     spark.stop()
     return result

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict:
                 version = f"bench-ab-warmup-{label}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
                 log.info("warm-up: building %s with %s's builder (not counted) ...", version, label)
                 timed_build(spark, paths, version, module)
-                shutil.rmtree(paths.snapshots / version, ignore_errors=True)
+                shutil.rmtree(paths.snapshots.local_path / version, ignore_errors=True)
         for round_ in range(args.rounds):
             order = ("today", "before") if round_ % 2 == 0 else ("before", "today")
             for label in order:
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
                 version = f"bench-ab-{label}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
                 log.info("round %d: building %s with %s's builder ...", round_ + 1, version, label)
                 built = timed_build(spark, paths, version, module)
-                shutil.rmtree(paths.snapshots / version, ignore_errors=True)
+                shutil.rmtree(paths.snapshots.local_path / version, ignore_errors=True)
                 users, algorithms = listed_users_and_algorithms(built["databases"])
                 per = built["data_mdb_bytes"] / max(users * algorithms, 1)
                 result["builds"].append({"round": round_ + 1, "builder": label,

@@ -13,7 +13,6 @@ import json
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -129,7 +128,7 @@ def write_lake(spark: SparkSession, paths: DataPaths, shape: LakeShape, as_of: d
     same users, products and list length holds, append the missing algorithms'
     lists, delete the extra ones (a partition delete, no rewrite). Returns the
     algorithms written."""
-    marker = paths.root / MARKER
+    marker = paths.root.local_path / MARKER
     base = {"users": shape.users, "products": shape.products, "items": shape.items}
     held: list[str] = []
     if marker.is_file():
@@ -137,8 +136,8 @@ def write_lake(spark: SparkSession, paths: DataPaths, shape: LakeShape, as_of: d
         if {k: stored.get(k) for k in base} == base:
             held = stored["algorithms"]
     if not held:
-        shutil.rmtree(paths.root, ignore_errors=True)
-        paths.root.mkdir(parents=True)
+        shutil.rmtree(paths.root.local_path, ignore_errors=True)
+        paths.root.local_path.mkdir(parents=True)
         ensure_table(spark, paths.table("products"), PRODUCTS_STORED)
         products_frame(spark, shape, as_of).write.format("delta").mode("append").save(paths.table("products"))
         ensure_table(spark, paths.table("user_segments"), USER_SEGMENTS)
@@ -157,4 +156,4 @@ def write_lake(spark: SparkSession, paths: DataPaths, shape: LakeShape, as_of: d
 
 
 def lake_bytes(paths: DataPaths) -> int:
-    return sum(p.stat().st_size for p in Path(paths.lake).rglob("*.parquet"))
+    return sum(p.stat().st_size for p in paths.lake.local_path.rglob("*.parquet"))
