@@ -24,11 +24,9 @@ class ServerConfig:
     @classmethod
     def from_conf(cls, conf: Mapping) -> "ServerConfig":
         """Check and convert the merged ``server`` settings; raise ValueError naming the bad key."""
-        snapshot_dir = Path(conf.get("snapshot_dir", "snapshots"))
-        root = snapshot_dir if snapshot_dir.is_absolute() else data_dir(conf) / snapshot_dir
         policy = Path(conf.get("policy_file", "evaluation/policy.json"))
         config = cls(
-            snapshot_root=root,
+            snapshot_root=resolve_snapshot_root(conf),
             default_k=_int(conf, "default_k", 20),
             max_k=_int(conf, "max_k", 200),
             algorithm_preference=_names(conf, "algorithm_preference"),
@@ -48,11 +46,71 @@ class ServerConfig:
         return config
 
 
-def _int(conf: Mapping, key: str, default: int) -> int:
+@dataclass(frozen=True)
+class SyncConfig:
+    """``[sync]`` of conf/server.toml: how ``python -m lookup_server.sync`` pulls
+    published snapshots from an object store into this host's ``snapshot_root``."""
+
+    source: str  # s3://bucket/prefix: where the publish job put CURRENT and the versions
+    snapshot_root: Path  # the lookup server's own (same data_dir and snapshot_dir)
+    poll_interval_seconds: float = 5.0
+    keep_versions: int = 3
+    backoff_initial_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+    connect_timeout_seconds: float = 3.0
+    read_timeout_seconds: float = 10.0
+    metrics_addr: str = "127.0.0.1"
+    metrics_port: int = 9102  # 0: no metrics endpoint
+
+    @classmethod
+    def from_conf(cls, conf: Mapping) -> "SyncConfig":
+        """Check and convert ``conf["sync"]`` of the merged ``server`` settings; ValueError names the bad key."""
+        section = conf.get("sync", {})
+        if not isinstance(section, Mapping):
+            raise ValueError(f"[sync] must be a table, got {section!r}")
+        source = section.get("source", "")
+        if not isinstance(source, str):
+            raise ValueError(f"[sync] source must be a string, got {source!r}")
+        config = cls(
+            source=source.strip(),
+            snapshot_root=resolve_snapshot_root(conf),
+            poll_interval_seconds=_positive(section, "poll_interval_seconds", 5.0),
+            keep_versions=_int(section, "keep_versions", 3, section="[sync] "),
+            backoff_initial_seconds=_positive(section, "backoff_initial_seconds", 1.0),
+            backoff_max_seconds=_positive(section, "backoff_max_seconds", 60.0),
+            connect_timeout_seconds=_positive(section, "connect_timeout_seconds", 3.0),
+            read_timeout_seconds=_positive(section, "read_timeout_seconds", 10.0),
+            metrics_addr=str(section.get("metrics_addr", "127.0.0.1")),
+            metrics_port=_int(section, "metrics_port", 9102, section="[sync] "),
+        )
+        if config.keep_versions < 1:
+            raise ValueError(f"[sync] keep_versions must be >= 1, got {config.keep_versions}")
+        if config.backoff_max_seconds < config.backoff_initial_seconds:
+            raise ValueError(f"[sync] backoff_max_seconds ({config.backoff_max_seconds}) must be >= "
+                             f"backoff_initial_seconds ({config.backoff_initial_seconds})")
+        if not 0 <= config.metrics_port <= 65_535:
+            raise ValueError(f"[sync] metrics_port must be in [0, 65535], got {config.metrics_port}")
+        return config
+
+
+def resolve_snapshot_root(conf: Mapping) -> Path:
+    """The folder holding CURRENT and the versions: ``snapshot_dir``, relative to the data dir unless absolute."""
+    snapshot_dir = Path(conf.get("snapshot_dir", "snapshots"))
+    return snapshot_dir if snapshot_dir.is_absolute() else data_dir(conf) / snapshot_dir
+
+
+def _int(conf: Mapping, key: str, default: int, section: str = "") -> int:
     value = conf.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
+        raise ValueError(f"{section}{key} must be an integer, got {value!r}")
     return value
+
+
+def _positive(section: Mapping, key: str, default: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"[sync] {key} must be a number > 0, got {value!r}")
+    return float(value)
 
 
 def _names(conf: Mapping, key: str) -> tuple[str, ...]:
