@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from pyspark.sql import SparkSession
 
 from schemas.settings import load_conf
-from schemas.snapshot import PRODUCTS_DB, USERS_DB, Manifest, recs_db_name
+from schemas.snapshot import POLICY_FILE, PRODUCTS_DB, USERS_DB, Manifest, recs_db_name
 
 from jobs.candidates import params_digest
 from jobs.cli import configure_logging, data_paths, job_parser, resolve_as_of
@@ -118,16 +118,17 @@ def build_snapshot(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     databases = [candidate_databases(candidates, budget), product_databases(products)]
     if users is not None:
         databases.append(user_databases(users))
+    extras = {POLICY_FILE: paths.policy.read_bytes()} if paths.policy.exists() else {}
     if paths.snapshots.is_local:
         root = paths.snapshots.local_path
-        write_snapshot(root, manifest, databases, settings, started)
+        write_snapshot(root, manifest, databases, settings, started, extras)
         if do_publish:
             publish(root, version, settings["keep_versions"])
         return manifest
     # LMDB writes a local file: build here, then upload to the data dir's snapshots
     # folder the way publish_snapshot ships to an object store (files, manifest, CURRENT).
     with tempfile.TemporaryDirectory(prefix="recsys-build-") as tmp:
-        write_snapshot(Path(tmp), manifest, databases, settings, started)
+        write_snapshot(Path(tmp), manifest, databases, settings, started, extras)
         target = ObjectStoreTarget(paths.snapshots)
         target.upload(Path(tmp) / version, version)
     if do_publish:
@@ -137,8 +138,9 @@ def build_snapshot(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     return manifest
 
 
-def write_snapshot(root: Path, manifest: Manifest, databases: list, settings: dict, started: float) -> Path:
-    """The LMDB snapshot ``root/<manifest.version>/`` from ``databases``' sorted records."""
+def write_snapshot(root: Path, manifest: Manifest, databases: list, settings: dict, started: float,
+                   extra_files: dict[str, bytes]) -> Path:
+    """The LMDB snapshot ``root/<manifest.version>/`` from ``databases``' sorted records, with ``extra_files``."""
     root.mkdir(parents=True, exist_ok=True)
     for leftover in remove_abandoned_builds(root):
         log.warning("removed abandoned build folder %s", leftover)
@@ -150,7 +152,7 @@ def write_snapshot(root: Path, manifest: Manifest, databases: list, settings: di
                 written += len(records)
                 if written % 500_000 < len(records):
                     log.info("snapshot %s: %d records written (%.0f s)", version, written, time.monotonic() - started)
-        final = writer.finish(manifest)
+        final = writer.finish(manifest, extra_files)
     log.info("snapshot %s built in %s: %d records, %.1f MB, %.1f s", version, final, written,
              manifest.files["data.mdb"]["bytes"] / 1e6, time.monotonic() - started)
     return final

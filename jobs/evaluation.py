@@ -81,7 +81,6 @@ SPLITS = ("temporal", "leave_last_out", "random")
 ALGORITHMS = ("popular", "als", "ease", "content", "hybrid", "ranked")
 SEGMENTS = ("new", "light", "heavy")
 POLICY_METRIC, POLICY_K = "ndcg", 10
-POLICY_FILE = Path("evaluation") / "policy.json"
 RANKER_DIR = Path("evaluation") / "ranker"  # the evaluation's own rankers (trained before its split)
 REPORT_DIR = Path("evaluation") / "report"
 # Rounds of k-core filtering before giving up on a fixed point (each is two small
@@ -340,7 +339,7 @@ def run_evaluation(spark: SparkSession, paths: DataPaths, as_of: datetime, setti
     frame, policy, ranker = evaluate(spark, read_interactions(spark, paths), products, as_of, settings, params,
                                      run_id, profiles=read_profiles(spark, paths), ranker_dir=paths.root / RANKER_DIR)
     write_evaluations(spark, paths, frame, run_id)
-    write_json_atomically(paths.root / POLICY_FILE, policy)
+    write_json_atomically(paths.policy, policy)
     report_dir = paths.root / REPORT_DIR
     with staged_locally(report_dir) as local_dir:
         written = write_report(frame.toPandas(), local_dir, trials=tuning_trials(paths.root),

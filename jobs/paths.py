@@ -41,6 +41,11 @@ class DataPaths:
     def snapshots(self) -> Location:
         return self.root / "snapshots"
 
+    @property
+    def policy(self) -> Location:
+        """The evaluation's verdict, ``evaluation/policy.json`` (a snapshot carries a copy)."""
+        return self.root / "evaluation" / "policy.json"
+
     def landing_for(self, table: str) -> Location:
         return self.landing / table
 

@@ -18,6 +18,7 @@ from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Mapping
 
 import lmdb
 
@@ -128,8 +129,8 @@ class SnapshotWriter:
             raise SnapshotWriteError(f"snapshot {self.version}: LMDB {step} in {self.tmp_dir} failed "
                                      f"({exc}); {_space_left(self.tmp_dir)}") from exc
 
-    def finish(self, manifest: Manifest) -> Path:
-        """Commit, fsync, write the manifest and move the folder to ``root/<version>``.
+    def finish(self, manifest: Manifest, extra_files: Mapping[str, bytes] | None = None) -> Path:
+        """Commit, fsync, write ``extra_files`` and the manifest and move the folder to ``root/<version>``.
 
         Fills ``manifest.version``, ``databases`` and ``files``; returns the final path.
         """
@@ -144,6 +145,9 @@ class SnapshotWriter:
         manifest.version = self.version
         manifest.databases = dict(sorted(self.row_counts.items()))
         manifest.files = {DATA_FILE: file_digest(self.tmp_dir / DATA_FILE)}
+        for name, content in (extra_files or {}).items():
+            _write_durably(self.tmp_dir / name, content)
+            manifest.files[name] = file_digest(self.tmp_dir / name)
         _write_durably(self.tmp_dir / MANIFEST_FILE, manifest.to_json())
         _fsync_file(self.tmp_dir / DATA_FILE)
         fsync_dir(self.tmp_dir)
@@ -185,9 +189,9 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(text)
+def _write_durably(path: Path, content: str | bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(content.encode() if isinstance(content, str) else content)
         fh.flush()
         os.fsync(fh.fileno())
 

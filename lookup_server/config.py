@@ -24,7 +24,6 @@ class ServerConfig:
     @classmethod
     def from_conf(cls, conf: Mapping) -> "ServerConfig":
         """Check and convert the merged ``server`` settings; raise ValueError naming the bad key."""
-        policy = Path(conf.get("policy_file", "evaluation/policy.json"))
         config = cls(
             snapshot_root=resolve_snapshot_root(conf),
             default_k=_int(conf, "default_k", 20),
@@ -33,7 +32,7 @@ class ServerConfig:
             similar_preference=_names(conf, "similar_preference"),
             reload_interval_seconds=float(conf.get("reload_interval_seconds", 1.0)),
             verify_checksums=bool(conf.get("verify_checksums", True)),
-            policy_path=policy if policy.is_absolute() else data_dir(conf) / policy,
+            policy_path=resolve_policy_path(conf),
             admin_token=str(conf.get("admin_token", "")),
         )
         # A list record holds at most MAX_ITEMS items, so a larger k could never be filled.
@@ -53,6 +52,7 @@ class SyncConfig:
 
     source: str  # s3://bucket/prefix: where the publish job put CURRENT and the versions
     snapshot_root: Path  # the lookup server's own (same data_dir and snapshot_dir)
+    policy_path: Path  # the lookup server's policy_file: a pulled snapshot's policy.json is installed there
     poll_interval_seconds: float = 5.0
     keep_versions: int = 3
     backoff_initial_seconds: float = 1.0
@@ -74,6 +74,7 @@ class SyncConfig:
         config = cls(
             source=source.strip(),
             snapshot_root=resolve_snapshot_root(conf),
+            policy_path=resolve_policy_path(conf),
             poll_interval_seconds=_positive(section, "poll_interval_seconds", 5.0),
             keep_versions=_int(section, "keep_versions", 3, section="[sync] "),
             backoff_initial_seconds=_positive(section, "backoff_initial_seconds", 1.0),
@@ -97,6 +98,12 @@ def resolve_snapshot_root(conf: Mapping) -> Path:
     """The folder holding CURRENT and the versions: ``snapshot_dir``, relative to the data dir unless absolute."""
     snapshot_dir = Path(conf.get("snapshot_dir", "snapshots"))
     return snapshot_dir if snapshot_dir.is_absolute() else data_dir(conf) / snapshot_dir
+
+
+def resolve_policy_path(conf: Mapping) -> Path:
+    """The evaluation's policy.json the server follows: ``policy_file``, relative to the data dir unless absolute."""
+    policy = Path(conf.get("policy_file", "evaluation/policy.json"))
+    return policy if policy.is_absolute() else data_dir(conf) / policy
 
 
 def _int(conf: Mapping, key: str, default: int, section: str = "") -> int:

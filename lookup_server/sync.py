@@ -12,7 +12,9 @@ names a version this host does not hold, the sync process
 2. verifies them with ``schemas.snapshot.verify_snapshot_dir`` (manifest, sizes, SHA-256);
 3. renames the folder to ``<root>/<v>/``, then replaces ``<root>/CURRENT`` by rename
    and fsyncs the folder: the workers' watcher threads pick it up as they do any
-   publish (``lookup_server/current_snapshot.py``);
+   publish (``lookup_server/current_snapshot.py``); the snapshot's ``policy.json``
+   (the evaluation's verdict it was built with, if any) replaces the server's
+   ``policy_file`` the same way;
 4. keeps the newest ``keep_versions`` versions (by name, as the publisher does) and
    always the one in service.
 
@@ -61,7 +63,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from schemas.settings import load_conf
 from schemas.snapshot import (
-    CURRENT_POINTER, MANIFEST_FILE, Manifest, SnapshotFormatError, fsync_dir, read_current_version,
+    CURRENT_POINTER, MANIFEST_FILE, POLICY_FILE, Manifest, SnapshotFormatError, fsync_dir, read_current_version,
     verify_snapshot_dir,
 )
 from schemas.storage import Location, S3Settings, StorageError
@@ -250,8 +252,9 @@ class SnapshotPuller:
     """Brings ``root`` to the version the store's CURRENT names, one ``pull()`` at a time."""
 
     def __init__(self, client, bucket: str, prefix: str, root: Path, keep_versions: int,
-                 stats: SyncStats | None = None):
+                 stats: SyncStats | None = None, policy_path: Path | None = None):
         self.client = client
+        self.policy_path = policy_path
         self.bucket = bucket
         self.prefix = prefix
         self.root = Path(root)
@@ -306,6 +309,7 @@ class SnapshotPuller:
         try:
             downloaded = 0 if self._is_verified(version) else self._download(version)
             self._point_current_at(version)
+            self._install_policy(version)
         except OSError as exc:  # the store's errors are SyncFailures by now: this is the host's disk
             raise SyncFailure("disk", f"{self.root}: {exc}") from exc
         self._remember(etag, version)
@@ -459,6 +463,17 @@ class SnapshotPuller:
         _write_durably(tmp, (version + "\n").encode())
         os.replace(tmp, self.root / CURRENT_POINTER)
         fsync_dir(self.root)
+
+    def _install_policy(self, version: str) -> None:
+        """The snapshot's policy.json (the evaluation's verdict it was built with) where the
+        server follows it, by rename; a snapshot without one leaves the file as it is."""
+        carried = self.root / version / POLICY_FILE
+        if self.policy_path is None or not carried.is_file():
+            return
+        self.policy_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.policy_path.with_name(f".{self.policy_path.name}.tmp-{os.getpid()}")
+        _write_durably(tmp, carried.read_bytes())
+        os.replace(tmp, self.policy_path)
 
     def _prune(self) -> list[str]:
         """Remove all but the newest ``keep_versions`` versions (by name) and the one in service."""
@@ -614,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = args.snapshot_root.resolve() if args.snapshot_root else config.snapshot_root
     stats = SyncStats()
-    puller = SnapshotPuller(client, bucket, prefix, root, config.keep_versions, stats)
+    puller = SnapshotPuller(client, bucket, prefix, root, config.keep_versions, stats, config.policy_path)
     loop = SyncLoop(puller, config.poll_interval_seconds, config.backoff_initial_seconds, config.backoff_max_seconds)
     loop.install_signal_handlers()
 

@@ -68,6 +68,10 @@ FORMAT_VERSION = 1
 CURRENT_POINTER = "CURRENT"
 MANIFEST_FILE = "manifest.json"
 DATA_FILE = "data.mdb"
+# The evaluation's verdict (default order and bandit priors), when the data dir had one at
+# build time: a snapshot carries it, listed and checksummed in its manifest, so a lookup
+# host that pulls its snapshots from a store gets the verdict with the lists it ranks.
+POLICY_FILE = "policy.json"
 PRODUCTS_DB = "products"
 USERS_DB = "users"
 ACTIVITY_CODES = {"new": 0, "light": 1, "heavy": 2}

@@ -6,6 +6,7 @@ Test modules import the fixtures they use by name (this file is not a conftest).
 from __future__ import annotations
 
 import contextlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 import os
 import signal
@@ -22,6 +23,7 @@ import requests
 from jobs.snapshot_writer import SnapshotWriter, publish
 from schemas.settings import PROJECT_ROOT
 from schemas.snapshot import (
+    POLICY_FILE,
     CURRENT_POINTER, DATA_FILE, GLOBAL_KEY, MANIFEST_FILE, PRODUCTS_DB, USERS_DB, Manifest,
     pack_product, pack_ranked_list, pack_user, product_key, recs_db_name, user_key,
 )
@@ -71,6 +73,7 @@ class SnapshotContent:
         31: ("toys", 6.0, True), 32: ("toys", 7.0, True),
         40: ("garden", 30.0, True),  # a category without a popular list
     })
+    policy: dict | None = None  # the evaluation's verdict the snapshot carries (policy.json)
 
 
 def _pack(items: Ranked) -> bytes:
@@ -97,8 +100,9 @@ def build_snapshot(root: Path, version: str, content: SnapshotContent | None = N
             writer.put(USERS_DB, user_key(user_id), pack_user(activity, segment))
         for product_id, (category, price, active) in content.products.items():
             writer.put(PRODUCTS_DB, product_key(product_id), pack_product(category, price, active))
+        extra = {POLICY_FILE: json.dumps(content.policy).encode()} if content.policy is not None else {}
         return writer.finish(Manifest(version="", created_at="2026-01-01T00:00:00Z",
-                                      as_of="2026-01-01T00:00:00Z"))
+                                      as_of="2026-01-01T00:00:00Z"), extra)
 
 
 def publish_snapshot(root: Path, version: str, content: SnapshotContent | None = None) -> Path:

@@ -13,7 +13,7 @@ from jobs.delta_tables import ensure_table
 from jobs.paths import DataPaths
 from schemas import CANDIDATES, PRODUCTS_STORED, spark_schema
 from schemas.snapshot import (
-    PRODUCTS_DB, SCORE_RELATIVE_ERROR, USERS_DB, UserRecord, product_key, read_current_version, recs_db_name, unpack_product,
+    DATA_FILE, POLICY_FILE, PRODUCTS_DB, SCORE_RELATIVE_ERROR, USERS_DB, UserRecord, product_key, read_current_version, recs_db_name, unpack_product,
     unpack_ranked_list, unpack_user, user_key, verify_snapshot_dir,
 )
 from schemas.tables import USER_SEGMENTS
@@ -73,6 +73,16 @@ def test_builds_publishes_and_reads_back(spark, lake):
         assert (record.category, record.price, record.active) == ("a.b", None, False)
         assert unpack_product(3, txn.get(product_key(3), db=products)).category == "bücher"
     env.close()
+
+
+def test_the_evaluations_policy_travels_in_the_snapshot(spark, lake):
+    """A data dir with a verdict: the snapshot carries a checksummed copy, so hosts that pull get it."""
+    policy = b'{"preference": ["popular"], "priors": {"all": {"popular": 0.3}}}'
+    lake.policy.write_bytes(policy)
+    manifest = build_snapshot(spark, lake, AS_OF, SETTINGS, version="v1")
+    folder = lake.snapshots.local_path / "v1"
+    assert set(manifest.files) == {DATA_FILE, POLICY_FILE} and (folder / POLICY_FILE).read_bytes() == policy
+    assert verify_snapshot_dir(folder) == manifest
 
 
 def test_user_segments_and_segment_lists_are_packed(spark, lake):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -235,11 +236,15 @@ def test_pulls_what_the_publish_job_uploads(object_store_env, tmp_path):
     bucket, built = object_store_env.new_bucket(), tmp_path / "built"
     target = open_target(f"s3://{bucket}/{PREFIX}", Location.of(tmp_path))
     for version in ("v1", "v2"):
-        build_and_publish_locally(built, version)
+        # v2 carries the evaluation's verdict: the host's server follows it from policy_file.
+        policy = {"preference": ["popular"], "priors": {"all": {"popular": 0.3}}} if version == "v2" else None
+        build_and_publish_locally(built, version, SnapshotContent(policy=policy))
         assert publish_snapshot(built, target)["version"] == version
         once = run_once(object_store_env, bucket, tmp_path / "host")
         assert once.returncode == 0, once.stderr
         assert read_current_version(tmp_path / "host" / "snapshots") == version
+        installed = tmp_path / "host" / "evaluation" / "policy.json"
+        assert json.loads(installed.read_text()) == policy if policy else not installed.exists()
     assert verify_snapshot_dir(tmp_path / "host" / "snapshots" / "v2").files == verify_snapshot_dir(built / "v2").files
 
 
