@@ -9,7 +9,8 @@ Read from the environment when the DAG files are parsed:
 ``RECSYS_DATA_DIR``      every job's ``--data-dir`` (default: ``<root>/var``, as conf/jobs.toml)
 ``RECSYS_JOBS_PYTHON``   Python of the Spark driver and executors (default: ``<root>/.venv/bin/python``)
 ``RECSYS_JARS_DIR``      folder with the Delta jars, on every node (default: ``<root>/.jars``)
-``RECSYS_PY_FILES``      ``--py-files`` for a cluster, e.g. ``dist/recsys_jobs.zip`` (``make dist-jobs``)
+``RECSYS_PY_FILES``      ``--py-files`` for a cluster: ``dist/recsys_jobs.zip`` (``make dist-jobs``); tasks then
+                        submit ``run_job.py`` beside it, which runs ``jobs.<job>`` from the zip
 
 ``spark-submit`` must be on the worker's PATH (``$SPARK_HOME/bin``), and the master comes
 from the ``spark_default`` connection (``AIRFLOW_CONN_SPARK_DEFAULT``).
@@ -68,6 +69,24 @@ def job_args(*extra: str) -> list[str]:
     return ["--data-dir", DATA_DIR, "--as-of", AS_OF, *extra]
 
 
+def jars() -> str:
+    """``--jars``: Delta's, and the s3a:// ones when `make jars` fetched them (globs, resolved by spark-submit)."""
+    globs = [f"{JARS_DIR}/delta-spark_*.jar", f"{JARS_DIR}/delta-storage-*.jar"]
+    if any((JARS_DIR / "s3a").glob("*.jar")):
+        globs.append(f"{JARS_DIR}/s3a/*.jar")
+    return ",".join(globs)
+
+
+def application(job: str, *extra: str) -> tuple[str, list[str]]:
+    """The main file and its arguments: ``jobs/<job>.py`` of the checkout, or, with
+    ``RECSYS_PY_FILES``, the launcher shipped beside the zip running ``jobs.<job>`` from it
+    (so nothing is imported from a checkout the cluster may not have)."""
+    if PY_FILES:
+        launcher = Path(PY_FILES.split(",")[0]).with_name("run_job.py")
+        return str(launcher), [f"jobs.{job}", *job_args(*extra)]
+    return str(PROJECT_ROOT / "jobs" / f"{job}.py"), job_args(*extra)
+
+
 def submit_args(job: str, *extra: str) -> dict:
     """``SparkSubmitOperator`` arguments that run ``jobs/<job>.py`` as ``scripts/submit`` does:
     the Delta jars on the classpath from JVM start (globs, resolved by spark-submit; Spark
@@ -76,12 +95,13 @@ def submit_args(job: str, *extra: str) -> dict:
     be known before the JVM starts; the job applies the rest of conf/spark.toml itself)."""
     spark_conf = _spark_toml().get("conf", {})
     jvm_options = {key: spark_conf[key] for key in JVM_START_OPTIONS if key in spark_conf}
+    main_file, arguments = application(job, *extra)
     return {
         "conn_id": SPARK_CONN_ID,
-        "application": str(PROJECT_ROOT / "jobs" / f"{job}.py"),
-        "application_args": job_args(*extra),
+        "application": main_file,
+        "application_args": arguments,
         "name": f"recsys-{job.replace('_', '-')}",
-        "jars": f"{JARS_DIR}/delta-spark_*.jar,{JARS_DIR}/delta-storage-*.jar",
+        "jars": jars(),
         "py_files": PY_FILES,
         "driver_memory": spark_conf.get("spark.driver.memory"),
         "conf": {"spark.pyspark.python": JOBS_PYTHON, "spark.pyspark.driver.python": JOBS_PYTHON,

@@ -182,7 +182,8 @@ def test_every_task_is_a_spark_submit_of_a_job(dagbag):
             assert Path(task["application"]) == script and script.is_file(), where
             assert task["application_args"] == ["--data-dir", str(dagbag["data_dir"]),
                                                  "--as-of", "{{ recsys_as_of(dag_run) }}"], where
-            assert task["jars"] == f"{PROJECT_ROOT}/.jars/delta-spark_*.jar,{PROJECT_ROOT}/.jars/delta-storage-*.jar"
+            assert task["jars"] == (f"{PROJECT_ROOT}/.jars/delta-spark_*.jar,{PROJECT_ROOT}/.jars/delta-storage-*.jar"
+                                    f",{PROJECT_ROOT}/.jars/s3a/*.jar"), where  # `make jars` fetched them
             assert task["packages"] is None, where
             python = str(PROJECT_ROOT / ".venv" / "bin" / "python")
             assert task["conf"]["spark.pyspark.python"] == task["conf"]["spark.pyspark.driver.python"] == python
@@ -191,6 +192,23 @@ def test_every_task_is_a_spark_submit_of_a_job(dagbag):
             for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions",
                         "spark.driver.extraLibraryPath", "spark.executor.extraLibraryPath"):
                 assert task["conf"][key] == spark_conf[key], where
+
+
+def test_with_shipped_code_tasks_submit_the_launcher_beside_the_zip(monkeypatch, tmp_path):
+    """RECSYS_PY_FILES (a cluster): each task runs jobs.<job> from the zip through the
+    launcher `make dist-jobs` puts beside it, nothing from the checkout."""
+    import importlib.util
+
+    monkeypatch.setenv("RECSYS_PY_FILES", str(tmp_path / "dist" / "recsys_jobs.zip"))
+    monkeypatch.setenv("RECSYS_DATA_DIR", "s3a://bucket/recsys")
+    spec = importlib.util.spec_from_file_location("support_under_test", DAGS_FOLDER / "recsys_dag_support.py")
+    support = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(support)
+    args = support.submit_args("build_snapshot")
+    assert args["application"] == str(tmp_path / "dist" / "run_job.py")
+    assert args["application_args"] == ["jobs.build_snapshot", "--data-dir", "s3a://bucket/recsys",
+                                        "--as-of", "{{ recsys_as_of(dag_run) }}"]
+    assert args["py_files"] == str(tmp_path / "dist" / "recsys_jobs.zip")
 
 
 def test_writers_share_one_pool(dagbag):
