@@ -30,7 +30,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline bench-pipeline-cost bench-ease-variants clean dist-jobs cluster cluster-stop airflow airflow-stop airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline bench-pipeline-cost bench-ease-variants clean dist-jobs cluster cluster-stop cluster-demo airflow airflow-stop airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -90,11 +90,12 @@ system-packages:  ## Java for Spark, Maven for the jars, OpenBLAS for ALS, Redis
 demo: setup  ## generate data, run the pipeline, publish a snapshot, serve it on localhost:$(PORT)
 	DEMO_DIR=$(DEMO_DIR) PORT=$(PORT) PY=$(PY) scripts/demo.sh
 
-stop:  ## stop the demo's lookup server and collector, and `make airflow` if it runs
+stop:  ## stop the demo's lookup server and collector, `make airflow` and `make cluster-demo` if they run
 	@for name in gunicorn collector; do \
 	  if [ -f $(DEMO_DIR)/$$name.pid ] && kill $$(cat $(DEMO_DIR)/$$name.pid) 2>/dev/null; then echo "stopped $$name"; \
 	  else echo "$$name not running"; fi; rm -f $(DEMO_DIR)/$$name.pid; done
 	@if ls var/airflow/run/*.pid >/dev/null 2>&1; then airflow_dags/standalone.sh stop; fi
+	@if [ -d var/cluster-demo ]; then scripts/cluster-demo.sh stop; fi
 
 test: setup airflow-venv  ## the whole pytest suite (pytest's "no tests collected" counts as success), then the dependency audit where its service answers
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
@@ -190,6 +191,9 @@ cluster: setup  ## a Spark standalone cluster on loopback: master spark://127.0.
 
 cluster-stop:  ## stop `make cluster`
 	CLUSTER_PORT=$(CLUSTER_PORT) scripts/cluster stop
+
+cluster-demo: setup airflow-venv  ## the multi-machine path on loopback: an S3 API, Spark master + 2 workers running the nightly DAG on an s3a:// lake, two lookup hosts pulling what it publishes (scripts/cluster-demo.sh; make stop)
+	PY=$(PY) scripts/cluster-demo.sh
 
 # --- Airflow (issue 5): its own virtualenv (its pins clash with the jobs'), state in var/airflow
 AIRFLOW_VENV := .venv-airflow

@@ -20,6 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 
+from schemas.storage import S3_SCHEMES, s3_filesystem
+
 from jobs.delta_tables import table_version
 
 # Table features that make the files differ from the rows a Delta reader sees.
@@ -82,11 +84,14 @@ def partition_values(uri: str, columns: list[str]) -> tuple[tuple[str, str], ...
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    scheme = urlsplit(uri).scheme
-    if scheme in ("", "file"):
-        return pafs.LocalFileSystem(), unquote(urlsplit(uri).path) if scheme else uri
-    # Hadoop's s3a:// is pyarrow's s3://; other schemes (gs, hdfs, abfs) pyarrow names alike.
-    return pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://", 1))
+    """pyarrow's filesystem and path for one of Spark's file URIs (percent-encoded:
+    Hive's escapes of partition values are themselves escaped once more)."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        return pafs.LocalFileSystem(), unquote(parts.path) if parts.scheme else uri
+    if parts.scheme in S3_SCHEMES:  # the store conf/storage.toml names, as Spark's s3a reaches it
+        return s3_filesystem(), parts.netloc + unquote(parts.path)
+    return pafs.FileSystem.from_uri(uri)
 
 
 def read_columns(uris: Iterable[str], columns: list[str]) -> pa.Table:

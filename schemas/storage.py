@@ -48,10 +48,10 @@ class Location:
         parts = urlsplit(text)
         # A one-letter "scheme" would be a Windows drive; there are none here, but a
         # path such as "a:b" is a file name, not a URL: only "scheme://" counts.
+        if parts.scheme.lower() == "file" and text.lower().startswith("file:/"):  # Hadoop writes file:/x too
+            return cls("", "", _normal(unquote(parts.path) or "/"))
         if parts.scheme and text.startswith(f"{parts.scheme}://"):
             scheme = parts.scheme.lower()
-            if scheme == "file":
-                return cls("", "", _normal(unquote(parts.path) or "/"))
             if not parts.netloc and scheme in S3_SCHEMES:
                 raise StorageError(f"{text}: an {scheme}:// URL needs a bucket ({scheme}://bucket/prefix)")
             return cls(scheme, parts.netloc, _normal(parts.path or "/"))

@@ -19,6 +19,7 @@ class TestParsing:
         ("hdfs://namenode:8020/data/recsys", "hdfs", "namenode:8020", "/data/recsys", "hdfs://namenode:8020/data/recsys"),
         ("gs://b/x/../y", "gs", "b", "/y", "gs://b/y"),
         ("file:///srv/recsys/", "", "", "/srv/recsys", "/srv/recsys"),
+        ("file:/srv/recsys/a%20b", "", "", "/srv/recsys/a b", "/srv/recsys/a b"),  # as Hadoop writes it
         ("/srv//recsys/./data", "", "", "/srv/recsys/data", "/srv/recsys/data"),
     ])
     def test_urls_and_absolute_paths(self, text, scheme, authority, path, as_string):
