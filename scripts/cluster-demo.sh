@@ -92,9 +92,15 @@ for i in 0 1; do
   env "${host_env[@]}" LOOKUP_BIND="127.0.0.1:${HOST_PORTS[$i]}" \
     .venv/bin/gunicorn -c conf/gunicorn.conf.py --daemon --pid "$host/gunicorn.pid" --error-logfile "$host/gunicorn.log"
 done
+# Ready once every worker of both hosts has the pulled snapshot (a worker that has not
+# would answer 503): a few /readyz in a row must all say so.
+ready() { for _ in 1 2 3 4; do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null || return 1; done; }
 for port in "${HOST_PORTS[@]}"; do
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "host :$port not ready; see $DIR/host-*/" >&2; exit 1; }
+  waited=0
+  until ready "$port"; do
+    sleep 0.2; waited=$((waited + 1))
+    [ "$waited" -lt 300 ] || { echo "host :$port not ready after 60 s; see $DIR/host-*/" >&2; exit 1; }
+  done
 done
 
 say "ready in $(( $(date +%s) - started )) s. Both hosts answer from the published version:"

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from lookup_server.delta import DeltaEvent
+from lookup_server.delta.factory import open_delta_store
 from schemas.settings import PROJECT_ROOT
 from schemas.snapshot import CURRENT_POINTER, verify_snapshot_dir
 from schemas.storage import Location
@@ -252,17 +255,21 @@ def test_snapshot_is_built_on_the_store_and_published(pipeline, tmp_path):
         assert manifest.databases[f"recs/user/{algorithm}"] > 100, algorithm
 
 
-def test_two_lookup_hosts_serve_each_publish(object_store, store, pipeline, tmp_path):
-    """Two hosts, each a gunicorn and a sync with its own folder: both serve the published
-    version, the evaluation's policy with it, and both follow a second build and publish."""
+def test_two_lookup_hosts_serve_each_publish(object_store, store, redis_server, pipeline, tmp_path):
+    """Two hosts, each a gunicorn and a sync with its own folder, one Redis delta: both
+    serve the published version, the evaluation's policy with it, both follow a second
+    build and publish, and an event written once to the shared delta shows on both."""
     data, steps, submit = pipeline
     first = steps["publish"].result["version"]
     hosts = [tmp_path / "host-a", tmp_path / "host-b"]
+    key_prefix = f"cluster:{uuid.uuid4().hex}:"
+    delta = {"RECSYS__SERVER__DELTA__REDIS_URL": f'"{redis_server.url}"',
+             "RECSYS__SERVER__DELTA__KEY_PREFIX": f'"{key_prefix}"'}
     with contextlib.ExitStack() as stack:
         for host in hosts:
             stack.enter_context(running_sync(object_store, store, host, prefix="serving",
                                              POLL_INTERVAL_SECONDS="0.5"))
-        servers = [stack.enter_context(running_gunicorn(host, workers=1)) for host in hosts]
+        servers = [stack.enter_context(running_gunicorn(host, workers=1, extra_env=delta)) for host in hosts]
         for server, host in zip(servers, hosts):
             wait_until(lambda: served(server.base_url) == first, timeout=30, message=f"{first} on {server.base_url}")
             assert json.loads((host / "evaluation" / "policy.json").read_text())["preference"] == \
@@ -276,6 +283,12 @@ def test_two_lookup_hosts_serve_each_publish(object_store, store, pipeline, tmp_
             wait_until(lambda: served(server.base_url) == second, timeout=30, message=f"{second} on {server.base_url}")
             body = requests.get(f"{server.base_url}/v1/users/1/recommendations?k=3", timeout=5).json()
             assert body["snapshot_version"] == second and len(body["items"]) == 3
+        # A new visitor's view, as a collector writes it, once: both hosts answer from it.
+        shared = open_delta_store({"redis_url": redis_server.url, "key_prefix": key_prefix}, tmp_path)
+        shared.add_events([DeltaEvent(987_000_001, body["items"][0]["product_id"], "view", time.time())])
+        for server in servers:
+            visitor = requests.get(f"{server.base_url}/v1/users/987000001/recommendations?k=3", timeout=5).json()
+            assert visitor["realtime"]["recent_events"] == 1, (server.base_url, visitor)
 
 
 def served(base_url: str) -> str | None:
