@@ -30,7 +30,7 @@ BENCH_ARGS  ?=
 export SPARK_LOCAL_IP       ?= 127.0.0.1
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline bench-pipeline-cost bench-ease-variants clean dist-jobs cluster cluster-stop cluster-demo airflow airflow-stop airflow-venv
+.PHONY: help setup venv jars system-packages demo stop test audit audit-if-reachable bench bench-quick bench-serving bench-sharding bench-quality bench-snapshot bench-hybrid bench-content bench-content-similar bench-als bench-als-fit bench-als-blas bench-pipeline bench-pipeline-cost bench-cluster bench-ease-variants clean dist-jobs cluster cluster-stop cluster-demo airflow airflow-stop airflow-venv
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -171,6 +171,9 @@ bench-pipeline: setup  ## the nightly pipeline at 1M, 3M and 10M generated event
 
 bench-pipeline-cost: setup  ## the pipeline with and without EASE and the ranker, side by side (1M events ~15 min; BENCH_ARGS="--scale 10M")
 	$(PY) -m bench.pipeline_cost $(BENCH_ARGS)
+
+bench-cluster: setup  ## the pipeline local and on the loopback standalone cluster over the S3 API (its own ports and var/bench/cluster_overhead), side by side (1M events; BENCH_ARGS="--scale 50k --out /tmp/x" for a smoke run)
+	$(PY) -m bench.cluster_overhead $(BENCH_ARGS)
 
 bench-ease-variants: setup  ## EASE's exact inverse against its scalable kNN on the real samples (validation splits)
 	$(PY) -m bench.ease_variants $(BENCH_ARGS)

@@ -106,3 +106,57 @@ def test_cost_nights_put_the_reusing_stages_in_place_of_the_first_nights():
                        "machine": {"cores": 2, "memory_gb": 1, "load_average": [0.0, 0.0, 0.0]},
                        "versions": {"spark": "4"}, "git": {"commit": "abc", "dirty": False}, "command": "x"}})
     assert "| ranked | 30.0 | 6.0 | - |" in text and "| **pipeline** | **60.0** | **20.0** | **20.0** |" in text
+
+
+def test_cluster_overhead_counts_the_store_log_by_method():
+    """One werkzeug line per request; a status other than 200 comes wrapped in colour codes,
+    and scripts/objectstore's own probes are not the pipeline's traffic."""
+    from bench.cluster_overhead.services import count_requests, total_requests
+
+    lines = ['127.0.0.1 - - [06/Dec/2026 05:58:04] "GET /moto-api/ HTTP/1.1" 200 -',
+             ' * Running on http://127.0.0.1:45001',
+             '127.0.0.1 - - [06/Dec/2026 05:58:11] "PUT /b/recsys/x.txt?partNumber=1&uploadId=E HTTP/1.1" 200 -',
+             '127.0.0.1 - - [06/Dec/2026 05:58:11] "\x1b[35m\x1b[1mGET /b/recsys/x.txt HTTP/1.1\x1b[0m" 206 -',
+             '127.0.0.1 - - [06/Dec/2026 05:58:11] "GET /b?list-type=2&prefix=recsys/ HTTP/1.1" 200 -',
+             '127.0.0.1 - - [06/Dec/2026 05:58:11] "\x1b[33mHEAD /b/nope HTTP/1.1\x1b[0m" 404 -']
+    counts = count_requests(lines)
+    assert counts == {"GET": 2, "HEAD": 1, "PUT": 1, "status_4xx": 1}
+    assert total_requests(counts) == 4
+
+
+def test_cluster_overhead_ratios_and_table():
+    """Cluster / local per stage and in total; a stage that failed in either run has no
+    ratio and shows its status; the totals leave out the session start and the upload."""
+    from bench.cluster_overhead.__main__ import ratios, report
+
+    def stage(name, seconds, status="ok", **extra):
+        return {"stage": name, "seconds": seconds, "status": status, "cpu_seconds": 2 * seconds, **extra}
+
+    settings = {"spark.master": "local[2]", "spark.driver.memory": "12g", "spark.executor.memory": None,
+                "spark.cores.max": None, "spark.sql.shuffle.partitions": "8", "spark.default.parallelism": "4"}
+    contents = {"bytes": 2_000_000, "objects": 10, "folders": {"lake": {"bytes": 2_000_000, "objects": 10}}}
+    runs = {"local": {"stages": [stage("ingest", 10.0), stage("als", 20.0)], "seconds": 30.0, "failed": [],
+                      "settings": settings, "session_seconds": 3.0, "executors": 0, "data_dir": "/d",
+                      "data_dir_contents": contents},
+            "cluster": {"stages": [stage("ingest", 25.0, cpu_seconds_executors=40.0, cpu_seconds_store=3.0,
+                                         requests={"GET": 5, "HEAD": 7, "PUT": 2, "status_4xx": 3}),
+                                   stage("als", 12.0, status="failed")],
+                        "seconds": 37.0, "failed": ["als"], "executors": 2, "session_seconds": 8.0,
+                        "data_dir": "s3a://b/recsys",
+                        "settings": settings | {"spark.master": "spark://127.0.0.1:1", "spark.executor.memory": "2g",
+                                                "spark.cores.max": "2"},
+                        "requests": {"GET": 9, "HEAD": 7, "PUT": 2, "POST": 1, "status_4xx": 3},
+                        "upload": {"seconds": 1.5, "files": 3, "bytes": 5_500_000,
+                                   "requests": {"PUT": 3, "POST": 6}},
+                        "store": {"contents": contents}}}
+    ratio = ratios(runs)
+    assert ratio == {"stages": {"ingest": 2.5, "als": None}, "pipeline": pytest.approx(37.0 / 30.0, abs=0.01)}
+    text = report({"scale": {"name": "50k", "events": 50_000, "users": 5_000, "products": 500}, "runs": runs,
+                   "ratio": ratios(runs), "load_average_start": {"local": [0.1, 0.1, 0.1]}, "environment": {
+                       "machine": {"cores": 2, "memory_gb": 1, "load_average": [0.0, 0.0, 0.0]},
+                       "versions": {"spark": "4"}, "git": {"commit": "abc", "dirty": False}, "command": "x"}})
+    assert "| ingest | 10.0 | 25.0 | 2.50 | 20 | 50 / 40 / 3 | 5 / 7 / 2 / 0 / 0 |" in text
+    assert "| als | 20.0 | 12.0 (failed) | - |" in text
+    assert "| **pipeline** | **30.0** | **37.0** | **1.23** |" in text
+    assert "Shuffle partitions 8 in both" in text and "1.5 s for 3 files (5.5 MB" in text
+    assert "Failed stages" in text and "19 requests" in text
