@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from bench.cluster_overhead.services import free_port_run
 from lookup_server.delta import DeltaEvent
 from lookup_server.delta.factory import open_delta_store
 from schemas.settings import PROJECT_ROOT
@@ -46,20 +45,6 @@ if not list((PROJECT_ROOT / ".jars").glob("delta-spark_*.jar")):
 AS_OF = "2026-10-31T00:00:00Z"
 ZIP_TOP_N = 7  # [popularity] top_n in the shipped conf/jobs.toml (the checkout's: 200)
 IMPORT_LINE = re.compile(r"^recsys-import (\d+) (\S+) (.+)$", re.MULTILINE)
-
-
-def free_port_run(count: int) -> int:
-    """A port with the ``count - 1`` ports after it free too (master, its UI, two worker UIs)."""
-    for _ in range(200):
-        first = random.randint(20000, 40000)
-        try:
-            for port in range(first, first + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return first
-    raise RuntimeError("no free run of ports")
 
 
 @dataclass
